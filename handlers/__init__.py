@@ -1,0 +1,1 @@
+"""TorchServe custom handlers; self-contained: they import nothing from zoo."""

@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+# Tests never reach the network: torchvision's cache points at an empty folder unless a test sets it.
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).resolve().parent / ".torch-home-empty"))
+os.environ.pop("ZOO_WEIGHTS_DIR", None)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def textures_dir(tmp_path_factory) -> Path:
+    from zoo.data.samples import write_sample
+
+    out = tmp_path_factory.mktemp("data") / "textures"
+    write_sample("textures", out, seed=0, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    from zoo.data.samples import write_sample
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    write_sample("digits", out, seed=0, show_progress=False)
+    return out

@@ -1,0 +1,93 @@
+"""ZooModel: a backbone cut into named stages, global average pooling, and a replaceable classifier.
+
+The whole transfer-learning surface is `forward_features`, `forward_head` and
+`reset_classifier`; the named stages are what users freeze or tap for activations.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+
+class ZooModel(nn.Module):
+    def __init__(
+        self,
+        stages: "OrderedDict[str, nn.Module]",
+        feature_dim: int,
+        num_classes: int,
+        pre_logits: nn.Module | None = None,
+        drop_rate: float = 0.0,
+        name: str = "",
+    ):
+        super().__init__()
+        self.name = name
+        self.stages = nn.ModuleDict(stages)
+        # Runs on the pooled vector; holds pretrained layers some backbones keep between pooling and
+        # the classifier (ConvNeXt's LayerNorm, MobileNetV3's 1x1 "conv head").
+        self.pre_logits = pre_logits if pre_logits is not None else nn.Identity()
+        self.feature_dim = feature_dim
+        self.drop_rate = drop_rate
+        self.head_drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stages.keys())
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def forward_stages(self, x: torch.Tensor, until: str | None = None) -> torch.Tensor:
+        """Feature map after stage `until` (default: the last stage)."""
+        for name, stage in self.stages.items():
+            x = stage(x)
+            if name == until:
+                return x
+        if until is not None and until not in self.stages:
+            raise KeyError(until)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck vector: globally pooled last-stage activations (any H, W >= 32)."""
+        x = self.forward_stages(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.pre_logits(x)
+
+    def forward_pooled(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        """Globally pooled activations of an earlier stage (used by the `svm` strategy)."""
+        x = self.forward_stages(x, until=stage)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if pre_logits:
+            return features
+        return self.classifier(self.head_drop(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Drop the old classifier and add a fresh one sized to the user's classes."""
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def backbone_parameters(self):
+        """Everything except the classifier: the pretrained part."""
+        for name, p in self.named_parameters():
+            if not name.startswith("classifier."):
+                yield p
+
+    @torch.no_grad()
+    def stage_channels(self, size: int = 64) -> "OrderedDict[str, int]":
+        """Channels of every stage's output, found by one small forward pass."""
+        was_training = self.training
+        self.eval()
+        out: "OrderedDict[str, int]" = OrderedDict()
+        x = torch.zeros(1, 3, size, size)
+        for name, stage in self.stages.items():
+            x = stage(x)
+            out[name] = x.shape[1]
+        self.train(was_training)
+        return out

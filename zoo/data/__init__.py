@@ -1,0 +1,1 @@
+"""Image folders: discovery and splitting, sample datasets from packaged images, inspection."""

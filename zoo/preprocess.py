@@ -1,0 +1,158 @@
+"""The one definition of inference preprocessing: decode, EXIF, RGB, aspect-keeping resize, normalise.
+
+Driven by preprocess.json and needing only numpy and Pillow, this file is used by training-time
+evaluation, the export's parity checks, the TorchServe handlers (it travels inside the .mar) and
+the edge runtime. Do not import anything from `zoo` here.
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+PREPROCESS_VERSION = 1
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+ImageSource = Union[bytes, bytearray, str, Path, Image.Image]
+
+
+class ImageError(ValueError):
+    """The input is not a usable image; the message says why in one sentence."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    input_size: int  # the shorter side after resizing
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    max_size: int = 0  # cap on the longer side after resizing; 0 means 2 * input_size
+    channel_order: str = "RGB"
+    value_scale: float = 1 / 255  # pixel values are multiplied by this before (x - mean) / std
+    layout: str = "NCHW"
+    min_side: int = 8  # smaller images carry no usable signal and are refused
+    max_pixels: int = 40_000_000  # refuse decompression bombs before decoding them
+    version: int = PREPROCESS_VERSION
+    resize_policy: str = field(default="shorter-side-to-input-size, aspect kept, longer side capped, no crop")
+
+    @property
+    def longer_side_cap(self) -> int:
+        return self.max_size or 2 * self.input_size
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["max_size"] = self.longer_side_cap
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PreprocessConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["mean"], known["std"] = tuple(known["mean"]), tuple(known["std"])
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "PreprocessConfig":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image:
+    """Open and fully decode an image, refusing empty, corrupt, truncated and oversized input."""
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        if isinstance(source, (bytes, bytearray)):
+            if len(source) == 0:
+                raise ImageError("The image is empty (0 bytes): send the bytes of a JPEG, PNG, WebP, BMP, GIF or TIFF file.")
+            fp = io.BytesIO(source)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"{path} is not a file: give the path of an image.")
+            if path.stat().st_size == 0:
+                raise ImageError(f"{path} is empty (0 bytes): replace or remove it.")
+            fp = io.BytesIO(path.read_bytes())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(fp)
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(f"The image has {w}x{h} pixels, more than the limit of {max_pixels}: send a smaller image.")
+                img.load()  # decode now, so truncation is found here and not later
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"The image has too many pixels (limit {max_pixels}): send a smaller image.") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError("The data is not an image zoo can read: send a JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageError(f"The image is corrupt or truncated ({e}): send the complete file.") from None
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (L, P, RGBA, CMYK, 16-bit, float) to 8-bit RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() if arr.size else 0
+        if img.mode == "F" and top <= 1.0:
+            arr = arr * 255.0
+        elif top > 255:
+            arr = arr / 257.0  # 16-bit range down to 8 bits
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, the way viewers show them, not the undefined colour beneath.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def resized_shape(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) with the shorter side at input_size and the longer side at most the cap."""
+    short, long = min(width, height), max(width, height)
+    scale = cfg.input_size / short
+    if long * scale > cfg.longer_side_cap:
+        scale = cfg.longer_side_cap / long
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    size = resized_shape(img.width, img.height, cfg)
+    if size == img.size:
+        return img
+    return img.resize(size, resample=_RESAMPLE[cfg.interpolation])
+
+
+def normalize(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB image -> float32 CHW array, (x * value_scale - mean) / std."""
+    arr = np.asarray(img, dtype=np.float32) * np.float32(cfg.value_scale)
+    arr = (arr - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_rgb(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
+    """Decoded, oriented, RGB and checked for size: what augmentation and resize start from."""
+    img = to_rgb(open_image(source, cfg.max_pixels))
+    if min(img.size) < cfg.min_side:
+        raise ImageError(f"The image is {img.width}x{img.height} pixels, smaller than {cfg.min_side} on a side: send a larger image.")
+    return img
+
+
+def preprocess(source: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
+    """The whole inference path for one image: a float32 array of shape (3, H, W)."""
+    return normalize(resize(load_rgb(source, cfg), cfg), cfg)

@@ -1,0 +1,37 @@
+"""Progress bars with rate and ETA (rich), shared by every long-running step."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, TypeVar
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+T = TypeVar("T")
+
+
+def make_progress(transient: bool = False) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TextColumn("[cyan]{task.fields[rate]}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=transient)
+
+
+def _rate(task) -> str:
+    speed = task.speed
+    return f"{speed:6.1f} it/s" if speed else "   ... it/s"
+
+
+def progress_bar(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """Iterate over items with a bar that shows count, rate and ETA; silent when disabled."""
+    if not enabled:
+        yield from items
+        return
+    if total is None:
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    with make_progress() as progress:
+        task_id = progress.add_task(description, total=total, rate="")
+        for item in items:
+            yield item
+            progress.update(task_id, advance=1, rate=_rate(progress.tasks[task_id]))
