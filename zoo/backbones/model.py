@@ -79,6 +79,18 @@ class ZooModel(nn.Module):
             if not name.startswith("classifier."):
                 yield p
 
+    def truncated(self, stage: str, num_classes: int | None = None) -> "ZooModel":
+        """A model that ends at `stage`: its pooled activations feed a new linear classifier.
+
+        The `svm` strategy uses it; modules are shared with this model, not copied.
+        """
+        if stage not in self.stages:
+            raise KeyError(stage)
+        names = self.stage_names[: self.stage_names.index(stage) + 1]
+        channels = self.stage_channels()[stage]
+        kept = OrderedDict((n, self.stages[n]) for n in names)
+        return ZooModel(kept, channels, num_classes or self.num_classes, drop_rate=0.0, name=self.name)
+
     @torch.no_grad()
     def stage_channels(self, size: int = 64) -> "OrderedDict[str, int]":
         """Channels of every stage's output, found by one small forward pass."""
