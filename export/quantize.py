@@ -1,0 +1,148 @@
+"""int8 and fp16 variants of classifier.onnx, each measured against fp32 and refused past a threshold.
+
+int8: ONNX Runtime's static quantization, QDQ format, per-channel int8 weights and uint8
+activations (the U8S8 pair that x86 VNNI kernels run fastest), calibrated on the run's training
+images through zoo.preprocess. fp16: onnxconverter-common, inputs and outputs kept float32 so the
+variant is a drop-in replacement.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+
+from zoo.preprocess import ImageError, preprocess
+from zoo.run_dir import TrainedRun
+
+from export.onnx_export import CLASSIFIER, set_metadata, spread
+from export.parity import onnx_accuracy
+
+
+class TrainingImages(CalibrationDataReader):
+    """Feeds the run's training images one by one, at the size zoo.preprocess gives each (any H, W)."""
+
+    def __init__(self, paths: Sequence[Path], cfg):
+        self.paths, self.cfg = list(paths), cfg
+        self._iter: Iterator | None = None
+        self.used = 0
+
+    def _arrays(self):
+        for p in self.paths:
+            try:
+                x = preprocess(p, self.cfg)
+            except ImageError:
+                continue  # unreadable training files are skipped, as training skipped them
+            self.used += 1
+            yield {"image": x[None]}
+
+    def get_next(self):
+        if self._iter is None:
+            self._iter = self._arrays()
+        return next(self._iter, None)
+
+    def rewind(self):
+        self._iter = None
+        self.used = 0
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: TrainingImages) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Folds BatchNorm into Conv and fixes shapes first, so each Conv quantizes as one QLinearConv;
+        # symbolic shape inference is skipped because the sizes here are symbolic on purpose.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        model = onnx.load(str(prepared))
+        # Probabilities stay float: an 8-bit softmax would round every probability to 1/255 steps.
+        softmax = [n.name for n in model.graph.node if n.op_type == "Softmax"]
+        quantize_static(str(prepared), str(out_path), calibration, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax)
+
+
+def convert_fp16(fp32_path: Path, out_path: Path) -> None:
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save_model(model, str(out_path))
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict:
+    """Per op type: how many nodes read quantized (DequantizeLinear) inputs, and how many stayed float."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized, float_ops = Counter(), Counter()
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.domain not in ("", "ai.onnx"):
+            continue
+        if n.op_type in ("Shape", "Gather", "Mod", "Add", "Sub", "Concat", "Slice", "Unsqueeze", "Cast") and not any(
+                i in dq_outputs for i in n.input):
+            continue  # shape arithmetic (SAME padding sizes), not tensor compute
+        (quantized if any(i in dq_outputs for i in n.input) else float_ops)[n.op_type] += 1
+    return {"quantized": dict(quantized), "float": dict(float_ops)}
+
+
+def latency_ms(path: Path, x: np.ndarray, runs: int = 20) -> float:
+    """Median batch-1 latency on the CPU with ORT's default (all) graph optimisations."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, {"image": x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, {"image": x})
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def make_variant(variant: str, staging: Path, run: TrainedRun, data, feature_dim: int, calibration_images: int = 64,
+                 max_accuracy_drop: float = 1.0) -> dict:
+    """Write classifier.<variant>.onnx into staging, measure it, and delete it again if the gate refuses it."""
+    fp32_path = staging / CLASSIFIER
+    path = staging / f"classifier.{variant}.onnx"
+    info: dict = {"file": path.name}
+    if variant == "int8":
+        reader = TrainingImages([s.path for s in spread(data.train, calibration_images)], run.preprocess)
+        quantize_int8(fp32_path, path, reader)
+        info.update(method="static QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
+                    calibration_images=reader.used, calibration_split="train")
+    else:
+        convert_fp16(fp32_path, path)
+        info.update(method="float16 weights and activations (onnxconverter-common), float32 input and outputs")
+    model = onnx.load(str(path))
+    set_metadata(model, "classifier", run, feature_dim, precision=variant)
+    onnx.save_model(model, str(path))
+    if variant == "int8":
+        info["ops"] = quantized_ops(model)
+
+    fp32_acc = onnx_accuracy(fp32_path, data.val)["accuracy"]
+    acc = onnx_accuracy(path, data.val)["accuracy"]
+    drop = round(100 * (fp32_acc - acc), 3)
+    x = preprocess(data.val[0].path, run.preprocess)[None]
+    fp32_ms, variant_ms = latency_ms(fp32_path, x), latency_ms(path, x)
+    info.update(val_accuracy=acc, fp32_val_accuracy=fp32_acc, val_images=len(data.val), drop_points=drop,
+                threshold_points=max_accuracy_drop, latency_ms=round(variant_ms, 3), fp32_latency_ms=round(fp32_ms, 3),
+                latency_input=list(x.shape), speed_ratio=round(fp32_ms / variant_ms, 3),
+                size_bytes=path.stat().st_size, fp32_size_bytes=fp32_path.stat().st_size)
+    if drop > max_accuracy_drop:
+        info["status"] = "refused"
+        path.unlink()
+    else:
+        info["status"] = "accepted"
+    return info
+
+
+def refusal_sentence(refused: list[dict], report_path: Path) -> str:
+    parts = [f"{v['file']} loses {v['drop_points']:.2f} top-1 points on the val split ({v['fp32_val_accuracy']:.2%} -> "
+             f"{v['val_accuracy']:.2%}), more than the {v['threshold_points']}-point limit" for v in refused]
+    return ("; ".join(parts) + f", so it was not written (the fp32 export is in place, figures in {report_path}): "
+            "use the fp32 model, or allow a larger drop with --max-accuracy-drop.")

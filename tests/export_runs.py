@@ -1,0 +1,59 @@
+"""Run directories for the export tests, written to the run-directory contract (zoo/run_dir.py).
+
+A head is fitted on bottleneck features of the training images (logistic regression, full batch),
+and metrics.json gets the PyTorch val accuracy measured with zoo.preprocess, as `zoo finetune` does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from zoo.backbones import create_model, get_spec
+from zoo.data.folder import load_image_folder
+from zoo.preprocess import preprocess
+from zoo.run_dir import CONFIG, LABELS, WEIGHTS, atomic_write_json, save_weights
+
+
+@torch.no_grad()
+def _features(model, samples, cfg) -> torch.Tensor:
+    return torch.cat([model.forward_features(torch.from_numpy(preprocess(s.path, cfg))[None]) for s in samples])
+
+
+def make_run(out: Path, data_dir: Path, model_name: str = "efficientnet_lite0", layer: str | None = None,
+             pretrained: bool = True, train: bool = True, steps: int = 100) -> Path:
+    data = load_image_folder(data_dir)
+    k = len(data.classes)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=k, pretrained=pretrained)
+    if layer:
+        model = model.truncated(layer, k)
+    model.eval()
+    cfg = get_spec(model_name).preprocess_config()
+    metrics = {}
+    if train:
+        x = _features(model, data.train, cfg)
+        y = torch.tensor([s.label for s in data.train])
+        head = model.classifier
+        opt = torch.optim.LBFGS(head.parameters(), max_iter=steps)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(head(x), y) + 1e-3 * head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        xv = _features(model, data.val, cfg)
+        yv = torch.tensor([s.label for s in data.val])
+        metrics = {"accuracy": float((model.forward_head(xv).argmax(1) == yv).float().mean()), "val_images": len(yv)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CONFIG, {"model": model_name, "num_classes": k, "layer": layer,
+                                     "preprocess": cfg.to_json(), "strategy": "svm" if layer else "head",
+                                     "data_dir": str(data_dir), "seed": 0, "val_fraction": 0.2})
+    atomic_write_json(out / LABELS, data.classes)
+    save_weights(model, out / WEIGHTS)
+    if metrics:
+        atomic_write_json(out / "metrics.json", metrics)
+    return out

@@ -1,0 +1,197 @@
+"""Edge inference: an exported classifier.onnx or features.onnx run by ONNX Runtime alone.
+
+Imports only onnxruntime, numpy, Pillow and zoo.preprocess, never torch, so it runs on a device
+where PyTorch is not installed. Preprocessing and labels come from preprocess.json and
+labels.json beside the model, or from the model's own metadata when the files are not there.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, preprocess
+
+CLASSIFIER_FILE = "classifier.onnx"
+FEATURES_FILE = "features.onnx"
+# Accelerators in order of preference. TensorRT is left out on purpose: it compiles an engine per
+# input shape, which is slow with the any-size inputs zoo serves.
+ACCELERATOR_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider",
+                         "CoreMLExecutionProvider")
+
+
+class EdgeError(ValueError):
+    """The model file or folder cannot be used; the message says what to do."""
+
+
+@dataclass
+class EdgeResult:
+    """One input's answer: top-k {label: probability} (classifier) or a vector (features), or an error."""
+
+    source: str
+    top_k: dict[str, float] = field(default_factory=dict)
+    features: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str | None:
+        return next(iter(self.top_k), None)
+
+
+def _resolve_model_path(path: Path, kind: str | None) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        name = FEATURES_FILE if kind == "features" else CLASSIFIER_FILE
+        if not (path / name).is_file():
+            raise EdgeError(f"{path} holds no {name}: give a folder written by `zoo export` or an .onnx file.")
+        return path / name
+    if not path.is_file():
+        raise EdgeError(f"{path} does not exist: give a folder written by `zoo export` or an .onnx file.")
+    return path
+
+
+def _read_json_beside(model_path: Path, name: str):
+    p = model_path.parent / name
+    if p.is_file():
+        return json.loads(p.read_text())
+    return None
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """Providers to try, best first: an installed accelerator (if any), then always the CPU."""
+    if requested:
+        return list(requested) + ([] if "CPUExecutionProvider" in requested else ["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    return [p for p in ACCELERATOR_PROVIDERS if p in available][:1] + ["CPUExecutionProvider"]
+
+
+def open_session(model_path: Path | str, providers: Sequence[str] | None = None,
+                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An InferenceSession on the best provider that really works here.
+
+    An installed GPU build of onnxruntime lists CUDA even on machines without a GPU or without the
+    CUDA libraries; ORT then falls back to the CPU on its own and logs an error. The error is
+    silenced while trying, and `session.get_providers()` says what was really picked.
+    """
+    chosen = choose_providers(providers)
+    options = options or ort.SessionOptions()
+    if len(chosen) > 1:
+        ort.set_default_logger_severity(4)  # hide the expected "failed to load CUDA" noise
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=chosen)
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+class EdgeModel:
+    """An exported zoo model (classifier or features) on ONNX Runtime.
+
+    Images are preprocessed one by one by zoo.preprocess and only images that come out the same
+    shape share a batch, with no padding, so an image's answer never depends on its neighbours.
+    """
+
+    def __init__(self, path: Path | str, kind: str | None = None, providers: Sequence[str] | None = None,
+                 options: ort.SessionOptions | None = None):
+        self.path = _resolve_model_path(Path(path), kind)
+        try:
+            self.session = open_session(self.path, providers, options)
+        except Exception as e:  # ORT raises its own types for bad files
+            raise EdgeError(f"{self.path} is not a usable ONNX model ({e}): re-run `zoo export`.") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.kind = meta.get("zoo.kind") or ("features" if self.path.name.startswith("features") else "classifier")
+        pre = _read_json_beside(self.path, "preprocess.json") or _json_or_none(meta.get("zoo.preprocess"))
+        if pre is None:
+            raise EdgeError(f"{self.path} has no preprocess.json beside it and no zoo.preprocess metadata: "
+                            "export it with `zoo export`.")
+        self.preprocess = PreprocessConfig.from_json(pre)
+        self.labels: list[str] = _read_json_beside(self.path, "labels.json") or _json_or_none(meta.get("zoo.labels")) or []
+        if self.kind == "classifier" and not self.labels:
+            raise EdgeError(f"{self.path} has no labels.json beside it and no zoo.labels metadata: export it with `zoo export`.")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs for an already preprocessed float32 batch [N, 3, H, W]."""
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return dict(zip(self.output_names, outputs))
+
+    def _probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        if "probabilities" in outputs:
+            return outputs["probabilities"]
+        logits = outputs[self.output_names[0]].astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def _batches(self, sources: Sequence[ImageSource], batch_size: int):
+        """(indices, batch) groups of same-shape images, plus per-index errors for unreadable ones."""
+        arrays: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        for i, src in enumerate(sources):
+            try:
+                arrays[i] = preprocess(src, self.preprocess)
+            except ImageError as e:
+                errors[i] = str(e)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, a in arrays.items():
+            by_shape.setdefault(a.shape, []).append(i)
+        groups = []
+        for indices in by_shape.values():
+            for start in range(0, len(indices), max(1, batch_size)):
+                chunk = indices[start:start + batch_size]
+                groups.append((chunk, np.stack([arrays[i] for i in chunk])))
+        return groups, errors
+
+    def predict(self, sources: Iterable[ImageSource], top_k: int = 5, batch_size: int = 1) -> list[EdgeResult]:
+        """Top-k {label: probability} per image, in input order; unreadable files get an error, not an exception."""
+        if self.kind != "classifier":
+            raise EdgeError(f"{self.path} is a feature extractor: use .features(), or open classifier.onnx to predict.")
+        sources = list(sources)
+        k = max(1, min(top_k, len(self.labels)))
+        results = [EdgeResult(_name(s)) for s in sources]
+        groups, errors = self._batches(sources, batch_size)
+        for i, msg in errors.items():
+            results[i].error = msg
+        for indices, batch in groups:
+            probs = self._probabilities(self.run(batch))
+            for row, i in zip(probs, indices):
+                order = np.argsort(-row, kind="stable")[:k]
+                results[i].top_k = {self.labels[j]: float(row[j]) for j in order}
+        return results
+
+    def features(self, sources: Iterable[ImageSource], batch_size: int = 1) -> list[EdgeResult]:
+        """The bottleneck vector per image (features.onnx), in input order; unreadable files get an error."""
+        sources = list(sources)
+        results = [EdgeResult(_name(s)) for s in sources]
+        groups, errors = self._batches(sources, batch_size)
+        for i, msg in errors.items():
+            results[i].error = msg
+        name = "features" if "features" in self.output_names else self.output_names[0]
+        for indices, batch in groups:
+            out = self.run(batch)[name]
+            for row, i in zip(out, indices):
+                results[i].features = row
+        return results
+
+
+def _json_or_none(text: str | None):
+    return json.loads(text) if text else None
+
+
+def _name(source: ImageSource) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
