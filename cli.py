@@ -152,6 +152,40 @@ def data_inspect(
         console.print(f"[yellow]unreadable:[/yellow] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
 
 
+# ---------------------------------------------------------------- export
+class QuantizeMode(str, Enum):
+    none = "none"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `zoo finetune`.", exists=True, file_okay=False)],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN_DIR/export).")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset, 18 to 23 (default: 18, which the most runtimes load).")] = None,
+    quantize: Annotated[QuantizeMode, typer.Option(help="Also write classifier.int8.onnx (static, calibrated on the training images) or classifier.fp16.onnx, refused if val top-1 drops more than --max-accuracy-drop.")] = QuantizeMode.none,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Largest val top-1 loss, in points, a quantized variant may have.", min=0.0)] = 1.0,
+    data: Annotated[Optional[Path], typer.Option(help="The run's image folder, if it moved since training (default: the one in config.json).", exists=True, file_okay=False)] = None,
+    archive: Annotated[bool, typer.Option("--archive/--no-archive", help="Also write TorchServe archives into model_store/.")] = True,
+    force: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
+) -> None:
+    """Export a run to ONNX (classifier.onnx, features.onnx, dynamic batch/height/width), proven against PyTorch."""
+    from export.onnx_export import export_run
+    from export.report import summary_lines
+
+    out_dir = out or run_dir / "export"
+    report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
+                        max_accuracy_drop=max_accuracy_drop, log=lambda m: typer.echo(m, err=True))
+    for line in summary_lines(report):
+        typer.echo(line)
+    typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
+    if archive:
+        # Archiving lands with export/archive.py (TorchServe issue); until then the flag does nothing.
+        typer.echo("Note: TorchServe archives are not written yet (they come with `zoo serve`); --no-archive silences this.",
+                   err=True)
+
+
 def main() -> None:
     app()
 

@@ -142,7 +142,8 @@ def run_data(run: TrainedRun, data_dir: Path | str | None):
     from zoo.data.folder import load_image_folder
 
     cfg = run.config
-    root = data_dir or cfg.get("data_dir") or cfg.get("data")
+    recorded = cfg.get("data")  # `zoo finetune` writes {"dir": ..., ...}
+    root = data_dir or (recorded.get("dir") if isinstance(recorded, dict) else recorded) or cfg.get("data_dir")
     if not root:
         return None
     if not Path(root).is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -73,21 +74,31 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: TrainingImages) 
 def convert_fp16(fp32_path: Path, out_path: Path) -> None:
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    # Softmax stays float32: probabilities keep their precision, and converting it (a node whose input
+    # is also a graph output) makes onnxconverter-common write a mistyped graph.
+    blocked = list(float16.DEFAULT_OP_BLOCK_LIST) + ["Softmax"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per weight that is below fp16's range
+        model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True, op_block_list=blocked)
     onnx.save_model(model, str(out_path))
 
 
+# Ops that compute on image tensors; shape arithmetic (the SAME padding sizes) is left out of the count.
+COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Clip", "Relu", "Pad", "AveragePool", "GlobalAveragePool",
+               "MaxPool", "ReduceMean", "Softmax", "Concat", "Sigmoid", "HardSwish", "HardSigmoid", "Flatten",
+               "LayerNormalization", "BatchNormalization", "Erf"}
+
+
 def quantized_ops(model: onnx.ModelProto) -> dict:
-    """Per op type: how many nodes read quantized (DequantizeLinear) inputs, and how many stayed float."""
+    """Per op type: how many compute nodes run quantized (DequantizeLinear in, QuantizeLinear out) and how many in float."""
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     quantized, float_ops = Counter(), Counter()
     for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.domain not in ("", "ai.onnx"):
+        if n.op_type not in COMPUTE_OPS:
             continue
-        if n.op_type in ("Shape", "Gather", "Mod", "Add", "Sub", "Concat", "Slice", "Unsqueeze", "Cast") and not any(
-                i in dq_outputs for i in n.input):
-            continue  # shape arithmetic (SAME padding sizes), not tensor compute
-        (quantized if any(i in dq_outputs for i in n.input) else float_ops)[n.op_type] += 1
+        is_q = any(i in dq_outputs for i in n.input) and any(o in q_inputs for o in n.output)
+        (quantized if is_q else float_ops)[n.op_type] += 1
     return {"quantized": dict(quantized), "float": dict(float_ops)}
 
 

@@ -51,7 +51,7 @@ def make_run(out: Path, data_dir: Path, model_name: str = "efficientnet_lite0", 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG, {"model": model_name, "num_classes": k, "layer": layer,
                                      "preprocess": cfg.to_json(), "strategy": "svm" if layer else "head",
-                                     "data_dir": str(data_dir), "seed": 0, "val_fraction": 0.2})
+                                     "data": {"dir": str(Path(data_dir).resolve())}, "seed": 0, "val_fraction": 0.2})
     atomic_write_json(out / LABELS, data.classes)
     save_weights(model, out / WEIGHTS)
     if metrics:
