@@ -152,6 +152,85 @@ def data_inspect(
         console.print(f"[yellow]unreadable:[/yellow] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
 
 
+# ---------------------------------------------------------------- advise
+@app.command("advise")
+def advise_command(
+    data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class>.")],
+    model: Annotated[str, typer.Option(help="Backbone whose pretrained weights are measured (see `zoo models`).")] = "efficientnet_lite0",
+    size_threshold: Annotated[int, typer.Option(help="Training images above which a dataset counts as large.", min=1)] = 1000,
+    per_class: Annotated[int, typer.Option(help="Images per class sampled for the similarity measurements.", min=2)] = 30,
+    seed: Annotated[int, typer.Option(help="Seed for the sample and the split.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
+) -> None:
+    """Measure the dataset's size and its similarity to the pretraining data; recommend a strategy."""
+    import warnings
+
+    from zoo.advisor import advise
+    from zoo.advisor.report import advice_lines
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        advice = advise(data_dir, model=model, size_threshold=size_threshold, per_class=per_class, seed=seed,
+                        show_progress=not as_json)
+    for w in caught:
+        typer.echo(f"Warning: {w.message}", err=True)
+    if as_json:
+        typer.echo(json.dumps(advice.to_json(), indent=2))
+        return
+    for line in advice_lines(advice):
+        typer.echo(line)
+
+
+# ---------------------------------------------------------------- finetune
+class StrategyName(str, Enum):
+    full = "full"
+    partial = "partial"
+    head = "head"
+
+
+class BalanceMode(str, Enum):
+    auto = "auto"
+    none = "none"
+    sampler = "sampler"
+    loss = "loss"
+
+
+@app.command("finetune")
+def finetune_command(
+    data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class> (split with the seed).", exists=True, file_okay=False)],
+    model: Annotated[str, typer.Option(help="Backbone name (see `zoo models`).")] = "efficientnet_lite0",
+    strategy: Annotated[StrategyName, typer.Option(help="full: train everything; partial: freeze early stages; head: train only a new classifier on cached bottleneck features.")] = StrategyName.head,
+    freeze_until: Annotated[Optional[str], typer.Option(help="partial only: the last frozen stage (default: the backbone's own choice, see `zoo models --json`).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: 30 for head, 10 otherwise).", min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new classifier (default: 0.003 for head, 0.001 otherwise).")] = None,
+    backbone_lr: Annotated[Optional[float], typer.Option(help="Learning rate of trainable pretrained weights (default: lr / 10).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crops at the inference scale, flips, mild colour jitter (default: on below 1,000 training images).", show_default=False)] = None,
+    views: Annotated[int, typer.Option(help="head: augmented views per image in the feature cache.", min=1)] = 4,
+    balance: Annotated[BalanceMode, typer.Option(help="Class imbalance: auto weights the loss when the largest class is 2x the smallest; sampler draws classes equally often.")] = BalanceMode.auto,
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation, data order and augmentation.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<data>-<model>-<strategy>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last finished epoch.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from pretrained weights (or random ones, for comparison).")] = True,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="head: keep bottleneck features on disk and reuse them.")] = True,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache folder (default: $ZOO_CACHE_DIR/features or ~/.cache/zoo/features).", file_okay=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes (default: 0 on machines with 2 CPUs or fewer).", min=0)] = None,
+) -> None:
+    """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
+    from zoo.training.finetune import finetune
+
+    try:
+        finetune(data_dir, model=model, strategy=strategy.value, freeze_until=freeze_until, epochs=epochs, lr=lr,
+                 backbone_lr=backbone_lr, batch_size=batch_size, augment=augment, views=views, balance=balance.value,
+                 seed=seed, out=out, resume=resume, force=force, pretrained=pretrained, cache=cache,
+                 cache_dir=cache_dir, workers=workers)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: the last finished epoch is saved; run the same command with --resume to continue.",
+                   err=True)
+        raise typer.Exit(130) from None
+
+
 # ---------------------------------------------------------------- export
 class QuantizeMode(str, Enum):
     none = "none"

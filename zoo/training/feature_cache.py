@@ -1,0 +1,132 @@
+"""The on-disk bottleneck-feature cache.
+
+A frozen backbone maps an image to the same vector every time, so `head` computes each image's
+features once (per augmentation view) and trains the classifier on them; later epochs and later
+runs read them back. An entry's key hashes everything the vectors depend on: the images' content
+(in order), the backbone and its exact weights, the layer, the view (inference, or augmented view k
+with its seed and recipe version) and the preprocessing, so a change in any of them is a new key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from zoo.backbones import ZooModel
+from zoo.preprocess import PreprocessConfig
+from zoo.training.augment import AUGMENT_VERSION, item_seed
+from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
+from zoo.progress import progress_bar
+
+FEATURE_VERSION = 1  # bump when the way features are computed changes
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("ZOO_CACHE_DIR"):
+        return Path(os.environ["ZOO_CACHE_DIR"]) / "features"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "zoo" / "features"
+
+
+def tensors_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names and bytes: equal iff every tensor is bit-identical."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_fingerprint(model: ZooModel) -> str:
+    """The backbone's weights and BatchNorm statistics, without the (new, trained) classifier."""
+    return tensors_fingerprint({k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")})
+
+
+def dataset_fingerprint(records: Sequence[ImageRecord]) -> str:
+    """Content hash of the images in order; paths and labels do not change features, so they are left out."""
+    return hashlib.sha256("\n".join(r.sha256 for r in records).encode()).hexdigest()
+
+
+def view_name(view: int | None, seed: int) -> str:
+    return "inference" if view is None else f"augment-v{AUGMENT_VERSION}-seed{seed}-view{view}"
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    root: Path
+
+    def key(self, *, dataset: str, model: str, weights: str, layer: str | None, view: str,
+            preprocess: PreprocessConfig) -> str:
+        parts = {"dataset": dataset, "model": model, "weights": weights, "layer": layer, "view": view,
+                 "preprocess": preprocess.to_json(), "version": FEATURE_VERSION}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def load(self, key: str, rows: int) -> torch.Tensor | None:
+        path = self.path(key)
+        try:
+            features = load_file(str(path))["features"]
+        except (FileNotFoundError, SafetensorError, KeyError, OSError):
+            return None  # absent or damaged: recompute
+        return features if features.shape[0] == rows else None
+
+    def save(self, key: str, features: torch.Tensor, meta: dict) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({"features": features.contiguous()}, tmp, metadata={k: str(v) for k, v in meta.items()})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@torch.no_grad()
+def extract_features(model: ZooModel, dataset: ImageViews, layer: str | None, batch_size: int, workers: int,
+                     description: str, show_progress: bool = True) -> torch.Tensor:
+    """Pooled activations (the bottleneck when layer is None) of every item, in dataset order."""
+    was_training = model.training
+    model.eval()
+    batches = shape_batches(range(len(dataset)), dataset.shapes(), batch_size)
+    chunks: list[tuple[list[int], torch.Tensor]] = []
+    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches), enabled=show_progress)
+    for (x, _), idx in zip(bar, batches):  # the bar first, so it sees its last item finish
+        f = model.forward_features(x) if layer is None else model.forward_pooled(x, layer)
+        chunks.append((idx, f.float()))
+    model.train(was_training)
+    out = torch.empty(len(dataset), chunks[0][1].shape[1] if chunks else 0)
+    for idx, f in chunks:
+        out[idx] = f
+    return out
+
+
+def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *, model_name: str,
+                    weights: str, layer: str | None, view: int | None, seed: int, cache: FeatureCache | None,
+                    batch_size: int, workers: int, description: str, show_progress: bool = True
+                    ) -> tuple[torch.Tensor, bool]:
+    """(features, True when read from the cache) for one view of `records`."""
+    name = view_name(view, seed)
+    key = cache.key(dataset=dataset_fingerprint(records), model=model_name, weights=weights, layer=layer,
+                    view=name, preprocess=cfg) if cache else ""
+    if cache is not None:
+        hit = cache.load(key, len(records))
+        if hit is not None:
+            return hit, True
+    seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
+    features = extract_features(model, ImageViews(records, cfg, seeds), layer, batch_size, workers, description,
+                                show_progress)
+    if cache is not None:
+        cache.save(key, features, {"model": model_name, "layer": layer, "view": name, "images": len(records)})
+    return features, False
