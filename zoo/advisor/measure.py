@@ -1,0 +1,130 @@
+"""Measurements the advisor uses, taken from the images and the pretrained network in one pass.
+
+- BatchNorm shift: how far the target images' activation statistics sit from the running
+  statistics every BatchNorm layer learned on the source data (mean per-channel KL divergence
+  between the two Gaussians; 0 when the data looks like the source).
+- Source confidence: the mean top-1 probability of the source (ImageNet) classifier.
+- Separability by depth: cross-validated accuracy of a standardised logistic regression on the
+  globally pooled activations of every stage. Deep features that separate the classes as well as
+  any earlier stage mean the source's high-level features transfer.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoo.backbones import ZooModel
+from zoo.data.folder import ImageFolderData, Sample
+from zoo.errors import ZooError
+from zoo.preprocess import ImageError, PreprocessConfig, preprocess
+from zoo.progress import progress_bar
+
+
+@dataclass
+class Probe:
+    images: int
+    unreadable: list[str]
+    bn_kl: float | None  # mean over BatchNorm layers; None for backbones without BatchNorm
+    source_confidence: float | None  # None when the backbone has no pretrained source classifier
+    stage_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def probe_sample(data: ImageFolderData, per_class: int, seed: int) -> list[Sample]:
+    """A class-balanced, seeded sample of training images."""
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in data.train:
+        by_class[s.label].append(s)
+    rng = random.Random(seed)
+    picked = []
+    for label in sorted(by_class):
+        items = list(by_class[label])
+        rng.shuffle(items)
+        picked += items[:per_class]
+    return picked
+
+
+class _BatchNormInputStats:
+    """Forward hooks that accumulate per-channel mean and variance of every BatchNorm's input."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.sums = [None] * len(self.layers)
+        self.handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.layers)]
+
+    def _hook(self, i: int):
+        def hook(module, inputs, output):
+            x = inputs[0].detach().double()
+            s = (x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3])
+            self.sums[i] = s if self.sums[i] is None else tuple(a + b for a, b in zip(self.sums[i], s))
+        return hook
+
+    def mean_kl(self) -> float | None:
+        for h in self.handles:
+            h.remove()
+        kls = []
+        for bn, s in zip(self.layers, self.sums):
+            if s is None:
+                continue
+            mean = s[0] / s[2]
+            var = (s[1] / s[2] - mean * mean).clamp_min(1e-8)
+            source_var = bn.running_var.double() + bn.eps
+            kl = 0.5 * (torch.log(source_var / var) + (var + (mean - bn.running_mean.double()) ** 2) / source_var - 1)
+            kls.append(kl.mean().item())
+        return float(np.mean(kls)) if kls else None
+
+
+def separability(features: dict[str, list[np.ndarray]], labels: list[int], seed: int) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(labels)
+    folds = int(min(3, np.bincount(y).min()))
+    if folds < 2:
+        return {}
+    out = {}
+    for stage, rows in features.items():
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            out[stage] = float(cross_val_score(clf, np.stack(rows), y, cv=cv).mean())
+    return out
+
+
+@torch.no_grad()
+def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: PreprocessConfig, seed: int = 0,
+          show_progress: bool = True) -> Probe:
+    """One forward pass per sampled image collects all three measurements."""
+    model.eval()
+    bn_stats = _BatchNormInputStats(model)
+    features: dict[str, list[np.ndarray]] = defaultdict(list)
+    labels, confidence, unreadable = [], [], []
+    try:
+        for sample in progress_bar(samples, "measuring similarity", enabled=show_progress):
+            try:
+                x = torch.from_numpy(preprocess(sample.path, cfg)).unsqueeze(0)
+            except ImageError as e:
+                unreadable.append(f"{sample.path}: {e}")
+                continue
+            for name, stage in model.stages.items():
+                x = stage(x)
+                features[name].append(x.mean((2, 3))[0].numpy())
+            if has_source_head:
+                logits = model.forward_head(model.pre_logits(x.mean((2, 3))))
+                confidence.append(float(logits.softmax(1).max()))
+            labels.append(sample.label)
+    finally:
+        kl = bn_stats.mean_kl()
+    if not labels:
+        raise ZooError("None of the sampled images could be read: check the files with `zoo data inspect`.")
+    return Probe(images=len(labels), unreadable=unreadable, bn_kl=kl if labels else None,
+                 source_confidence=float(np.mean(confidence)) if confidence else None,
+                 stage_accuracy=separability(features, labels, seed))

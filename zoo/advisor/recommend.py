@@ -1,0 +1,135 @@
+"""The quadrant rule of design.md §3, driven by measured size and similarity."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from zoo.advisor.measure import Probe, probe, probe_sample
+from zoo.backbones import create_model, get_spec
+from zoo.data.folder import ImageFolderData, load_image_folder
+
+# Scales of the similarity components. They were set so that real ImageNet validation photos score
+# near 1 (BatchNorm KL 0.09, confidence 0.71 with efficientnet_lite0) and the components fall as data
+# moves away from natural photos; see the README's quadrant guide for measured examples.
+BN_KL_SCALE = 0.5          # score = exp(-KL / scale)
+CONFIDENCE_REFERENCE = 0.7  # score = min(1, confidence / reference)
+WEIGHTS = {"batchnorm": 0.4, "confidence": 0.3, "depth": 0.3}
+SIMILARITY_THRESHOLD = 0.5
+DEFAULT_SIZE_THRESHOLD = 1000
+IMBALANCE_THRESHOLD = 3.0  # max/min class count above which balancing is recommended
+
+QUADRANTS = {
+    ("large", "dissimilar"): ("Q1", "full"),
+    ("large", "similar"): ("Q2", "partial"),
+    ("small", "dissimilar"): ("Q3", "svm"),
+    ("small", "similar"): ("Q4", "head"),
+}
+
+
+@dataclass
+class Advice:
+    model: str
+    images: int
+    classes: int
+    smallest_class: int
+    largest_class: int
+    imbalance_ratio: float
+    size: str  # "large" | "small"
+    size_threshold: int
+    similarity: float
+    similar: bool
+    components: dict[str, float | None]
+    stage_accuracy: dict[str, float]
+    quadrant: str
+    strategy: str
+    freeze_until: str | None
+    layer: str | None
+    lr_backbone: float
+    lr_head: float
+    augment: bool
+    balance: str
+    reasons: dict[str, str] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def similarity_score(p: Probe) -> tuple[float, dict[str, float | None]]:
+    """Weighted mean of the available components, each in [0, 1]."""
+    comp: dict[str, float | None] = {"batchnorm_kl": p.bn_kl, "source_confidence": p.source_confidence}
+    scores: dict[str, float] = {}
+    if p.bn_kl is not None:
+        scores["batchnorm"] = math.exp(-p.bn_kl / BN_KL_SCALE)
+    if p.source_confidence is not None:
+        scores["confidence"] = min(1.0, p.source_confidence / CONFIDENCE_REFERENCE)
+    if p.stage_accuracy:
+        last = list(p.stage_accuracy.values())[-1]
+        scores["depth"] = last / max(max(p.stage_accuracy.values()), 1e-9)
+    for k, v in scores.items():
+        comp[f"{k}_score"] = round(v, 4)
+    total = sum(WEIGHTS[k] for k in scores)
+    if not total:
+        return 0.5, comp
+    return sum(WEIGHTS[k] * v for k, v in scores.items()) / total, comp
+
+
+def best_earlier_layer(stage_accuracy: dict[str, float], stages: list[str]) -> str:
+    """The stage whose pooled activations separate the classes best, preferring earlier on ties."""
+    candidates = [s for s in stages[:-1] if s in stage_accuracy] or stages
+    best = max(stage_accuracy.get(s, 0.0) for s in candidates)
+    return next(s for s in candidates if stage_accuracy.get(s, 0.0) >= best - 0.005)
+
+
+def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_lite0",
+           size_threshold: int = DEFAULT_SIZE_THRESHOLD, per_class: int = 30, max_images: int = 300, seed: int = 0,
+           show_progress: bool = True) -> Advice:
+    data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(data_dir, seed=seed)
+    spec = get_spec(model)
+    counts = data.class_counts("train")
+    n = len(data.train)
+    smallest, largest = min(counts.values()), max(counts.values())
+    imbalance = largest / max(smallest, 1)
+    per_class = max(2, min(per_class, max_images // len(data.classes)))
+    net = create_model(model, num_classes=None, pretrained=True)
+    measured = probe(net, not spec.notes, probe_sample(data, per_class, seed), spec.preprocess_config(), seed,
+                     show_progress)
+    if measured.unreadable:
+        warnings.warn(f"{len(measured.unreadable)} unreadable image(s) skipped, e.g. {measured.unreadable[0]}")
+    score, components = similarity_score(measured)
+    size = "large" if n > size_threshold else "small"
+    similar = score >= SIMILARITY_THRESHOLD
+    quadrant, strategy = QUADRANTS[(size, "similar" if similar else "dissimilar")]
+    stages = list(spec.stages)
+    layer = best_earlier_layer(measured.stage_accuracy, stages) if strategy == "svm" else None
+    freeze_until = spec.default_freeze_until if strategy == "partial" else None
+    lr_head = 1e-3 if strategy in ("head", "svm") else 3e-3
+    lr_backbone = {"full": 3e-4, "partial": 3e-4}.get(strategy, 0.0)
+    augment = size == "small"
+    balance = "auto" if imbalance > IMBALANCE_THRESHOLD else "none"
+    reasons = {
+        "size": f"{n} training images {'>' if size == 'large' else '<='} the threshold of {size_threshold}: {size}",
+        "similarity": f"score {score:.2f} {'>=' if similar else '<'} {SIMILARITY_THRESHOLD} "
+                      f"(BatchNorm statistics, source-classifier confidence, separability by depth): "
+                      f"{'similar' if similar else 'dissimilar'} to the pretraining data",
+        "strategy": {
+            "full": "plenty of data unlike the source: train the whole network, pretrained layers at a smaller rate",
+            "partial": "plenty of similar data: keep the generic early stages frozen, adapt the later ones",
+            "svm": "few images unlike the source: late features are too source-specific and fine-tuning would "
+                   f"overfit, so a linear classifier on {layer} activations (best separability of the earlier stages)",
+            "head": "few images like the source: the pretrained features already fit, train only a new classifier",
+        }[strategy],
+        "learning_rates": f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
+                          + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)"),
+        "augmentation": "on: small data needs more views" if augment else "off: enough real variation in the data",
+        "balance": (f"classes are skewed {imbalance:.1f}:1, so weight the loss / sampling" if balance == "auto"
+                    else f"classes are balanced enough ({imbalance:.1f}:1)"),
+    }
+    return Advice(model=model, images=n, classes=len(data.classes), smallest_class=smallest, largest_class=largest,
+                  imbalance_ratio=round(imbalance, 3), size=size, size_threshold=size_threshold,
+                  similarity=round(score, 4), similar=similar, components=components,
+                  stage_accuracy={k: round(v, 4) for k, v in measured.stage_accuracy.items()}, quadrant=quadrant,
+                  strategy=strategy, freeze_until=freeze_until, layer=layer, lr_backbone=lr_backbone, lr_head=lr_head,
+                  augment=augment, balance=balance, reasons=reasons, unreadable=measured.unreadable)
