@@ -1,0 +1,254 @@
+"""`zoo export` on a real trained run: graphs, metadata, parity, ORT accuracy, quantization gate, edge runtime.
+
+One efficientnet_lite0 run (pretrained, head strategy) on a small digits sample is trained and exported
+once per module; the tests read what that export wrote, with real ONNX Runtime sessions and real images.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from cli import app
+from export.onnx_export import export_run
+from export_runs import make_run
+from zoo.errors import ZooError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits_small(tmp_path_factory) -> Path:
+    from zoo.data.samples import write_sample
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    write_sample("digits", out, seed=0, limit=200, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, digits_small) -> Path:
+    """A run written by `zoo finetune` when it is installed, else by the run-directory contract directly."""
+    out = tmp_path_factory.mktemp("runs") / "digits-lite0-head"
+    try:
+        from zoo import finetune
+    except (ImportError, AttributeError):
+        return make_run(out, digits_small)
+    finetune(digits_small, model="efficientnet_lite0", strategy="head", augment=False, out=out, force=True,
+             cache_dir=tmp_path_factory.mktemp("cache"), show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("export") / "export"
+    # The gate is opened wide here so the figures of both variants can be checked; the refusal has its own test.
+    report = export_run(trained_run, out, quantize=["int8", "fp16"], max_accuracy_drop=100.0)
+    return out, report
+
+
+# ---------------------------------------------------------------- files, graphs, metadata
+def test_export_writes_the_contract_files(exported, trained_run):
+    out, report = exported
+    for name in ("classifier.onnx", "features.onnx", "preprocess.json", "labels.json", "export_report.json",
+                 "classifier.int8.onnx", "classifier.fp16.onnx"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "labels.json").read_text()) == json.loads((trained_run / "labels.json").read_text())
+    config = json.loads((trained_run / "config.json").read_text())
+    assert json.loads((out / "preprocess.json").read_text()) == config["preprocess"]
+    assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(report))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging files were left behind"
+
+
+@pytest.mark.parametrize("name,kind,outputs", [("classifier.onnx", "classifier", ["logits", "probabilities"]),
+                                               ("features.onnx", "features", ["features"])])
+def test_graphs_are_dynamic_checked_and_carry_metadata(exported, name, kind, outputs):
+    out, _ = exported
+    model = onnx.load(str(out / name))
+    onnx.checker.check_model(model, full_check=True)
+    (inp,) = model.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[1].dim_value == 3
+    assert all(dims[i].dim_param and not dims[i].dim_value for i in (0, 2, 3)), "batch, height and width must be dynamic"
+    assert [o.name for o in model.graph.output] == outputs
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["zoo.kind"] == kind and meta["zoo.model"] == "efficientnet_lite0"
+    assert json.loads(meta["zoo.labels"]) == json.loads((out / "labels.json").read_text())
+    assert json.loads(meta["zoo.preprocess"]) == json.loads((out / "preprocess.json").read_text())
+    assert sorted(json.loads(meta["zoo.outputs"])) == sorted(outputs)
+
+
+# ---------------------------------------------------------------- Done when 1: parity
+def test_parity_figures_in_the_report(exported):
+    _, report = exported
+    p = report["parity"]
+    assert p["ok"] and p["max_abs_logits"] <= 1e-4 and p["top1_agreement"] == 1.0
+    assert p["batch_sizes"] == [1, 5]
+    sizes = {tuple(s) for s in p["sizes"]}
+    assert {(224, 224), (180, 320), (97, 301)} <= sizes  # square, non-square, odd on both sides
+    assert len(p["cases"]) == len(sizes) * 2
+    assert all(Path(name).is_file() for name in p["images"]), "parity must run on real validation images"
+    assert report["checker"] == {"classifier.onnx": "passed (full_check)", "features.onnx": "passed (full_check)"}
+
+
+def test_failed_parity_is_loud_and_publishes_nothing(trained_run, tmp_path):
+    out = tmp_path / "export"
+    # A zero tolerance cannot be met by float arithmetic in two different runtimes: the check must refuse.
+    with pytest.raises(ZooError, match=r"max \|Δ logits\| .* against a tolerance of 0e\+00"):
+        export_run(trained_run, out, parity_atol=0.0, parity_sizes=[(97, 301)])
+    assert not (out / "classifier.onnx").exists() and not (out / "features.onnx").exists()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["ok"] is False and report["parity"]["max_abs_logits"] > 0
+
+
+# ---------------------------------------------------------------- Done when 2: accuracy without torch
+def test_onnx_runtime_accuracy_without_torch_equals_metrics(exported, trained_run, digits_small):
+    out, report = exported
+    from zoo.data.folder import load_image_folder
+
+    config = json.loads((trained_run / "config.json").read_text())
+    data = load_image_folder(digits_small, val_fraction=config.get("val_fraction", 0.2), seed=config.get("seed", 0))
+    val = [[str(s.path), s.label] for s in data.val]
+    script = (
+        "import json, sys\n"
+        "from zoo.edge import EdgeModel\n"
+        "val = json.loads(sys.stdin.read())\n"
+        f"edge = EdgeModel({str(out)!r})\n"
+        "res = edge.predict([p for p, _ in val], top_k=1)\n"
+        "acc = sum(r.label == edge.labels[y] for r, (_, y) in zip(res, val)) / len(val)\n"
+        "print(json.dumps({'accuracy': acc, 'torch': 'torch' in sys.modules}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(val), capture_output=True, text=True,
+                          cwd=REPO, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False, "the edge path imported torch"
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert abs(100 * (result["accuracy"] - metrics["accuracy"])) <= 0.5
+    assert report["val_accuracy"]["metrics_json"] == pytest.approx(metrics["accuracy"])
+    assert abs(report["val_accuracy"]["delta_points"]) <= 0.5
+
+
+# ---------------------------------------------------------------- Done when 4: quantized variants and the gate
+@pytest.mark.parametrize("variant", ["int8", "fp16"])
+def test_variants_report_accuracy_and_speed(exported, variant):
+    out, report = exported
+    v = report["variants"][variant]
+    assert v["status"] == "accepted" and (out / v["file"]).is_file()
+    assert 0.0 <= v["val_accuracy"] <= 1.0 and v["val_images"] > 0
+    assert v["drop_points"] == pytest.approx(100 * (v["fp32_val_accuracy"] - v["val_accuracy"]), abs=1e-2)
+    assert v["speed_ratio"] > 0 and v["latency_ms"] > 0 and v["fp32_latency_ms"] > 0
+    meta = {p.key: p.value for p in onnx.load(str(out / v["file"])).metadata_props}
+    assert meta["zoo.precision"] == variant and meta["zoo.kind"] == "classifier"
+    if variant == "int8":
+        assert v["calibration_split"] == "train" and v["calibration_images"] > 0
+        assert v["ops"]["quantized"].get("Conv", 0) >= 40, "the convolutions should run in int8"
+        assert v["size_bytes"] < v["fp32_size_bytes"] / 2
+
+
+def test_gate_refuses_a_variant_past_the_threshold(trained_run, tmp_path):
+    out = tmp_path / "export"
+    # A negative limit demands that int8 gain 101 points of accuracy: no variant can meet it.
+    with pytest.raises(ZooError, match=r"classifier\.int8\.onnx loses .* more than the -101.0-point limit"):
+        export_run(trained_run, out, quantize="int8", max_accuracy_drop=-101.0, parity_sizes=[(97, 301)],
+                   calibration_images=16)
+    assert not (out / "classifier.int8.onnx").exists()
+    assert (out / "classifier.onnx").is_file(), "the fp32 export stays usable"
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["variants"]["int8"]["status"] == "refused"
+
+
+# ---------------------------------------------------------------- the command line
+def test_cli_export_refuses_to_overwrite(runner, exported, trained_run):
+    out, _ = exported
+    before = (out / "classifier.onnx").stat().st_mtime_ns
+    result = runner.invoke(app, ["export", str(trained_run), "--out", str(out), "--no-archive"])
+    assert result.exit_code != 0
+    assert "already holds an export" in result.output and "--force" in result.output
+    assert (out / "classifier.onnx").stat().st_mtime_ns == before
+
+
+def test_cli_export_help_and_bad_options(runner, trained_run, tmp_path):
+    result = runner.invoke(app, ["export", "--help"])
+    assert result.exit_code == 0
+    for option in ("--out", "--opset", "--quantize", "--no-archive", "--force"):
+        assert option in result.output
+    bad_opset = runner.invoke(app, ["export", str(trained_run), "--out", str(tmp_path / "x"), "--opset", "11"])
+    assert bad_opset.exit_code == 2 and "choose an opset from 18" in bad_opset.output
+    bad_quant = runner.invoke(app, ["export", str(trained_run), "--quantize", "int4"])
+    assert bad_quant.exit_code != 0
+    missing = runner.invoke(app, ["export", str(tmp_path / "no-such-run")])
+    assert missing.exit_code != 0
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(ZooError, match="config.json is missing"):
+        export_run(tmp_path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- the edge runtime (zoo.edge)
+def test_edge_top_k_never_exceeds_classes_and_reports_bad_files(exported, digits_small, tmp_path):
+    from zoo.edge import EdgeModel
+
+    out, _ = exported
+    edge = EdgeModel(out)
+    assert edge.kind == "classifier" and edge.provider == "CPUExecutionProvider"  # no usable GPU here
+    good = sorted((digits_small / "val").rglob("*.png"))[:2]
+    (tmp_path / "garbage.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(buf, format="JPEG")
+    truncated = buf.getvalue()[:200]
+    results = edge.predict([good[0], tmp_path / "garbage.jpg", tmp_path / "empty.png", truncated, good[1]], top_k=50)
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert all(r.error for r in results[1:4])
+    for r in (results[0], results[4]):
+        assert len(r.top_k) == len(edge.labels) == 10  # asked for 50, there are 10 classes
+        assert abs(sum(r.top_k.values()) - 1.0) < 1e-4
+        assert list(r.top_k.values()) == sorted(r.top_k.values(), reverse=True)
+
+
+def test_edge_prediction_does_not_depend_on_the_batch(exported, digits_small, tmp_path):
+    from zoo.edge import EdgeModel
+
+    out, _ = exported
+    edge = EdgeModel(out / "classifier.onnx")
+    paths = sorted((digits_small / "val").rglob("*.png"))[:3]
+    wide = tmp_path / "wide.png"
+    Image.open(paths[0]).convert("RGB").resize((90, 40)).save(wide)  # a different shape in the same call
+    sources = [paths[0], wide, paths[1], paths[2]]
+    alone = [edge.predict([s], top_k=3)[0].top_k for s in sources]
+    together = [r.top_k for r in edge.predict(sources, top_k=3, batch_size=8)]
+    for a, b in zip(alone, together):
+        assert list(a) == list(b)
+        assert max(abs(a[k] - b[k]) for k in a) < 1e-5
+
+
+def test_edge_reads_metadata_when_the_json_files_are_absent(exported, digits_small, tmp_path):
+    from zoo.edge import EdgeModel
+
+    out, _ = exported
+    shutil.copy(out / "classifier.onnx", tmp_path / "model.onnx")
+    shutil.copy(out / "features.onnx", tmp_path / "features.onnx")
+    image = sorted((digits_small / "val").rglob("*.png"))[0]
+    alone = EdgeModel(tmp_path / "model.onnx")
+    assert alone.labels == json.loads((out / "labels.json").read_text())
+    assert alone.predict([image])[0].top_k == EdgeModel(out).predict([image])[0].top_k
+    feats = EdgeModel(tmp_path, kind="features").features([image])[0].features
+    assert feats.shape == (1280,) and np.isfinite(feats).all()
+
+
+def test_edge_and_zoo_package_do_not_import_torch():
+    script = "import sys, zoo, zoo.edge, zoo.preprocess; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.stdout.strip() == "[]"
