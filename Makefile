@@ -21,6 +21,7 @@ demo: setup
 	$(ZOO) data inspect demo-data/textures
 	$(ZOO) models
 	$(ZOO) models check
+	$(ZOO) finetune demo-data/textures --strategy head --out demo-out/textures-head --force
 
 test: setup
 	$(PY) -m pytest -q
