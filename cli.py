@@ -238,6 +238,11 @@ class QuantizeMode(str, Enum):
     int8 = "int8"
 
 
+class ArchiveRuntime(str, Enum):
+    onnx = "onnx"
+    torch = "torch"
+
+
 @app.command("export")
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `zoo finetune`.", exists=True, file_okay=False)],
@@ -247,6 +252,9 @@ def export_command(
     max_accuracy_drop: Annotated[float, typer.Option(help="Largest val top-1 loss, in points, a quantized variant may have.", min=0.0)] = 1.0,
     data: Annotated[Optional[Path], typer.Option(help="The run's image folder, if it moved since training (default: the one in config.json).", exists=True, file_okay=False)] = None,
     archive: Annotated[bool, typer.Option("--archive/--no-archive", help="Also write TorchServe archives into model_store/.")] = True,
+    model_store: Annotated[Path, typer.Option(help="Where the archives go: NAME.mar (classifier) and NAME-features.mar.")] = Path("model_store"),
+    name: Annotated[Optional[str], typer.Option(help="Archive (served model) name (default: the run directory's name).")] = None,
+    runtime: Annotated[ArchiveRuntime, typer.Option(help="What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.")] = ArchiveRuntime.onnx,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
 ) -> None:
     """Export a run to ONNX (classifier.onnx, features.onnx, dynamic batch/height/width), proven against PyTorch."""
@@ -260,9 +268,71 @@ def export_command(
         typer.echo(line)
     typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
     if archive:
-        # Archiving lands with export/archive.py (TorchServe issue); until then the flag does nothing.
-        typer.echo("Note: TorchServe archives are not written yet (they come with `zoo serve`); --no-archive silences this.",
-                   err=True)
+        from export.archive import default_archive_name, write_archives
+
+        mars = write_archives(out_dir, name or default_archive_name(run_dir), model_store, runtime.value, run_dir=run_dir)
+        typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with `zoo serve start --model-store {model_store}`.")
+
+
+# ---------------------------------------------------------------- serve
+serve_app = typer.Typer(no_args_is_help=True, help="Run TorchServe on the archives in a model store.")
+app.add_typer(serve_app, name="serve")
+PortOption = Annotated[int, typer.Option(help="Inference port; management, metrics and gRPC take the next four.", min=1, max=65530)]
+
+
+@serve_app.command("start")
+def serve_start(
+    model_store: Annotated[Path, typer.Option(help="Folder of .mar archives written by `zoo export`.")] = Path("model_store"),
+    models: Annotated[Optional[str], typer.Option(help="Comma-separated archive names to serve (default: all in the store).")] = None,
+    port: PortOption = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes per model.", min=1)] = 1,
+    batch_size: Annotated[int, typer.Option(help="TorchServe batching: most requests per handler call (1 = off).", min=1)] = 1,
+    max_batch_delay: Annotated[int, typer.Option(help="Milliseconds TorchServe waits to fill a batch.", min=0)] = 50,
+    threads: Annotated[int, typer.Option(help="Inference threads per worker (0: CPU count / workers).", min=0)] = 0,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 exposes the server to the network.")] = "127.0.0.1",
+    token_auth: Annotated[bool, typer.Option("--token-auth/--no-token-auth", help="TorchServe token authorization (keep it on).")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every model to answer.", min=1)] = 300,
+) -> None:
+    """Start TorchServe and wait until every model answers a prediction."""
+    from zoo.serve import ServeConfig, describe, start
+
+    names = tuple(n.strip().removesuffix(".mar") for n in (models or "").split(",") if n.strip())
+    if host not in ("127.0.0.1", "localhost") or not token_auth:
+        typer.echo(f"Warning: serving on {host} with token authorization {'on' if token_auth else 'OFF'}; "
+                   "the defaults (127.0.0.1, tokens on) are the safe ones.", err=True)
+    cfg = ServeConfig(model_store=model_store, models=names, port=port, host=host, workers=workers, batch_size=batch_size,
+                      max_batch_delay_ms=max_batch_delay, threads=threads, token_auth=token_auth)
+    typer.echo(f"Starting TorchServe on {host}:{port} (logs in {cfg.folder / 'logs'}) ...", err=True)
+    info = start(cfg, timeout_s=timeout)
+    typer.echo(describe(info.to_json()))
+    typer.echo(f"Stop it with `zoo serve stop --port {port}`.")
+
+
+@serve_app.command("stop")
+def serve_stop(port: PortOption = 8080) -> None:
+    """Stop the server zoo started on PORT (its workers too)."""
+    from zoo.serve import state_dir_for, stop
+
+    info = stop(state_dir_for(port))
+    if info is None:
+        typer.echo(f"No zoo server is running on port {port}: nothing to stop.", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Stopped TorchServe (pid {info.pid}) on port {port}.")
+
+
+@serve_app.command("status")
+def serve_status(
+    port: PortOption = 8080,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Addresses, models, worker states and where the key file and logs are."""
+    from zoo.serve import describe, state_dir_for, status
+
+    info = status(state_dir_for(port))
+    if info is None:
+        typer.echo(f"No zoo server is running on port {port}: start one with `zoo serve start`.", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(info, indent=2) if as_json else describe(info))
 
 
 def main() -> None:

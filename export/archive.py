@@ -1,0 +1,168 @@
+"""TorchServe archives: `<name>.mar` (classifier) and `<name>-features.mar` (bottleneck extractor).
+
+Each archive holds the model (an ONNX graph run by ONNX Runtime, or with runtime "torch" a
+torch.export program), the handler, handlers/zoo_serving.py, a copy of zoo/preprocess.py named
+zoo_preprocess.py, preprocess.json, labels.json and serving.json (runtime, model file, output).
+Nothing in it imports the zoo package, so it runs on any TorchServe with numpy, Pillow and
+onnxruntime (or torch). torch-model-archiver does the packing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from zoo.errors import ZooError
+
+ARCHIVE_VERSION = "1.0"  # TorchServe's model version; `zoo serve` registers this version
+HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
+DEFAULT_MODEL_STORE = Path("model_store")
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")  # what TorchServe accepts as a model name
+
+
+class Runtime(str, Enum):
+    onnx = "onnx"
+    torch = "torch"
+
+
+TORCH_PROGRAM = "model.pt2"  # one torch.export program for both archives: (probabilities, features)
+# kind -> (handler file, ONNX file, ONNX output name, torch program output index, archive name suffix)
+KINDS = {
+    "classifier": ("classifier_handler.py", "classifier.onnx", "probabilities", 0, ""),
+    "features": ("features_handler.py", "features.onnx", "features", 1, "-features"),
+}
+
+
+def archive_names(name: str) -> dict[str, str]:
+    """kind -> TorchServe model name (and .mar file stem)."""
+    return {kind: name + spec[4] for kind, spec in KINDS.items()}
+
+
+def _preprocess_module() -> Path:
+    import zoo.preprocess
+
+    return Path(zoo.preprocess.__file__)
+
+
+def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir: Path,
+                    default_topk: int = 5, max_images_per_request: int = 32) -> Path:
+    """Lay out the files of one archive in out_dir, exactly as TorchServe unpacks them.
+
+    The archiver packs this folder; tests load a handler straight from it.
+    """
+    runtime = Runtime(runtime)
+    handler, onnx_file, output, program_output, _ = KINDS[kind]
+    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    model_file = onnx_file if runtime is Runtime.onnx else TORCH_PROGRAM
+    needed = [model_file, "preprocess.json", "labels.json"]
+    missing = [f for f in needed if not (export_dir / f).is_file()]
+    if (export_dir / f"{model_file}.data").is_file():  # ONNX weights stored beside the graph
+        needed.append(f"{model_file}.data")
+    if missing:
+        hint = "export with `--runtime torch`" if runtime is Runtime.torch else "run `zoo export RUN_DIR` first"
+        raise ZooError(f"{export_dir} lacks {', '.join(missing)}: {hint}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in needed:
+        shutil.copyfile(export_dir / f, out_dir / f)
+    shutil.copyfile(HANDLERS_DIR / handler, out_dir / handler)
+    shutil.copyfile(HANDLERS_DIR / "zoo_serving.py", out_dir / "zoo_serving.py")
+    shutil.copyfile(_preprocess_module(), out_dir / "zoo_preprocess.py")
+    settings = {"kind": kind, "runtime": runtime.value, "model_file": model_file,
+                "output": output if runtime is Runtime.onnx else program_output, "default_topk": default_topk,
+                "max_images_per_request": max_images_per_request, "max_group": 8}
+    (out_dir / "serving.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return out_dir
+
+
+def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODEL_STORE,
+                   runtime: Runtime | str = Runtime.onnx, run_dir: Path | None = None,
+                   default_topk: int = 5) -> list[Path]:
+    """Write <name>.mar and <name>-features.mar into model_store; returns their paths.
+
+    With runtime "torch" the torch.export program is made from run_dir first (into export_dir).
+    """
+    runtime = Runtime(runtime)
+    if not NAME_PATTERN.match(name):
+        raise ZooError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', starting with a letter.")
+    if default_topk < 1:
+        raise ZooError("--topk must be at least 1: give how many classes an answer lists by default.")
+    export_dir, model_store = Path(export_dir), Path(model_store)
+    if runtime is Runtime.torch and (run_dir is not None or not (export_dir / TORCH_PROGRAM).is_file()):
+        if run_dir is None:
+            raise ZooError("The torch runtime needs the run directory: give it, or use the default onnx runtime.")
+        export_torch_program(run_dir, export_dir)
+    model_store.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix=".zoo-archive-", dir=model_store) as tmp:
+        for kind, model_name in archive_names(name).items():
+            stage = stage_model_dir(export_dir, kind, runtime, Path(tmp) / f"stage-{kind}", default_topk)
+            _run_archiver(stage, KINDS[kind][0], model_name, Path(tmp))
+            target = model_store / f"{model_name}.mar"
+            os.replace(Path(tmp) / f"{model_name}.mar", target)  # a server never sees half an archive
+            written.append(target)
+    return written
+
+
+def _run_archiver(stage: Path, handler: str, model_name: str, export_path: Path) -> None:
+    settings = json.loads((stage / "serving.json").read_text())
+    extra = sorted(str(p) for p in stage.iterdir() if p.name not in (handler, settings["model_file"]))
+    cmd = [sys.executable, "-m", "model_archiver.model_packaging",
+           "--model-name", model_name, "--version", ARCHIVE_VERSION,
+           "--serialized-file", str(stage / settings["model_file"]), "--handler", str(stage / handler),
+           "--extra-files", ",".join(extra), "--export-path", str(export_path), "--force"]
+    # The archiver stages files under $TMPDIR/<model name>: a private TMPDIR keeps parallel runs apart.
+    scratch = export_path / f"tmp-{model_name}"
+    scratch.mkdir()
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    if result.returncode != 0:
+        raise ZooError(f"torch-model-archiver failed for {model_name}: {(result.stderr or result.stdout).strip()[-400:]}")
+
+
+def export_torch_program(run_dir: Path, out_dir: Path) -> Path:
+    """model.pt2 from a run: a torch.export program returning (probabilities, features) with dynamic
+    batch, height and width, which loads with torch alone (no zoo code inside). Both archives hold it."""
+    from zoo.run_dir import load_run
+
+    run = load_run(run_dir)
+    size = run.preprocess.input_size
+    module = _ProbabilitiesAndFeatures(run.model).eval()
+    example = torch.randn(2, 3, size, size + 32)  # batch 2 and a non-square shape keep every dim dynamic
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: auto, 2: auto, 3: auto}})
+    x = torch.randn(1, 3, size + 17, size + 33)  # batch 1 and odd sides: none of the example's sizes
+    with torch.inference_mode():
+        gap = max((a - b).abs().max().item() for a, b in zip(program.module()(x), module(x)))
+    if gap > 1e-4:
+        raise ZooError(f"The torch program differs from the PyTorch model by {gap:.2g} on a {x.shape[2]}x{x.shape[3]} "
+                       "image: report this as a bug.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / TORCH_PROGRAM
+    tmp = path.with_name(f".{path.stem}.partial.pt2")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class _ProbabilitiesAndFeatures(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return torch.softmax(self.model.forward_head(features), dim=1), features
+
+
+def default_archive_name(run_dir: Path) -> str:
+    """A valid TorchServe model name from the run directory's name."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(run_dir).resolve().name).strip("-.") or "model"
+    return name if name[0].isalpha() else f"m{name}"

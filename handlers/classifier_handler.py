@@ -1,0 +1,20 @@
+"""TorchServe handler for a zoo classifier: images of any size in, top-k {label: probability} out.
+
+Send raw image bytes, a multipart upload of one or more files, or JSON {"image": BASE64} /
+{"images": [BASE64, ...]}. k comes from the `topk` query parameter, JSON key or header (default
+in serving.json) and is never more than the number of classes. One image gets one object; a list
+of images gets a list of objects, in order.
+"""
+from zoo_serving import ParsedRequest, ZooImageHandler, request_header, top_k, topk_option
+
+
+class ClassifierHandler(ZooImageHandler):
+    def check_options(self, request: ParsedRequest, context, idx: int) -> None:
+        value = request.options.get("topk")
+        if value is None:
+            value = request_header(context, idx, ("topk", "x-topk"))
+        request.options["k"] = topk_option(value, int(self.settings.get("default_topk", 5)), len(self.labels))
+
+    def answer(self, outputs, request: ParsedRequest):
+        answers = [top_k(p, self.labels, request.options["k"]) for p in outputs]
+        return answers if request.many else answers[0]

@@ -1,0 +1,278 @@
+"""What the zoo classifier and features handlers share: reading requests, running images, answering.
+
+This file travels inside every zoo archive (.mar) beside zoo_preprocess.py, a copy of
+zoo/preprocess.py, and serving.json, which names the runtime and the model file. It imports only
+numpy, Pillow and onnxruntime or torch: never the `zoo` package, which a server need not have.
+
+TorchServe may hand one call several requests (batching). Each request is answered on its own:
+a bad image gets a 4xx for that request only, and images run alone or with images of the same
+shape, so an answer never depends on what else arrived in the batch.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import zoo_preprocess as pp
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = "serving.json"
+PREPROCESS = "preprocess.json"
+LABELS = "labels.json"
+OPTION_NAMES = ("topk",)  # request parameters that are options, not images
+THREADS_ENV = "ZOO_SERVE_THREADS"  # set by `zoo serve start`: intra-op threads per worker
+
+
+class RequestError(Exception):
+    """A request the handler refuses; the message is one sentence that says what to send instead."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+REASONS = {400: "Bad Request", 413: "Payload Too Large"}
+
+
+@dataclass
+class ParsedRequest:
+    images: list[bytes]
+    many: bool  # answer with a list (the request sent a list or several files) or a single object
+    options: dict = field(default_factory=dict)
+
+
+def _decode_base64(text: str) -> bytes:
+    if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "An image in the JSON is not valid base64: send base64-encoded image bytes.") from None
+
+
+def _from_json(obj, options: dict) -> tuple[list[bytes], bool]:
+    """JSON forms: {"image": B64}, {"images": [B64, ...]}, [B64, ...] or a bare B64 string."""
+    if isinstance(obj, str):
+        return [_decode_base64(obj)], False
+    if isinstance(obj, list):
+        if not all(isinstance(x, str) for x in obj):
+            raise RequestError(400, "A JSON list must hold base64 strings, one per image.")
+        return [_decode_base64(x) for x in obj], True
+    if isinstance(obj, dict):
+        for name in OPTION_NAMES:
+            if name in obj:
+                options[name] = obj[name]
+        if isinstance(obj.get("image"), str):
+            return [_decode_base64(obj["image"])], False
+        if isinstance(obj.get("images"), list):
+            return _from_json(obj["images"], options)[0], True
+    raise RequestError(400, 'The JSON holds no image: send {"image": BASE64} or {"images": [BASE64, ...]}.')
+
+
+def _looks_like_json(data: bytes) -> bool:
+    head = data[:64].lstrip()
+    return head[:1] in (b"{", b"[", b'"')
+
+
+def parse_request(request: dict, max_images: int) -> ParsedRequest:
+    """Images and options of one request, whatever way they were sent.
+
+    TorchServe gives a request as {name: value}: "body" (or "data") for a raw body, one entry per
+    form field or file of a multipart upload, and one per query parameter. JSON bodies arrive
+    already parsed; text bodies as str; everything else as bytes.
+    """
+    options: dict = {}
+    images: list[bytes] = []
+    many = False
+    for name, value in request.items():
+        if name in OPTION_NAMES:
+            options[name] = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else value
+            continue
+        if isinstance(value, (bytes, bytearray)) and _looks_like_json(value):
+            try:
+                value = json.loads(value)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass  # not JSON after all: the image decoder will say what it is
+        if isinstance(value, str) and _looks_like_json(value.encode()):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise RequestError(400, "The body is not valid JSON: send image bytes or JSON with base64 images.") from None
+        if isinstance(value, (bytes, bytearray)):
+            found, listed = [bytes(value)], False
+        elif isinstance(value, str) and not value.strip():
+            found, listed = [b""], False
+        else:
+            found, listed = _from_json(value, options)
+        many = many or listed or bool(images)
+        images += found
+    if not images:
+        raise RequestError(400, "The request is empty: send the bytes of a JPEG, PNG, WebP, BMP, GIF or TIFF image.")
+    if len(images) > max_images:
+        raise RequestError(413, f"The request holds {len(images)} images, more than the limit of {max_images}: split it.")
+    return ParsedRequest(images, many=many, options=options)
+
+
+def topk_option(value, default: int, num_classes: int) -> int:
+    """k from the request (parameter, JSON key or header), never more than the number of classes."""
+    if value is None:
+        return min(default, num_classes)
+    text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    if isinstance(value, bool) or not text.strip().isdigit() or int(text) < 1:
+        raise RequestError(400, f"topk must be a whole number of at least 1, not {text!r}.")
+    k = int(text)
+    return min(k, num_classes)
+
+
+def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> dict[str, float]:
+    """{label: probability} for the k most probable classes, most probable first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return {labels[i]: float(probabilities[i]) for i in order}
+
+
+def request_header(context, idx: int, names: tuple[str, ...]):
+    try:
+        headers = context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, TypeError):
+        return None
+    wanted = {n.lower() for n in names}
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() in wanted and isinstance(value, str):
+            return value
+    return None
+
+
+def _threads() -> int:
+    try:
+        return max(0, int(os.environ.get(THREADS_ENV, "0")))
+    except ValueError:
+        return 0
+
+
+class OnnxRuntimeModel:
+    """One ONNX graph run by ONNX Runtime; returns the named output."""
+
+    def __init__(self, path: Path, output: str, gpu_id: int | None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _threads()  # 0: ONNX Runtime's own choice
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if gpu_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(gpu_id)}))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.output = output
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: batch})[0]
+
+
+class TorchProgramModel:
+    """A torch.export program (.pt2) with dynamic batch, height and width; returns output number `output`."""
+
+    def __init__(self, path: Path, output: int, gpu_id: int | None):
+        import torch
+
+        if _threads():
+            torch.set_num_threads(_threads())
+        self.torch = torch
+        self.device = torch.device(f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu")
+        self.module = torch.export.load(str(path)).module().to(self.device)
+        self.output = int(output)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            out = self.module(self.torch.from_numpy(batch).to(self.device))[self.output]
+        return out.float().cpu().numpy()
+
+
+RUNTIMES = {"onnx": OnnxRuntimeModel, "torch": TorchProgramModel}
+
+
+class ZooImageHandler:
+    """initialize -> handle; subclasses say only how one image's output becomes its answer."""
+
+    def __init__(self):
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        props = context.system_properties
+        model_dir = Path(props.get("model_dir") or ".")
+        self.settings = json.loads((model_dir / SETTINGS).read_text())
+        self.preprocess = pp.PreprocessConfig.load(model_dir / PREPROCESS)
+        self.labels = json.loads((model_dir / LABELS).read_text())
+        self.max_images = int(self.settings.get("max_images_per_request", 32))
+        self.group_size = int(self.settings.get("max_group", 8))
+        runtime = RUNTIMES[self.settings["runtime"]]
+        self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
+        self.initialized = True
+        logger.info("zoo %s handler ready: %s runtime, %d labels", self.settings["kind"], self.settings["runtime"], len(self.labels))
+
+    def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
+        """The JSON answer of one request from the model output of each of its images."""
+        raise NotImplementedError
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        responses: list[str | None] = [None] * len(data)
+        parsed: dict[int, ParsedRequest] = {}
+        tensors: dict[int, list[np.ndarray]] = {}
+        for idx, request in enumerate(data):
+            try:
+                parsed[idx] = parse_request(request or {}, self.max_images)
+                self.check_options(parsed[idx], context, idx)
+                tensors[idx] = [self.to_tensor(image) for image in parsed[idx].images]
+            except RequestError as e:
+                responses[idx] = self.refuse(context, idx, e)
+                tensors.pop(idx, None)
+        outputs = self.run_grouped(tensors)
+        logger.info("zoo batch: %d request(s), %d refused, %d image(s) in %d shape group(s)", len(data),
+                    len(data) - len(tensors), sum(len(t) for t in tensors.values()),
+                    len({a.shape for t in tensors.values() for a in t}))
+        for idx, answers in outputs.items():
+            context.set_response_content_type(idx, "application/json")
+            responses[idx] = json.dumps(self.answer(answers, parsed[idx]))
+        return responses
+
+    def check_options(self, request: ParsedRequest, context, idx: int) -> None:
+        """Refuse bad options before any image is decoded."""
+
+    def to_tensor(self, image: bytes) -> np.ndarray:
+        try:
+            return pp.preprocess(image, self.preprocess)
+        except pp.ImageError as e:
+            raise RequestError(400, str(e)) from None
+        except Exception as e:  # a decoder bug triggered by odd bytes: still this request's problem only
+            logger.warning("Could not decode an image", exc_info=True)
+            raise RequestError(400, f"The image could not be decoded ({type(e).__name__}): send a valid JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
+
+    def run_grouped(self, tensors: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
+        """Run images in groups of one shape, at most group_size at a time; same order back per request."""
+        by_shape: dict[tuple, list[tuple[int, int]]] = {}
+        for idx, arrays in tensors.items():
+            for j, arr in enumerate(arrays):
+                by_shape.setdefault(arr.shape, []).append((idx, j))
+        out = {idx: [None] * len(arrays) for idx, arrays in tensors.items()}
+        for members in by_shape.values():
+            for start in range(0, len(members), self.group_size):
+                chunk = members[start:start + self.group_size]
+                batch = np.stack([tensors[i][j] for i, j in chunk])
+                result = self.model(batch)
+                for row, (i, j) in enumerate(chunk):
+                    out[i][j] = np.asarray(result[row], dtype=np.float32)
+        return out
+
+    @staticmethod
+    def refuse(context, idx: int, error: RequestError) -> str:
+        context.set_response_status(error.status, REASONS.get(error.status, "Bad Request"), idx)
+        context.set_response_content_type(idx, "application/json")
+        return json.dumps({"code": error.status, "type": "InvalidInput", "message": str(error)})

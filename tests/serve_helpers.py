@@ -1,0 +1,152 @@
+"""Shared by the serving tests: a real lite0 run directory, its export, and images in many formats.
+
+Built once per test session (module-level cache) because exporting lite0 takes a while.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+LABELS = ["brick", "grass", "gravel"]  # 3 classes: fewer than TorchServe's stock top-5
+
+
+@dataclass
+class Exported:
+    run_dir: Path
+    export_dir: Path  # classifier.onnx, features.onnx, preprocess.json, labels.json (+ .pt2 for torch)
+
+
+_cache: dict[str, Exported] = {}
+
+
+def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
+    """A run directory as `zoo finetune` writes it: pretrained lite0 and a seeded new classifier."""
+    import torch
+
+    from zoo.backbones import create_model, get_spec
+    from zoo.run_dir import atomic_write_json, save_weights
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", num_classes=num_classes, pretrained=True)
+    with torch.no_grad():  # a larger head than the default init so the probabilities are far from uniform
+        model.classifier.weight.mul_(8.0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", {
+        "model": "efficientnet_lite0", "num_classes": num_classes, "layer": None,
+        "preprocess": get_spec("efficientnet_lite0").preprocess_config().to_json(), "strategy": "head"})
+    atomic_write_json(run_dir / "labels.json", LABELS[:num_classes])
+    save_weights(model, run_dir / "model.safetensors")
+    return run_dir
+
+
+def exported(tmp_path_factory) -> Exported:
+    """The session's lite0 run, exported to ONNX by export.onnx_export and to a torch program."""
+    if "lite0" not in _cache:
+        from export.archive import export_torch_program
+        from export.onnx_export import export_run
+
+        root = tmp_path_factory.mktemp("serve-run")
+        run_dir = write_run(root / "run")
+        export_dir = root / "export"
+        export_run(run_dir, export_dir)
+        export_torch_program(run_dir, export_dir)
+        _cache["lite0"] = Exported(run_dir, export_dir)
+    return _cache["lite0"]
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def sample_images() -> dict[str, bytes]:
+    """Real photos from scikit-image in the formats and shapes §6 promises to handle."""
+    from skimage import data
+
+    astronaut = Image.fromarray(data.astronaut())          # 512 x 512
+    coffee = Image.fromarray(data.coffee())                # 600 x 400
+    rocket = Image.fromarray(data.rocket())                # 640 x 427
+    chelsea = Image.fromarray(data.chelsea())              # 451 x 300
+    camera = Image.fromarray(data.camera())                # 512 x 512, grayscale
+    coins = np.asarray(data.coins(), dtype=np.uint16) * 257  # 384 x 303, 16-bit
+
+    wide = coffee.crop((0, 50, 600, 300)).convert("RGBA")  # 600 x 250 with a transparent band
+    alpha = np.full((wide.height, wide.width), 255, np.uint8)
+    alpha[:, :120] = 0
+    alpha[:, 120:240] = 128
+    wide.putalpha(Image.fromarray(alpha))
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    return {
+        "square.jpg": _encode(astronaut, "JPEG", quality=90),
+        "wide-alpha.png": _encode(wide, "PNG"),
+        "tall-gray.png": _encode(camera.crop((150, 0, 350, 512)), "PNG"),   # 200 x 512, mode L
+        "cmyk.jpg": _encode(rocket.convert("CMYK"), "JPEG", quality=90),
+        "exif-rotated.jpg": _encode(chelsea, "JPEG", quality=90, exif=exif.tobytes()),
+        "gray16.png": _encode(Image.fromarray(coins), "PNG"),
+        "palette.gif": _encode(chelsea.quantize(64), "GIF"),
+        "small.webp": _encode(astronaut.resize((96, 40)), "WEBP", quality=90),
+        "photo.bmp": _encode(coffee.crop((100, 0, 400, 400)), "BMP"),
+        "photo.tiff": _encode(rocket.crop((0, 0, 500, 300)), "TIFF"),
+    }
+
+
+def bad_inputs() -> dict[str, bytes]:
+    """Inputs §6 says must get a 4xx: garbage, a truncated JPEG, nothing, 1x1 pixels, a bomb."""
+    from skimage import data
+
+    jpeg = _encode(Image.fromarray(data.astronaut()), "JPEG", quality=90)
+    bomb = _encode(Image.new("1", (12_000, 12_000)), "PNG", optimize=True)  # 144 Mpixel in ~20 kB
+    return {
+        "garbage": bytes(range(256)) * 8,
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "empty": b"",
+        "1x1.png": _encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
+        "bomb.png": bomb,
+    }
+
+
+def expected_predictions(export_dir: Path, images: dict[str, bytes]) -> dict[str, dict[str, float]]:
+    """Local ONNX Runtime answers (zoo.edge, one image at a time): what the server must match."""
+    from zoo.edge import EdgeModel
+
+    model = EdgeModel(export_dir, kind="classifier")
+    results = model.predict(list(images.values()), top_k=len(model.labels), batch_size=1)
+    return {name: r.top_k for name, r in zip(images, results)}
+
+
+def expected_features(export_dir: Path, images: dict[str, bytes]) -> dict[str, np.ndarray]:
+    from zoo.edge import EdgeModel
+
+    model = EdgeModel(export_dir, kind="features")
+    return {name: r.features for name, r in zip(images, model.features(list(images.values()), batch_size=1))}
+
+
+class MockContext:
+    """Just enough of ts.context.Context for a handler's initialize and handle."""
+
+    def __init__(self, model_dir: Path, headers: list[dict] | None = None):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
+        self.headers = headers or []
+        self.status: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.headers[idx] if idx < len(self.headers) else {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+
+def parse(response: str):
+    return json.loads(response)

@@ -1,0 +1,127 @@
+"""Client side of `zoo serve`: send images to a TorchServe endpoint with the right token.
+
+The token comes from --token, or from the key file of the server `zoo serve start` runs on that
+port. TorchServe's inference key expires (60 minutes by default); when the server refuses it, a
+fresh one is asked for with the key file's API key and the request is sent once more.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from zoo.errors import ZooError
+from zoo.serve import KEY_FILE, _load_state, read_key, state_dir_for
+
+TOKEN_REFUSED = ("InvalidKeyException", "Token Authorization failed")
+
+
+def split_endpoint(url: str) -> tuple[str, str]:
+    """(base URL, model name) from http://HOST:PORT/predictions/NAME."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/").split("/")
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(path) < 3 or path[-2] != "predictions":
+        raise ZooError(f"{url} is not a prediction endpoint: give http://HOST:PORT/predictions/MODEL_NAME.")
+    return f"{parts.scheme}://{parts.netloc}", path[-1]
+
+
+class ServeClient:
+    """One model on one server: `classify` and `features` send one image's bytes each."""
+
+    def __init__(self, url: str, token: str | None = None, key_file: Path | None = None, timeout_s: float = 120.0):
+        import requests
+
+        self.base, self.model = split_endpoint(url)
+        port = urlsplit(self.base).port or 80
+        self.state_dir = state_dir_for(port)
+        self.key_file = None if token else Path(key_file) if key_file else self.state_dir / KEY_FILE
+        self.token = token
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        if urlsplit(self.base).hostname in ("127.0.0.1", "localhost", "::1"):
+            self.session.trust_env = False  # a proxy from the environment must not see local traffic
+
+    def _token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.key_file and self.key_file.is_file():
+            return read_key(self.key_file, "inference")
+        return None  # a server started with token authorization off
+
+    def _refresh_token(self) -> bool:
+        """Ask the server for a new inference key (written into its key file); False if we cannot."""
+        if not (self.key_file and self.key_file.is_file()):
+            return False
+        info = _load_state(self.state_dir)
+        management = info.management_url if info else f"{urlsplit(self.base).scheme}://{urlsplit(self.base).hostname}:{(urlsplit(self.base).port or 80) + 1}"
+        try:
+            r = self.session.get(f"{management}/token", params={"type": "inference"},
+                                 headers={"Authorization": f"Bearer {read_key(self.key_file, 'API')}"}, timeout=10)
+        except OSError:
+            return False
+        return r.status_code == 200
+
+    def post(self, image: bytes, topk: int | None = None):
+        """The server's answer for one image: (status code, parsed JSON body or text)."""
+        import requests
+
+        for attempt in range(2):
+            headers = {"Content-Type": "application/octet-stream"}
+            token = self._token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            if topk is not None:
+                headers["X-Topk"] = str(topk)
+            try:
+                r = self.session.post(f"{self.base}/predictions/{self.model}", data=image, headers=headers,
+                                      timeout=self.timeout_s)
+            except requests.ConnectionError:
+                raise ZooError(f"No server answers at {self.base}: start one with `zoo serve start`.") from None
+            except requests.Timeout:
+                raise ZooError(f"{self.base} did not answer within {self.timeout_s:.0f} s: check `zoo serve status`.") from None
+            if attempt == 0 and any(t in r.text for t in TOKEN_REFUSED) and not self.token and self._refresh_token():
+                continue
+            break
+        try:
+            body = r.json()
+        except ValueError:
+            body = r.text
+        return r.status_code, body
+
+    def _answer(self, image: bytes, topk: int | None):
+        """The 200 answer, or (for a refused image) the server's one-sentence reason as a ValueError."""
+        code, body = self.post(image, topk)
+        message = body.get("message") if isinstance(body, dict) and "code" in body else None
+        if code == 200:
+            return body
+        if any(t in str(body) for t in TOKEN_REFUSED):
+            where = "--token" if self.token else str(self.key_file)
+            raise ZooError(f"The server refused the token from {where}: give the inference key with --token "
+                           f"or restart the server with `zoo serve start`.")
+        if code == 404:
+            raise ZooError(f"{self.base} serves no model {self.model!r}: see `zoo serve status` for the names.")
+        if 400 <= code < 500 and message:
+            raise ValueError(message)
+        raise ZooError(f"{self.base} answered HTTP {code} ({message or str(body)[:200]}): see the server's logs.")
+
+    def classify(self, image: bytes, topk: int | None = None) -> dict[str, float]:
+        return self._answer(image, topk)
+
+    def features(self, image: bytes) -> list[float]:
+        return self._answer(image, None)
+
+
+def predict_remote(server: str, paths: list[Path], top_k: int = 3, token: str | None = None) -> list[dict]:
+    """Per-image {path, top_k, error} from a served classifier, like zoo.predict.predict_local."""
+    client = ServeClient(server, token=token)
+    rows = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            rows.append({"path": str(path), "top_k": {}, "error": f"cannot read the file ({e.strerror or e})"})
+            continue
+        try:
+            rows.append({"path": str(path), "top_k": client.classify(data, top_k), "error": None})
+        except ValueError as e:  # the server refused this image; the others still go
+            rows.append({"path": str(path), "top_k": {}, "error": str(e)})
+    return rows
