@@ -252,3 +252,30 @@ def test_edge_and_zoo_package_do_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.stdout.strip() == "[]"
+
+
+def test_pad_on_uint8_equals_the_float_round_trip():
+    """fuse_quantized_pads must not change a single value (it only removes a dequantize/requantize pair)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.quantize import fuse_quantized_pads
+
+    scale, zero = numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(7, np.uint8), "z")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
+             helper.make_node("Pad", ["xf", "pads"], ["pf"], mode="constant"),  # amounts known only at run time
+             helper.make_node("QuantizeLinear", ["pf", "s", "z"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "h", "w"]),
+                                           helper.make_tensor_value_info("pads", TensorProto.INT64, [8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "hp", "wp"])], [scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    feeds = {"x": np.random.default_rng(0).uniform(-0.3, 1.0, (1, 2, 5, 7)).astype(np.float32),
+             "pads": np.array([0, 0, 1, 0, 0, 0, 1, 2], np.int64)}
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert fuse_quantized_pads(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert after.shape == (1, 2, 7, 9) and np.array_equal(before, after)
