@@ -1,0 +1,203 @@
+"""Served lite0 classifier under load, beside in-process ONNX Runtime, measured in one run.
+
+    python benchmarks/serve_load.py [--export EXPORT_DIR] [--requests 160] [--concurrency 8]
+                                    [--workers 1,2] [--batch-size 1] [--rounds 3]
+
+Without --export it builds a lite0 run (pretrained backbone, new 3-class head: speed does not
+depend on the head's weights) and exports it with `export.onnx_export.export_run`. Every request
+carries one JPEG of a different size and aspect ratio (six real photos from scikit-image, 300 to
+1000 pixels a side), so the server sees mixed shapes.
+
+In-process means the same images, one at a time in this process: zoo.preprocess plus an ONNX
+Runtime session, as an application embedding the model would do. Served means HTTP to TorchServe
+(`zoo serve`) from `--concurrency` client threads, with 1 and 2 workers per model (one server
+each, both started before measuring). Rounds interleave the engines so that load from other
+processes falls on all of them alike; each figure is the median over rounds. Target: served
+throughput at concurrency 8 at least 50% of in-process, and no failed request.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from zoo import serve
+from zoo.preprocess import PreprocessConfig, preprocess
+
+
+def build_export(tmp: Path) -> Path:
+    import torch
+
+    from export.onnx_export import export_run
+    from zoo.backbones import create_model, get_spec
+    from zoo.run_dir import atomic_write_json, save_weights
+
+    torch.manual_seed(0)
+    run = tmp / "run"
+    run.mkdir()
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=True)
+    atomic_write_json(run / "config.json", {"model": "efficientnet_lite0", "num_classes": 3, "layer": None,
+                                            "preprocess": get_spec("efficientnet_lite0").preprocess_config().to_json(),
+                                            "strategy": "head"})
+    atomic_write_json(run / "labels.json", ["brick", "grass", "gravel"])
+    save_weights(model, run / "model.safetensors")
+    export_run(run, tmp / "export")
+    return tmp / "export"
+
+
+def mixed_images() -> list[bytes]:
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.rocket(), data.chelsea(), data.hubble_deep_field(),
+              np.ascontiguousarray(np.rot90(data.chelsea()))]  # 512², 600x400, 640x427, 451x300, 1000x872, 300x451
+    out = []
+    for arr in photos:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def in_process(export_dir: Path, images: list[bytes], n: int) -> dict:
+    import onnxruntime as ort
+
+    cfg = PreprocessConfig.load(export_dir / "preprocess.json")
+    session = ort.InferenceSession(str(export_dir / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    session.run(["probabilities"], {"image": preprocess(images[0], cfg)[None]})  # warm-up
+    latencies = []
+    start = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        probs = session.run(["probabilities"], {"image": preprocess(images[i % len(images)], cfg)[None]})[0][0]
+        np.argsort(-probs)[:3]
+        latencies.append(time.perf_counter() - t)
+    return _summary(n, time.perf_counter() - start, latencies, failed=0)
+
+
+def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, concurrency: int) -> dict:
+    url = f"{info.inference_url}/predictions/{model}"
+    headers = {"Authorization": f"Bearer {serve.read_key(info.key_file)}", "Content-Type": "application/octet-stream"}
+    local = threading.local()
+    counter = iter(range(n))
+    lock = threading.Lock()
+    latencies, failures = [], []
+
+    def client() -> None:
+        local.session = requests.Session()
+        local.session.trust_env = False
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            try:
+                r = local.session.post(url, data=images[i % len(images)], headers=headers, timeout=120)
+                ok = r.status_code == 200
+            except requests.RequestException:
+                ok = False
+            with lock:
+                (latencies if ok else failures).append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(client)
+    return _summary(n, time.perf_counter() - start, latencies, failed=len(failures))
+
+
+def _summary(n: int, seconds: float, latencies: list[float], failed: int) -> dict:
+    ms = sorted(1000 * t for t in latencies) or [float("nan")]
+    return {"throughput": n / seconds, "p50": ms[len(ms) // 2], "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+            "failed": failed}
+
+
+def _free_port_block(count: int = 5) -> int:
+    for base in range(23000, 60000, 211):
+        def free(p):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                    return True
+                except OSError:
+                    return False
+        if all(free(p) for p in range(base, base + count)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--export", type=Path, help="An export folder (classifier.onnx, preprocess.json, labels.json).")
+    ap.add_argument("--requests", type=int, default=160, help="Requests per measurement.")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--workers", default="1,2", help="Comma-separated worker counts, one server each.")
+    ap.add_argument("--batch-size", type=int, default=1, help="TorchServe batch size (1: batching off).")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="zoo-serve-load-"))
+    os.environ.setdefault("ZOO_SERVE_HOME", str(tmp / "serve-home"))
+    export_dir = args.export or build_export(tmp)
+    store = tmp / "model_store"
+    from export.archive import write_archives
+
+    write_archives(export_dir, "lite0", store)
+    images = mixed_images()
+    cfg = PreprocessConfig.load(export_dir / "preprocess.json")
+    shapes = sorted({preprocess(b, cfg).shape[1:] for b in images})
+    print(f"images: {len(images)} JPEGs, model input shapes {', '.join(f'{h}x{w}' for h, w in shapes)}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+
+    servers: dict[int, serve.ServeConfig] = {}
+    results: dict[str, list[dict]] = {}
+    try:
+        for w in (int(x) for x in args.workers.split(",")):
+            cfg_w = serve.ServeConfig(model_store=store, models=("lite0",), port=_free_port_block(), workers=w,
+                                      batch_size=args.batch_size, max_batch_delay_ms=5)
+            servers[w] = cfg_w
+            serve.start(cfg_w, timeout_s=600)
+            print(f"started {w} worker(s) on port {cfg_w.port}", flush=True)
+        infos = {w: serve.running_server(c.folder) for w, c in servers.items()}
+        for info in infos.values():  # warm-up: every worker sees every shape once
+            served(info, "lite0", images, 4 * len(images), args.concurrency)
+        for r in range(args.rounds):
+            results.setdefault("in-process ONNX Runtime", []).append(in_process(export_dir, images, args.requests))
+            for w, info in infos.items():
+                label = f"served, {w} worker{'s' if w > 1 else ''}, c={args.concurrency}"
+                results.setdefault(label, []).append(served(info, "lite0", images, args.requests, args.concurrency))
+            print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        for c in servers.values():
+            serve.stop(c.folder)
+
+    base = statistics.median(x["throughput"] for x in results["in-process ONNX Runtime"])
+    print(f"\n{'engine':34} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'vs in-process':>14}")
+    verdicts = []
+    for label, runs in results.items():
+        tput = statistics.median(x["throughput"] for x in runs)
+        p50 = statistics.median(x["p50"] for x in runs)
+        p99 = statistics.median(x["p99"] for x in runs)
+        failed = sum(x["failed"] for x in runs)
+        print(f"{label:34} {tput:9.1f} {p50:8.1f} {p99:8.1f} {failed:7d} {tput / base:13.2f}x")
+        if label.startswith("served"):
+            verdicts.append(tput / base >= 0.5 and failed == 0)
+    ok = any(verdicts) and all(sum(x["failed"] for x in runs) == 0 for runs in results.values())
+    print(f"\ntarget (served at c={args.concurrency} >= 0.50x in-process, 0 failed): {'met' if ok else 'NOT met'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
