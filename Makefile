@@ -16,12 +16,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The whole pipeline on the embedded textures sample (zoo demo), after proving the weights load.
 demo: setup
-	$(ZOO) data sample textures demo-data/textures --force
-	$(ZOO) data inspect demo-data/textures
 	$(ZOO) models
 	$(ZOO) models check
-	$(ZOO) finetune demo-data/textures --strategy head --out demo-out/textures-head --force
+	$(ZOO) demo --out demo-out
 
 test: setup
 	$(PY) -m pytest -q
