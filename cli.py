@@ -274,6 +274,41 @@ def export_command(
         typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with `zoo serve start --model-store {model_store}`.")
 
 
+# ---------------------------------------------------------------- predict
+@app.command("predict")
+def predict_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images (searched recursively).")],
+    model: Annotated[Optional[Path], typer.Option(help="An export folder (classifier.onnx inside) or an .onnx file.")] = None,
+    server: Annotated[Optional[str], typer.Option(help="Ask a TorchServe endpoint instead, e.g. http://127.0.0.1:8080/predictions/NAME.")] = None,
+    token: Annotated[Optional[str], typer.Option(help="--server: inference token (default: read from the key file `zoo serve start` wrote).")] = None,
+    top_k: Annotated[int, typer.Option(help="Labels per image (never more than the number of classes).", min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call (same-size images only).", min=1)] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV: path, rank, label, probability, error.")] = False,
+) -> None:
+    """Classify images with an exported model on ONNX Runtime alone (no PyTorch), or through a server."""
+    from zoo.predict import collect_images, format_csv, format_json, format_text, predict_local
+
+    if (model is None) == (server is None):
+        raise ZooError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
+    paths = collect_images(images)
+    if server:
+        from zoo.serve_client import predict_remote
+
+        rows = predict_remote(server, paths, top_k=top_k, token=token)
+        where = server
+    else:
+        rows, where = predict_local(model, paths, top_k, batch_size)
+    text = format_json(rows) if as_json else format_csv(rows) if as_csv else format_text(rows)
+    typer.echo(text.rstrip("\n"))
+    failed = sum(1 for r in rows if r["error"])
+    if not (as_json or as_csv):
+        typer.echo(f"{len(rows) - failed} of {len(rows)} images classified ({where})"
+                   + (f"; {failed} unreadable" if failed else ""), err=True)
+    if failed == len(rows):
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- serve
 serve_app = typer.Typer(no_args_is_help=True, help="Run TorchServe on the archives in a model store.")
 app.add_typer(serve_app, name="serve")
@@ -333,6 +368,22 @@ def serve_status(
         typer.echo(f"No zoo server is running on port {port}: start one with `zoo serve start`.", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(info, indent=2) if as_json else describe(info))
+
+
+# ---------------------------------------------------------------- demo
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's dataset, run, export and archives.")] = Path("demo-out"),
+    model: Annotated[str, typer.Option(help="Backbone (see `zoo models`).")] = "efficientnet_lite0",
+    port: Annotated[Optional[int], typer.Option(help="TorchServe inference port (default: the first free block above 18080).")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start TorchServe and send HTTP predictions (needs Java 11+).")] = True,
+) -> None:
+    """The whole pipeline on the embedded textures sample: advise, finetune, export, serve, predict; a summary table."""
+    from zoo.demo import run_demo, summary_table
+
+    summary = run_demo(out=out, model=model, port=port, serve=serve, log=typer.echo)
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _console().print(summary_table(summary))
 
 
 def main() -> None:
