@@ -276,7 +276,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
         parity["images"] = names
         report["parity"] = parity
         if not parity["ok"]:
-            report_mod.write(out_dir / REPORT, report | {"ok": False})
+            _publish(staging, out_dir, only_report=report | {"ok": False})
             raise ZooError(parity_mod.failure_sentence(parity, out_dir / REPORT))
 
         if data is not None and data.val:
@@ -309,10 +309,20 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     return report
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the checked files into place; outputs of an earlier export not made this time are removed."""
+def _publish(staging: Path, out_dir: Path, only_report: dict | None = None) -> None:
+    """Move the checked files into place; outputs of an earlier export not made this time are removed.
+
+    With `only_report` (a failed export) the folder is left holding that report and nothing else of
+    ours, so an older model can never be mistaken for the result of this export.
+    """
+    from export import report as report_mod
+
+    keep = () if only_report is not None else [p.name for p in staging.iterdir()]
     for name in OUTPUTS:
-        if not (staging / name).exists() and (out_dir / name).exists():
+        if name not in keep and (out_dir / name).exists():
             (out_dir / name).unlink()
-    for item in sorted(staging.iterdir()):
-        os.replace(item, out_dir / item.name)
+    if only_report is not None:
+        report_mod.write(out_dir / REPORT, only_report)
+        return
+    for name in keep:
+        os.replace(staging / name, out_dir / name)

@@ -103,9 +103,11 @@ def test_parity_figures_in_the_report(exported):
 
 def test_failed_parity_is_loud_and_publishes_nothing(trained_run, tmp_path):
     out = tmp_path / "export"
+    out.mkdir()
+    (out / "classifier.onnx").write_bytes(b"an older export")  # replaced with --force, so it must not survive
     # A zero tolerance cannot be met by float arithmetic in two different runtimes: the check must refuse.
     with pytest.raises(ZooError, match=r"max \|Δ logits\| .* against a tolerance of 0e\+00"):
-        export_run(trained_run, out, parity_atol=0.0, parity_sizes=[(97, 301)])
+        export_run(trained_run, out, parity_atol=0.0, parity_sizes=[(97, 301)], force=True)
     assert not (out / "classifier.onnx").exists() and not (out / "features.onnx").exists()
     report = json.loads((out / "export_report.json").read_text())
     assert report["ok"] is False and report["parity"]["max_abs_logits"] > 0
