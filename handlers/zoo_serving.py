@@ -234,9 +234,11 @@ class ZooImageHandler:
             except RequestError as e:
                 responses[idx] = self.refuse(context, idx, e)
                 tensors.pop(idx, None)
-        outputs = self.run_grouped(tensors)
+        outputs, failed = self.run_grouped(tensors)
+        for idx, error in failed.items():
+            responses[idx] = self.refuse(context, idx, error)
         logger.info("zoo batch: %d request(s), %d refused, %d image(s) in %d shape group(s)", len(data),
-                    len(data) - len(tensors), sum(len(t) for t in tensors.values()),
+                    len(data) - len(outputs), sum(len(t) for t in tensors.values()),
                     len({a.shape for t in tensors.values() for a in t}))
         for idx, answers in outputs.items():
             context.set_response_content_type(idx, "application/json")
@@ -255,21 +257,40 @@ class ZooImageHandler:
             logger.warning("Could not decode an image", exc_info=True)
             raise RequestError(400, f"The image could not be decoded ({type(e).__name__}): send a valid JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
 
-    def run_grouped(self, tensors: dict[int, list[np.ndarray]]) -> dict[int, list[np.ndarray]]:
-        """Run images in groups of one shape, at most group_size at a time; same order back per request."""
+    def run_grouped(self, tensors: dict[int, list[np.ndarray]]) -> tuple[dict, dict[int, RequestError]]:
+        """Run images in groups of one shape, at most group_size at a time; same order back per request.
+
+        A group the model cannot run is retried image by image, so only the requests whose own
+        image fails get an error (e.g. a 2000x8 strip, a few pixels thin after resizing).
+        """
         by_shape: dict[tuple, list[tuple[int, int]]] = {}
         for idx, arrays in tensors.items():
             for j, arr in enumerate(arrays):
                 by_shape.setdefault(arr.shape, []).append((idx, j))
         out = {idx: [None] * len(arrays) for idx, arrays in tensors.items()}
+        failed: dict[int, RequestError] = {}
         for members in by_shape.values():
             for start in range(0, len(members), self.group_size):
                 chunk = members[start:start + self.group_size]
-                batch = np.stack([tensors[i][j] for i, j in chunk])
-                result = self.model(batch)
-                for row, (i, j) in enumerate(chunk):
-                    out[i][j] = np.asarray(result[row], dtype=np.float32)
-        return out
+                for part in self._run(chunk, tensors, out):
+                    i, j = part
+                    shape = tensors[i][j].shape
+                    failed[i] = RequestError(400, f"The model cannot run on this image once resized to "
+                                                  f"{shape[2]}x{shape[1]} pixels: send a less elongated image.")
+        return {i: v for i, v in out.items() if i not in failed}, failed
+
+    def _run(self, chunk: list[tuple[int, int]], tensors: dict, out: dict) -> list[tuple[int, int]]:
+        """Fill out[i][j] for the chunk; returns the members that failed even when run alone."""
+        try:
+            result = self.model(np.stack([tensors[i][j] for i, j in chunk]))
+        except Exception:
+            if len(chunk) == 1:
+                logger.warning("The model failed on a %s input", tensors[chunk[0][0]][chunk[0][1]].shape, exc_info=True)
+                return chunk
+            return [m for member in chunk for m in self._run([member], tensors, out)]
+        for row, (i, j) in enumerate(chunk):
+            out[i][j] = np.asarray(result[row], dtype=np.float32)
+        return []
 
     @staticmethod
     def refuse(context, idx: int, error: RequestError) -> str:

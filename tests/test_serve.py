@@ -245,3 +245,24 @@ def test_status_client_and_cli(server, tmp_path, monkeypatch, runner):
     assert rows[1]["top_k"] == {} and "not an image" in rows[1]["error"]
     result = runner.invoke(app, ["serve", "status", "--port", str(port)])
     assert result.exit_code == 0 and "key_file.json" in result.output and "READY" in result.output
+
+
+def test_zoo_export_writes_both_archives_by_default(tmp_path_factory, tmp_path, monkeypatch, runner):
+    import shutil
+
+    import export.onnx_export as onnx_export
+    from cli import app
+
+    artifacts = exported(tmp_path_factory)
+
+    def already_exported(run_dir, out_dir, **kwargs):  # the real export ran once for this module already
+        shutil.copytree(artifacts.export_dir, out_dir, ignore=shutil.ignore_patterns("*.pt2"))
+        return json.loads((Path(out_dir) / "export_report.json").read_text())
+
+    monkeypatch.setattr(onnx_export, "export_run", already_exported)
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["export", str(artifacts.run_dir), "--out", str(tmp_path / "export"),
+                                 "--model-store", str(store), "--name", "textures"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in store.glob("*.mar")) == ["textures-features.mar", "textures.mar"]
+    assert f"zoo serve start --model-store {store}" in result.output

@@ -337,3 +337,27 @@ def test_client_wants_a_prediction_endpoint():
     assert split_endpoint("http://127.0.0.1:8080/predictions/lite0") == ("http://127.0.0.1:8080", "lite0")
     with pytest.raises(ZooError, match="predictions/MODEL_NAME"):
         split_endpoint("http://127.0.0.1:8080")
+
+
+def test_an_image_the_model_cannot_run_fails_alone(classifier, images):
+    """A 2000x8 strip is 64x1 once resized (the tiny model's cap is 64); a model that refuses it must not
+    take the batch down."""
+    import io
+
+    from PIL import Image
+
+    handler, _ = classifier
+    real = handler.model
+    handler.model = lambda batch: real(batch) if batch.shape[2] >= 16 else np.linalg.inv(np.zeros((2, 3)))
+    try:
+        strip = io.BytesIO()
+        Image.new("RGB", (2000, 8), (90, 90, 90)).save(strip, format="PNG")
+        batch = [{"body": images["square.jpg"]}, {"body": strip.getvalue()}, {"body": images["cmyk.jpg"]}]
+        context = MockContext(Path("."))
+        responses = handler.handle(batch, context)
+    finally:
+        handler.model = real
+    assert list(context.status) == [1] and context.status[1][0] == 400
+    assert "64x1" in json.loads(responses[1])["message"]
+    alone = [handler.handle([{"body": images[n]}], MockContext(Path(".")))[0] for n in ("square.jpg", "cmyk.jpg")]
+    assert [responses[0], responses[2]] == alone

@@ -208,6 +208,8 @@ def config_properties(cfg: ServeConfig, models: dict[str, str], worker_base: int
         "initial_worker_port": worker_base,
         "max_request_size": cfg.max_request_mb * 1024 * 1024,
         "default_response_timeout": cfg.response_timeout_s,
+        # A torch.export program takes a while to load on a busy CPU; TorchServe's 120 s would kill the worker.
+        "default_startup_timeout": 900,
         "disable_system_metrics": "true",
     }
     return "".join(f"{k}={_escape(str(v))}\n" for k, v in lines.items())
