@@ -116,8 +116,8 @@ def _densenet_stages(m) -> tuple:
     return stages, None, m.classifier, 0.0
 
 
-def _register_tv(name: str, family: str, cut: Callable, feature_dim: int, params: int, freeze_until: str,
-                 source_head_pretrained: bool = True) -> None:
+def _register_tv(name: str, family: str, cut: Callable, stages: tuple[str, ...], feature_dim: int, params: int,
+                 freeze_until: str, source_head_pretrained: bool = True) -> None:
     w = weights_enum(name)
     tf = w.transforms()
     cfg = PretrainedCfg(int(tf.crop_size[0]), IMAGENET_MEAN, IMAGENET_STD, tf.interpolation.value)
@@ -141,7 +141,6 @@ def _register_tv(name: str, family: str, cut: Callable, feature_dim: int, params
             model.reset_classifier(num_classes)
         return model
 
-    stages = tuple(cut(torchvision.models.get_model(name, weights=None))[0].keys())
     register(BackboneSpec(
         name=name, family=family, build=build, pretrained_cfg=cfg,
         weights=WeightsSource("torchvision", lambda: locate_weights(name), f"torchvision {w}",
@@ -156,13 +155,22 @@ _MNV3_SMALL = dict(stem=(0, 1), stage1=(1, 2), stage2=(2, 4), stage3=(4, 7), sta
 _MNV3_LARGE = dict(stem=(0, 1), stage1=(1, 2), stage2=(2, 4), stage3=(4, 7), stage4=(7, 11), stage5=(11, 13),
                    stage6=(13, 16), head_conv=(16, 17))
 
-_register_tv("resnet18", "resnet", _resnet_stages, 512, 11689512, "layer2")
-_register_tv("resnet34", "resnet", _resnet_stages, 512, 21797672, "layer2")
-_register_tv("resnet50", "resnet", _resnet_stages, 2048, 25557032, "layer2")
-_register_tv("mobilenet_v2", "mobilenet", _mobilenet_v2_stages, 1280, 3504872, "stage4")
-_register_tv("mobilenet_v3_small", "mobilenet", _mobilenet_v3_stages(_MNV3_SMALL), 1024, 2542856, "stage3")
-_register_tv("mobilenet_v3_large", "mobilenet", _mobilenet_v3_stages(_MNV3_LARGE), 1280, 5483032, "stage4")
-_register_tv("efficientnet_b0", "efficientnet", _efficientnet_b0_stages, 1280, 5288548, "stage4")
-_register_tv("convnext_tiny", "convnext", _convnext_stages, 768, 28589128, "stage2")
-_register_tv("vgg16", "vgg", _vgg_stages, 512, 15227688, "block3", source_head_pretrained=False)
-_register_tv("densenet121", "densenet", _densenet_stages, 1024, 7978856, "block2")
+# Stage names are listed, not found by building each network: importing the registry must stay cheap.
+# tests/test_registry.py checks that every built model has exactly these stages.
+_RESNET = ("stem", "layer1", "layer2", "layer3", "layer4")
+_MNV2 = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head_conv")
+_EFFNET = _MNV2
+_CONVNEXT = ("stem", "stage1", "stage2", "stage3", "stage4")
+_VGG = ("block1", "block2", "block3", "block4", "block5")
+_DENSENET = ("stem", "block1", "block2", "block3", "block4")
+
+_register_tv("resnet18", "resnet", _resnet_stages, _RESNET, 512, 11689512, "layer2")
+_register_tv("resnet34", "resnet", _resnet_stages, _RESNET, 512, 21797672, "layer2")
+_register_tv("resnet50", "resnet", _resnet_stages, _RESNET, 2048, 25557032, "layer2")
+_register_tv("mobilenet_v2", "mobilenet", _mobilenet_v2_stages, _MNV2, 1280, 3504872, "stage4")
+_register_tv("mobilenet_v3_small", "mobilenet", _mobilenet_v3_stages(_MNV3_SMALL), tuple(_MNV3_SMALL), 1024, 2542856, "stage3")
+_register_tv("mobilenet_v3_large", "mobilenet", _mobilenet_v3_stages(_MNV3_LARGE), tuple(_MNV3_LARGE), 1280, 5483032, "stage4")
+_register_tv("efficientnet_b0", "efficientnet", _efficientnet_b0_stages, _EFFNET, 1280, 5288548, "stage4")
+_register_tv("convnext_tiny", "convnext", _convnext_stages, _CONVNEXT, 768, 28589128, "stage2")
+_register_tv("vgg16", "vgg", _vgg_stages, _VGG, 512, 15227688, "block3", source_head_pretrained=False)
+_register_tv("densenet121", "densenet", _densenet_stages, _DENSENET, 1024, 7978856, "block2")
