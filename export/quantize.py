@@ -134,14 +134,25 @@ COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Clip", "Relu", "Pad", "A
 
 
 def quantized_ops(model: onnx.ModelProto) -> dict:
-    """Per op type: how many compute nodes run quantized (DequantizeLinear in, QuantizeLinear out) and how many in float."""
+    """Per op type: how many compute nodes run quantized and how many in float.
+
+    Quantized means DequantizeLinear in and QuantizeLinear out (ORT fuses these into QLinear ops),
+    or reading a QuantizeLinear output directly (the Pads fuse_quantized_pads moved onto uint8).
+    """
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    q_outputs = {o for n in model.graph.node if n.op_type == "QuantizeLinear" for o in n.output}
     q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    # Tensors that only size other tensors (pad amounts, reshape targets), traced back to Shape.
+    sizes = {n.input[1] for n in model.graph.node if n.op_type in ("Pad", "Reshape") and len(n.input) > 1}
+    for n in reversed(model.graph.node):
+        if n.output and all(o in sizes for o in n.output) and n.op_type != "Shape":
+            sizes.update(n.input)
     quantized, float_ops = Counter(), Counter()
     for n in model.graph.node:
-        if n.op_type not in COMPUTE_OPS:
+        if n.op_type not in COMPUTE_OPS or all(o in sizes for o in n.output):
             continue
-        is_q = any(i in dq_outputs for i in n.input) and any(o in q_inputs for o in n.output)
+        is_q = (any(i in dq_outputs for i in n.input) and any(o in q_inputs for o in n.output)) or (
+            n.input and n.input[0] in q_outputs)
         (quantized if is_q else float_ops)[n.op_type] += 1
     return {"quantized": dict(quantized), "float": dict(float_ops)}
 
