@@ -281,3 +281,16 @@ def test_pad_on_uint8_equals_the_float_round_trip():
     assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
     after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert after.shape == (1, 2, 7, 9) and np.array_equal(before, after)
+
+
+def test_edge_prefers_an_accelerator_and_always_keeps_the_cpu(monkeypatch):
+    import onnxruntime as ort
+
+    from zoo.edge import choose_providers
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # TensorRT: an engine per shape
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert choose_providers() == ["CPUExecutionProvider"]
+    assert choose_providers(["CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
