@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import onnx
 import torch
 from PIL import Image
@@ -35,14 +34,16 @@ REPORT = "export_report.json"
 VARIANTS = ("int8", "fp16")
 OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, LABELS, REPORT) + tuple(f"classifier.{v}.onnx" for v in VARIANTS)
 
-# The dynamo-based exporter (torch.export) is used: it is torch's supported exporter, the
-# TorchScript one is deprecated. Both keep efficientnet_lite's TF-SAME padding dynamic — the pad
-# amount `size % 2` becomes Shape/Mod nodes in the graph, not a constant — which the parity check
-# at odd sizes (97x301) proves on every export.
+# The dynamo-based exporter (torch.export) is used. Both it and the TorchScript one (dynamo=False,
+# about 3x faster to export but deprecated) keep efficientnet_lite's TF-SAME padding dynamic: the
+# pad amount `size % 2` becomes Shape/Mod nodes, not a constant. The parity check at odd sizes
+# (97x301) proves that again on every export.
 MIN_OPSET = 18  # the dynamo exporter's own opset floor
-MAX_OPSET = 23  # newest opset onnxruntime 1.18+ and the quantization tools handle together
-DEFAULT_OPSET = 18  # oldest that works: the widest range of edge runtimes can load it
-EXAMPLE_SHAPE = (2, 3, 64, 96)  # batch 2 and H != W so the tracer cannot specialise on 1 or on H == W
+MAX_OPSET = 23  # the newest opset tested end to end (export, parity, int8) with onnxruntime 1.31
+DEFAULT_OPSET = 18  # the oldest that works, so the widest range of edge runtimes can load it
+# Batch 2 and H != W: torch.export specialises sizes of 1, and a square example made it fail on
+# convnext_tiny ("Invalid ranges").
+EXAMPLE_SHAPE = (2, 3, 64, 96)
 
 
 class _Exportable(nn.Module):
