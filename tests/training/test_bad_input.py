@@ -70,7 +70,8 @@ def test_mistakes_end_in_one_sentence_and_create_nothing(runner, tiny_copy, tmp_
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flags", [[], ["--resume"]], ids=["no-flag", "resume-of-a-foreign-folder"])
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--force"]],
+                         ids=["no-flag", "resume-of-a-foreign-folder", "force-on-a-foreign-folder"])
 def test_existing_run_dir_is_never_overwritten(runner, tiny_textures, tmp_path, flags):
     out = tmp_path / "precious"
     out.mkdir()

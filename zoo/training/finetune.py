@@ -84,13 +84,13 @@ def _run_dir_state(out: Path, resume: bool, force: bool) -> str:
         return "new"
     if not out.is_dir():
         raise ZooError(f"{out} is a file: give --out a folder name.")
-    if force:
-        return "replace"
-    if not resume:
+    if not (resume or force):
         raise ZooError(f"{out} already exists: pass --resume to continue that run, --force to replace it, "
                        "or --out to choose another folder.")
-    if not (out / CONFIG).is_file():
+    if not (out / CONFIG).is_file():  # --force replaces runs, never a folder of something else
         raise ZooError(f"{out} is not a run directory of `zoo finetune` (no {CONFIG}): choose another --out.")
+    if force:
+        return "replace"
     if (out / METRICS).is_file() and (out / WEIGHTS).is_file() and not (out / CHECKPOINT).is_file():
         return "complete"
     return "resume"
@@ -357,3 +357,5 @@ def _write_results(out: Path, config: dict, metrics: dict, history: list[dict], 
     atomic_write_bytes(out / "model_card.md", model_card(config, metrics, classes).encode())
     save_weights(plan.model, out / WEIGHTS, metadata={"model": config["model"], "strategy": config["strategy"]})
     remove_checkpoint(out)
+    for leftover in out.glob(".*.tmp"):  # temporary files of a process that was killed mid-write
+        leftover.unlink(missing_ok=True)
