@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import zoo.preprocess as zoo_preprocess
 from zoo.errors import ZooError
 from zoo.preprocess import ImageError, PreprocessConfig, load_rgb
 from zoo.run_dir import LABELS, TrainedRun, atomic_write_json, load_run
@@ -30,9 +31,12 @@ from zoo.run_dir import LABELS, TrainedRun, atomic_write_json, load_run
 CLASSIFIER = "classifier.onnx"
 FEATURES = "features.onnx"
 PREPROCESS = "preprocess.json"
+# The preprocessing module itself (numpy + Pillow only) travels with the graphs, so an edge device
+# needs nothing but this folder and `pip install onnxruntime numpy pillow` (see the README snippet).
+PREPROCESS_MODULE = "preprocess.py"
 REPORT = "export_report.json"
 VARIANTS = ("int8", "fp16")
-OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, LABELS, REPORT) + tuple(f"classifier.{v}.onnx" for v in VARIANTS)
+OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT) + tuple(f"classifier.{v}.onnx" for v in VARIANTS)
 
 # The dynamo-based exporter (torch.export) is used. Both it and the TorchScript one (dynamo=False,
 # about 3x faster to export but deprecated) keep efficientnet_lite's TF-SAME padding dynamic: the
@@ -265,6 +269,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
             set_metadata(graph, kind, run, feature_dim)
             save_checked(graph, staging / f"{kind}.onnx")
         run.preprocess.save(staging / PREPROCESS)
+        shutil.copyfile(Path(zoo_preprocess.__file__), staging / PREPROCESS_MODULE)
         atomic_write_json(staging / LABELS, run.labels)
 
         report = report_mod.new_report(run, out_dir, opset, feature_dim)
