@@ -85,9 +85,9 @@ def _looks_like_json(data: bytes) -> bool:
 def parse_request(request: dict, max_images: int) -> ParsedRequest:
     """Images and options of one request, whatever way they were sent.
 
-    TorchServe gives a request as {name: value}: "body" (or "data") for a raw body, one entry per
-    form field or file of a multipart upload, and one per query parameter. JSON bodies arrive
-    already parsed; text bodies as str; everything else as bytes.
+    TorchServe gives a request as {name: value}: "body" (or "data") for a raw body, and one entry
+    per form field or file of a multipart upload (it does not pass query parameters). JSON bodies
+    arrive already parsed; text bodies as str; everything else as bytes.
     """
     options: dict = {}
     images: list[bytes] = []
@@ -125,8 +125,8 @@ def topk_option(value, default: int, num_classes: int) -> int:
     """k from the request (parameter, JSON key or header), never more than the number of classes."""
     if value is None:
         return min(default, num_classes)
-    text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-    if isinstance(value, bool) or not text.strip().isdigit() or int(text) < 1:
+    text = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    if isinstance(value, bool) or not text.strip().isdigit() or len(text.strip()) > 6 or int(text) < 1:
         raise RequestError(400, f"topk must be a whole number of at least 1, not {text!r}.")
     k = int(text)
     return min(k, num_classes)
@@ -233,6 +233,11 @@ class ZooImageHandler:
                 tensors[idx] = [self.to_tensor(image) for image in parsed[idx].images]
             except RequestError as e:
                 responses[idx] = self.refuse(context, idx, e)
+                tensors.pop(idx, None)
+            except Exception as e:  # whatever an odd request triggers stays with that request
+                logger.warning("Could not read request %d", idx, exc_info=True)
+                responses[idx] = self.refuse(context, idx, RequestError(
+                    400, f"The request could not be read ({type(e).__name__}): send image bytes or JSON with base64 images."))
                 tensors.pop(idx, None)
         outputs, failed = self.run_grouped(tensors)
         for idx, error in failed.items():

@@ -146,14 +146,15 @@ def test_features_endpoint_equals_features_onnx(server):
     assert worst <= 1e-4
 
 
-def test_batched_mixed_sizes_get_the_same_answers_as_alone(server):
+@pytest.mark.parametrize("model", ["lite0", "lite0t"])
+def test_batched_mixed_sizes_get_the_same_answers_as_alone(server, model):
     names = list(server.images)[:8]
-    alone = {n: server.post("lite0", server.images[n], headers={"X-Topk": "3"}).json() for n in names}
+    alone = {n: server.post(model, server.images[n], headers={"X-Topk": "3"}).json() for n in names}
     barrier = threading.Barrier(len(names))
 
     def together(name):
         barrier.wait()
-        return server.post("lite0", server.images[name], headers={"X-Topk": "3"})
+        return server.post(model, server.images[name], headers={"X-Topk": "3"})
 
     with ThreadPoolExecutor(len(names)) as pool:
         responses = list(pool.map(together, names))
@@ -161,9 +162,9 @@ def test_batched_mixed_sizes_get_the_same_answers_as_alone(server):
     assert {n: r.json() for n, r in zip(names, responses)} == alone  # bit for bit
     log = (Path(server.info.log_dir) / "model_log.log").read_text()
     sizes = [int(line.split("zoo batch: ")[1].split(" ")[0]) for line in log.splitlines()
-             if "zoo batch: " in line and "lite0_" in line]
+             if "zoo batch: " in line and f"-{model}_" in line]
     assert max(sizes) > 1, "TorchServe never batched requests together"
-    print(f"\nbatching: handler calls carried up to {max(sizes)} requests")
+    print(f"\n{model} batching: handler calls carried up to {max(sizes)} requests")
 
 
 def test_bad_input_gets_4xx_and_the_next_request_succeeds(server, expected):
@@ -228,7 +229,7 @@ def test_secure_by_default(server):
 
 def test_status_client_and_cli(server, tmp_path, monkeypatch, runner):
     from cli import app
-    from zoo.serve_client import predict_remote
+    from zoo.serve_client import ServeClient, predict_remote
 
     status = serve.status(Path(server.info.state_dir))
     assert {name: s["workers"] for name, s in status["model_status"].items()} == {
@@ -245,6 +246,11 @@ def test_status_client_and_cli(server, tmp_path, monkeypatch, runner):
     assert rows[1]["top_k"] == {} and "not an image" in rows[1]["error"]
     result = runner.invoke(app, ["serve", "status", "--port", str(port)])
     assert result.exit_code == 0 and "key_file.json" in result.output and "READY" in result.output
+    # An expired inference key is replaced through the API key (TorchServe rewrites its key file).
+    client = ServeClient(f"{server.info.inference_url}/predictions/lite0")
+    before = server.key()
+    assert client._refresh_token() and server.key() != before
+    assert len(client.classify(server.images["square.jpg"], topk=1)) == 1
 
 
 def test_zoo_export_writes_both_archives_by_default(tmp_path_factory, tmp_path, monkeypatch, runner):

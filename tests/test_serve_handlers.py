@@ -143,7 +143,7 @@ def test_topk_is_never_more_than_the_number_of_classes(classifier):
     assert serving.topk_option(None, 5, 3) == 3
     assert serving.topk_option("2", 5, 3) == 2
     assert serving.topk_option(b"10", 5, 3) == 3
-    for bad in ("0", "-1", "abc", "1.5", True, ""):
+    for bad in ("0", "-1", "abc", "1.5", True, "", "9" * 5000, b"\xff"):
         with pytest.raises(serving.RequestError):
             serving.topk_option(bad, 5, 3)
 
