@@ -56,8 +56,8 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     acc_ax.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1", linestyle="--", **style)
     acc_ax.set_ylabel("accuracy, macro-F1")
     acc_ax.set_ylim(0, 1.02)
-    acc_ax.legend(loc="lower right")
-    loss_ax.legend(loc="upper right")
+    acc_ax.legend(loc="best")  # the spot that hides the fewest points
+    loss_ax.legend(loc="best")
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
