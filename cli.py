@@ -320,7 +320,7 @@ def serve_start(
     model_store: Annotated[Path, typer.Option(help="Folder of .mar archives written by `zoo export`.")] = Path("model_store"),
     models: Annotated[Optional[str], typer.Option(help="Comma-separated archive names to serve (default: all in the store).")] = None,
     port: PortOption = 8080,
-    workers: Annotated[int, typer.Option(help="Worker processes per model.", min=1)] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes per model (0: one per CPU core, at most 4).", min=0)] = 0,
     batch_size: Annotated[int, typer.Option(help="TorchServe batching: most requests per handler call (1 = off).", min=1)] = 1,
     max_batch_delay: Annotated[int, typer.Option(help="Milliseconds TorchServe waits to fill a batch.", min=0)] = 50,
     threads: Annotated[int, typer.Option(help="Inference threads per worker (0: CPU count / workers).", min=0)] = 0,

@@ -76,7 +76,7 @@ def server(tmp_path_factory):
     (blocker / "zoo").mkdir(parents=True)
     (blocker / "zoo" / "__init__.py").write_text('raise ImportError("zoo is not installed on this server")\n')
     port = _free_port_block()
-    cfg = serve.ServeConfig(model_store=store, models=("lite0", "lite0-features", "lite0t"), port=port,
+    cfg = serve.ServeConfig(model_store=store, models=("lite0", "lite0-features", "lite0t"), port=port, workers=1,
                             batch_size=BATCH_SIZE, max_batch_delay_ms=BATCH_DELAY_MS, state_dir=root / "home" / str(port))
     info = None
     try:

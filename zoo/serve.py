@@ -44,7 +44,7 @@ class ServeConfig:
     models: tuple[str, ...] = ()  # archive names without .mar; empty means every archive in the store
     port: int = DEFAULT_PORT  # inference; management, metrics and the two gRPC APIs take the next four
     host: str = "127.0.0.1"
-    workers: int = 1  # per model
+    workers: int = 0  # per model; 0 means one per CPU core, at most 4 (single-threaded workers serve more)
     batch_size: int = 1  # TorchServe's dynamic batching: up to this many requests per handler call
     max_batch_delay_ms: int = 50  # how long TorchServe waits to fill a batch
     threads: int = 0  # intra-op threads per worker; 0 means the CPU count divided by the workers
@@ -52,6 +52,10 @@ class ServeConfig:
     response_timeout_s: int = 120
     max_request_mb: int = 32
     state_dir: Path | None = None  # default ZOO_SERVE_HOME/<port>
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or min(os.cpu_count() or 1, 4)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -183,7 +187,7 @@ def config_properties(cfg: ServeConfig, models: dict[str, str], worker_base: int
         raise ZooError(f"{store} has a comma in its path, which TorchServe cannot read: move the model store.")
     host, ports = cfg.host, cfg.ports
     models_json = {name: {version: {"defaultVersion": True, "marName": f"{name}.mar",
-                                    "minWorkers": cfg.workers, "maxWorkers": cfg.workers,
+                                    "minWorkers": cfg.worker_count, "maxWorkers": cfg.worker_count,
                                     "batchSize": cfg.batch_size, "maxBatchDelay": cfg.max_batch_delay_ms,
                                     "responseTimeout": cfg.response_timeout_s}}
                    for name, version in models.items()}
@@ -198,7 +202,7 @@ def config_properties(cfg: ServeConfig, models: dict[str, str], worker_base: int
         "model_store": str(store),
         "load_models": ",".join(f"{n}.mar" for n in models),
         "models": json.dumps(models_json),
-        "default_workers_per_model": cfg.workers,
+        "default_workers_per_model": cfg.worker_count,
         # Secure by default: tokens, no model API, and archives only from this model store.
         "disable_token_authorization": str(not cfg.token_auth).lower(),
         "enable_model_api": "false",
@@ -282,8 +286,8 @@ def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None
 
     env: extra environment for the server and its workers (tests use it to hide the zoo package).
     """
-    if cfg.workers < 1 or cfg.batch_size < 1 or cfg.max_batch_delay_ms < 0:
-        raise ZooError("--workers and --batch-size must be at least 1 and --max-batch-delay at least 0.")
+    if cfg.workers < 0 or cfg.batch_size < 1 or cfg.max_batch_delay_ms < 0:
+        raise ZooError("--workers must be at least 0 (auto), --batch-size at least 1 and --max-batch-delay at least 0.")
     state_dir = cfg.folder
     if running_server(state_dir):
         raise ZooError(f"A zoo server already runs on port {cfg.port}: stop it with `zoo serve stop --port {cfg.port}`.")
@@ -299,13 +303,13 @@ def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None
     for stale in (KEY_FILE, STATE_FILE):
         (state_dir / stale).unlink(missing_ok=True)
     config = state_dir / "config.properties"
-    config.write_text(config_properties(cfg, models, _worker_socket_base(len(models) * cfg.workers)))
+    config.write_text(config_properties(cfg, models, _worker_socket_base(len(models) * cfg.worker_count)))
 
     ts_home = _ts_home()
     cmd = [_java(), "-Xmx2g", f"-Dmodel_server_home={ts_home}", "-cp", f".:{ts_home / 'ts' / 'frontend'}/*",
            SERVER_CLASS, "--python", sys.executable, "-f", str(config), "-s", str(Path(cfg.model_store).resolve()),
            "-ncs"]
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.worker_count)
     server_env = {**os.environ, "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir),
                   "ZOO_SERVE_THREADS": str(threads), **(env or {})}
     with open(log_dir / "server.out", "ab") as out:
@@ -317,7 +321,7 @@ def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None
                       management_url=f"http://{cfg.host}:{ports['management']}",
                       metrics_url=f"http://{cfg.host}:{ports['metrics']}",
                       key_file=str(state_dir / KEY_FILE) if cfg.token_auth else None, log_dir=str(log_dir),
-                      workers=cfg.workers, batch_size=cfg.batch_size, max_batch_delay_ms=cfg.max_batch_delay_ms)
+                      workers=cfg.worker_count, batch_size=cfg.batch_size, max_batch_delay_ms=cfg.max_batch_delay_ms)
     (state_dir / STATE_FILE).write_text(json.dumps(info.to_json(), indent=2) + "\n")
     try:
         _wait_until_answering(info, proc, timeout_s)
