@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -204,6 +205,7 @@ def main() -> None:
     finally:
         for c in servers.values():
             serve.stop(c.folder)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     medians = {label: {k: statistics.median(x[k] for x in runs) for k in ("throughput", "p50", "p99")}
                | {"failed": sum(x["failed"] for x in runs)} for label, runs in results.items()}
