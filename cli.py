@@ -186,6 +186,8 @@ class StrategyName(str, Enum):
     full = "full"
     partial = "partial"
     head = "head"
+    svm = "svm"
+    auto = "auto"
 
 
 class BalanceMode(str, Enum):
@@ -199,8 +201,9 @@ class BalanceMode(str, Enum):
 def finetune_command(
     data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class> (split with the seed).", exists=True, file_okay=False)],
     model: Annotated[str, typer.Option(help="Backbone name (see `zoo models`).")] = "efficientnet_lite0",
-    strategy: Annotated[StrategyName, typer.Option(help="full: train everything; partial: freeze early stages; head: train only a new classifier on cached bottleneck features.")] = StrategyName.head,
+    strategy: Annotated[StrategyName, typer.Option(help="full: train everything; partial: freeze early stages; head: train only a new classifier on cached bottleneck features; svm: a linear classifier on an earlier stage's activations; auto: measure the data and follow `zoo advise`.")] = StrategyName.head,
     freeze_until: Annotated[Optional[str], typer.Option(help="partial only: the last frozen stage (default: the backbone's own choice, see `zoo models --json`).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="svm only: the stage whose pooled activations feed the linear classifier (default: the one the advisor measures as most separable).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: 30 for head, 10 otherwise).", min=1)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new classifier (default: 0.003 for head, 0.001 otherwise).")] = None,
     backbone_lr: Annotated[Optional[float], typer.Option(help="Learning rate of trainable pretrained weights (default: lr / 10).")] = None,
@@ -221,7 +224,7 @@ def finetune_command(
     from zoo.training.finetune import finetune
 
     try:
-        finetune(data_dir, model=model, strategy=strategy.value, freeze_until=freeze_until, epochs=epochs, lr=lr,
+        finetune(data_dir, model=model, strategy=strategy.value, freeze_until=freeze_until, layer=layer, epochs=epochs, lr=lr,
                  backbone_lr=backbone_lr, batch_size=batch_size, augment=augment, views=views, balance=balance.value,
                  seed=seed, out=out, resume=resume, force=force, pretrained=pretrained, cache=cache,
                  cache_dir=cache_dir, workers=workers)

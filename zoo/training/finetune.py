@@ -39,7 +39,7 @@ BACKBONE_LR_FACTOR = 0.1  # pretrained weights learn ten times slower than the n
 WEIGHT_DECAY = 1e-4
 BALANCE_MODES = ("auto", "none", "sampler", "loss")
 # Options that change the result: a resumed run must use the values it was started with.
-RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "epochs", "lr", "backbone_lr", "batch_size",
+RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "layer", "epochs", "lr", "backbone_lr", "batch_size",
                "augment", "augment_views", "balance", "seed", "val_fraction", "feature_cache", "num_classes")
 
 
@@ -54,8 +54,13 @@ def _say(enabled: bool, message: str) -> None:
         print(message, flush=True)
 
 
-def _check_options(strategy, spec, freeze_until, epochs, lr, backbone_lr, batch_size, views, balance, val_fraction,
-                   resume, force) -> None:
+def _check_options(strategy, spec, freeze_until, layer, epochs, lr, backbone_lr, batch_size, views, balance,
+                   val_fraction, resume, force) -> None:
+    if layer is not None:
+        if not strategy.takes_layer:
+            raise ZooError(f"--layer only applies to --strategy svm: drop it, or use svm instead of {strategy.name}.")
+        if layer not in spec.stages:
+            raise ZooError(f"{layer!r} is not a stage of {spec.name}: choose --layer from {', '.join(spec.stages)}.")
     if freeze_until is not None:
         if not strategy.takes_freeze_until:
             raise ZooError(f"--freeze-until only applies to --strategy partial: drop it, or use partial instead of "
@@ -128,6 +133,7 @@ def finetune(
     model: str = "efficientnet_lite0",
     strategy: str = "head",
     freeze_until: str | None = None,
+    layer: str | None = None,
     epochs: int | None = None,
     lr: float | None = None,
     backbone_lr: float | None = None,
@@ -153,17 +159,40 @@ def finetune(
     loss when the largest class is at least twice the smallest.
     """
     started = time.time()
-    strat = get_strategy(strategy)
+    requested = strategy
     spec = get_spec(model)
-    _check_options(strat, spec, freeze_until, epochs, lr, backbone_lr, batch_size, views, balance, val_fraction,
-                   resume, force)
     data_dir = Path(data_dir)
     out = Path(out) if out is not None else Path("runs") / f"{data_dir.resolve().name}-{model}-{strategy}"
+    strat = get_strategy(strategy) if strategy != "auto" else None
+    if strat is not None:
+        _check_options(strat, spec, freeze_until, layer, epochs, lr, backbone_lr, batch_size, views, balance,
+                       val_fraction, resume, force)
     state = _run_dir_state(out, resume, force)
     if state == "complete":
         _say(show_progress, f"{out} is already complete; its metrics are in {out / METRICS}.")
         return read_json(out / METRICS)
     workers = default_workers() if workers is None else workers
+    advice = None
+    if strat is None or (strat.takes_layer and layer is None):
+        # `auto` follows the advisor; `svm` without --layer taps the stage the advisor measures as best.
+        from zoo.advisor import advise
+
+        if state == "resume":  # the advice a run started with is the advice it finishes with
+            advice = read_json(out / CONFIG).get("advice")
+        if advice is None:
+            advice = advise(data_dir, model=model, seed=seed, show_progress=show_progress).to_json()
+        if strat is None:
+            strategy, strat = advice["strategy"], get_strategy(advice["strategy"])
+            freeze_until = freeze_until or advice["freeze_until"]
+            augment = advice["augment"] if augment is None else augment
+            _say(show_progress, f"auto: the advisor chose {advice['quadrant']} -> {strategy}")
+        layer = layer or (advice["layer"] if strat.takes_layer else None)
+        if strat.takes_layer and layer is None:
+            from zoo.advisor.recommend import best_earlier_layer
+
+            layer = best_earlier_layer(advice["stage_accuracy"], list(spec.stages))
+        _check_options(strat, spec, freeze_until, layer, epochs, lr, backbone_lr, batch_size, views, balance,
+                       val_fraction, resume, force)
 
     # The data: every image decoded once; unreadable ones are skipped, reported and counted.
     data = load_image_folder(data_dir, val_fraction=val_fraction, seed=seed)
@@ -181,9 +210,10 @@ def finetune(
     # The model: seeded, so a resumed run rebuilds exactly the same random parts.
     torch.manual_seed(seed)
     net = create_model(model, num_classes=len(data.classes), pretrained=pretrained)
-    plan = strat.plan(net, spec, freeze_until)
+    plan = strat.plan(net, spec, layer if strat.takes_layer else freeze_until)
     apply_freeze(plan)
-    on_features = plan.on_cached_features and cache
+    # svm always fits on extracted features (cached on disk unless --no-cache).
+    on_features = plan.on_cached_features and (cache or strat.takes_layer)
     lr = lr or strat.default_lr
     backbone_lr = backbone_lr or (lr * BACKBONE_LR_FACTOR if pretrained else lr)
     if not any(p.requires_grad for p in plan.model.backbone_parameters()):
@@ -192,6 +222,8 @@ def finetune(
     config = _config(model, spec, plan, strategy, pretrained, lr, backbone_lr, epochs or strat.default_epochs,
                      batch_size, augment, views if (augment and on_features) else None, balance, class_weights, seed,
                      val_fraction, on_features, data, train_records, val_records, pre)
+    config["requested_strategy"] = requested
+    config["advice"] = advice
     epochs = config["epochs"]
 
     if state == "resume":
@@ -211,7 +243,8 @@ def finetune(
     cache_report = None
     if on_features:
         train_feats, val_feats, cache_report = _features(plan, config, train_records, val_records, pre, augment,
-                                                         views, seed, cache_dir, batch_size, workers, show_progress)
+                                                         views, seed, cache_dir if cache else None, batch_size,
+                                                         workers, show_progress, use_cache=cache)
     val_views = ImageViews(val_records, pre)
 
     optimizer = torch.optim.AdamW(param_groups(plan.model, lr, backbone_lr), weight_decay=WEIGHT_DECAY)
@@ -231,6 +264,25 @@ def finetune(
         _say(show_progress, f"resuming after epoch {start} of {epochs}")
 
     val_logits = None
+    if strat.takes_layer:  # svm: one scikit-learn fit with cross-validated C replaces the epochs
+        from zoo.training.linear_probe import fit_linear_probe
+
+        tick = time.time()
+        probe = fit_linear_probe(train_feats, train_y, class_weights, seed)
+        probe.fold_into(plan.model.classifier)
+        val_logits = predict_features(plan.model, val_feats)
+        report = classification_report(val_logits, val_y, data.classes)
+        train_logits = predict_features(plan.model, train_feats[0])
+        history = [{"epoch": 1, "train_loss": float(nn.functional.cross_entropy(train_logits, train_y)),
+                    "train_accuracy": probe.train_accuracy, "val_loss": report["loss"],
+                    "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"], "lr": 0.0,
+                    "backbone_lr": 0.0, "seconds": time.time() - tick}]
+        config["svm"] = {"C": probe.c, "cv_accuracy": probe.cv_accuracy, "layer": layer,
+                         "features": int(train_feats[0].shape[1])}
+        atomic_write_json(out / CONFIG, config)
+        start = epochs
+        _say(show_progress, f"svm on {layer}: C={probe.c:g} (cross-validated), train acc {probe.train_accuracy:.3f}, "
+                            f"val acc {report['accuracy']:.3f}")
     for epoch in range(start, epochs):
         tick = time.time()
         # Data order, augmentation and dropout depend only on (seed, epoch): a resumed run repeats them.
@@ -325,10 +377,10 @@ def _config(model, spec, plan: Plan, strategy, pretrained, lr, backbone_lr, epoc
 
 
 def _features(plan: Plan, config: dict, train_records, val_records, pre, augment: bool, views: int, seed: int,
-              cache_dir, batch_size: int, workers: int, show_progress: bool):
+              cache_dir, batch_size: int, workers: int, show_progress: bool, use_cache: bool = True):
     """Bottleneck features of every training view and of the validation images, from the cache when possible."""
     tick = time.time()
-    cache = FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir())
+    cache = (FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir())) if use_cache else None
     common = dict(model_name=config["model"], weights=weights_fingerprint(plan.model), layer=plan.layer, seed=seed,
                   cache=cache, batch_size=batch_size, workers=workers, show_progress=show_progress)
     train_views = list(range(views)) if augment else [None]
@@ -340,7 +392,7 @@ def _features(plan: Plan, config: dict, train_records, val_records, pre, augment
         hits += hit
     val_feats, hit = cached_features(plan.model, val_records, pre, view=None, description="val features", **common)
     hits += hit
-    report = {"dir": str(cache.root), "entries": len(train_views) + 1, "from_cache": hits,
+    report = {"dir": str(cache.root) if cache else None, "entries": len(train_views) + 1, "from_cache": hits,
               "computed": len(train_views) + 1 - hits, "seconds": time.time() - tick}
     _say(show_progress, f"bottleneck features: {report['from_cache']} of {report['entries']} sets from the cache, "
                         f"{report['computed']} computed ({report['seconds']:.1f} s)")

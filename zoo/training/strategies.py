@@ -35,6 +35,7 @@ class Strategy:
     default_epochs: int
     default_lr: float  # for the new classifier; pretrained weights get a tenth of it
     takes_freeze_until: bool = False
+    takes_layer: bool = False  # the plan's third argument is the tapped layer, not a freeze point
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -75,12 +76,23 @@ def _head(model: ZooModel, spec: BackboneSpec, freeze_until: str | None) -> Plan
     return Plan(model, frozen=frozen, freeze_until=model.stage_names[-1], on_cached_features=True)
 
 
+def _svm(model: ZooModel, spec: BackboneSpec, layer: str | None) -> Plan:
+    """Q3: a linear classifier on globally pooled activations of an earlier stage; nothing else learns."""
+    if layer is None or layer not in model.stages:
+        raise ZooError(f"{layer!r} is not a stage of {model.name}: choose --layer from {', '.join(model.stage_names)}.")
+    truncated = model.truncated(layer, model.num_classes)
+    frozen = tuple(f"stages.{s}" for s in truncated.stage_names)
+    return Plan(truncated, frozen=frozen, freeze_until=layer, layer=layer, on_cached_features=True)
+
+
 register_strategy(Strategy("full", "train the whole network (pretrained part at a smaller learning rate)",
                            _full, default_epochs=10, default_lr=1e-3))
 register_strategy(Strategy("partial", "freeze the early stages, train the later stages and a new classifier",
                            _partial, default_epochs=10, default_lr=1e-3, takes_freeze_until=True))
 register_strategy(Strategy("head", "freeze the whole base, train a new classifier on cached bottleneck features",
                            _head, default_epochs=30, default_lr=3e-3))
+register_strategy(Strategy("svm", "a linear classifier (scikit-learn, C by cross-validation) on an earlier stage's "
+                           "pooled activations", _svm, default_epochs=1, default_lr=1.0, takes_layer=True))
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
