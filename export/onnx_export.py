@@ -253,9 +253,9 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     check_out_dir(out_dir, force)
     run = load_run(run_dir)
     data = run_data(run, data_dir)
-    if variants and data is None:
+    if variants and (data is None or not data.train or not data.val):
         raise ZooError("Quantization needs the run's training images for calibration and its val images for the "
-                       "accuracy gate: give the image folder with --data.")
+                       "accuracy gate: give the image folder the run was trained on with --data.")
     model = run.model.eval()
     feature_dim = int(model.feature_dim)
 

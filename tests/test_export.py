@@ -294,3 +294,15 @@ def test_edge_prefers_an_accelerator_and_always_keeps_the_cpu(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert choose_providers() == ["CPUExecutionProvider"]
     assert choose_providers(["CUDAExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_quantizing_without_the_run_images_says_to_pass_data(trained_run, tmp_path):
+    run = tmp_path / "moved-run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config.pop("data", None)
+    config.pop("data_dir", None)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ZooError, match="--data"):
+        export_run(run, tmp_path / "out", quantize="int8")
+    assert not (tmp_path / "out").exists()
