@@ -1,0 +1,59 @@
+"""Every command and option the README shows exists (checked against the commands' --help)."""
+import re
+from pathlib import Path
+
+import typer
+
+from cli import app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _mentions() -> list[list[str]]:
+    """Token lists after `zoo` in the README's code blocks and inline code."""
+    texts = re.findall(r"```(?:bash|text)?\n(.*?)```", README, re.S) + re.findall(r"`(zoo [^`]+)`", README)
+    found = []
+    for text in texts:
+        for line in text.splitlines():
+            line = line.split("#")[0].strip().lstrip("$ ").strip()
+            if line.startswith("zoo "):
+                found.append(line.split()[1:])
+    for row in re.findall(r"^\| `(zoo [^`]+)`(.*)$", README, re.M):  # the command reference table
+        found.append(row[0].split()[1:] + re.findall(r"--[a-z][a-z0-9/-]*", row[1]))
+    return found
+
+
+def _resolve(tokens: list[str]):
+    group = typer.main.get_command(app)
+    path = []
+    for tok in tokens:
+        commands = getattr(group, "commands", {})
+        for alt in tok.replace("\\|", "|").split("|"):
+            if alt in commands:
+                group, path = commands[alt], path + [alt]
+                break
+        else:
+            break
+    return group, path
+
+
+def test_readme_mentions_many_commands():
+    paths = {" ".join(_resolve(t)[1]) for t in _mentions()}
+    assert {"models", "models check", "data sample", "data inspect", "advise", "finetune", "export", "serve start",
+            "serve stop", "predict", "demo"} <= paths
+
+
+def test_every_option_in_the_readme_exists(runner):
+    checked = 0
+    for tokens in _mentions():
+        command, path = _resolve(tokens)
+        assert path, f"`zoo {' '.join(tokens)}` in the README is not a command"
+        help_text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+        assert help_text.exit_code == 0
+        known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        for tok in tokens[len(path):]:
+            for opt in re.findall(r"--[a-z][a-z0-9-]*", tok):
+                assert opt in known, f"README shows `zoo {' '.join(path)} {opt}`, which --help does not list"
+                assert opt in help_text.output
+                checked += 1
+    assert checked > 20
