@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,21 +29,6 @@ pytestmark = pytest.mark.slow
 
 BATCH_SIZE = 4
 BATCH_DELAY_MS = 300  # long enough that requests sent together land in one handler call
-
-
-def _free_port_block(count: int = 5) -> int:
-    for base in range(21000, 60000, 137):
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
 
 
 class Server:
@@ -75,7 +59,7 @@ def server(tmp_path_factory):
     blocker = root / "no-zoo"
     (blocker / "zoo").mkdir(parents=True)
     (blocker / "zoo" / "__init__.py").write_text('raise ImportError("zoo is not installed on this server")\n')
-    port = _free_port_block()
+    port = serve.free_port_block(21000, step=137)
     cfg = serve.ServeConfig(model_store=store, models=("lite0", "lite0-features", "lite0t"), port=port, workers=1,
                             batch_size=BATCH_SIZE, max_batch_delay_ms=BATCH_DELAY_MS, state_dir=root / "home" / str(port))
     info = None

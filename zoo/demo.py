@@ -7,29 +7,12 @@ sample -> advise -> finetune (the advisor's strategy) -> export (ONNX, int8 wher
 from __future__ import annotations
 
 import io
-import socket
 import time
 from pathlib import Path
 
 from PIL import Image
 
 from zoo.errors import ZooError
-
-
-def _free_port_block(start: int = 18080, width: int = 5) -> int:
-    """The first port p >= start such that p..p+width-1 are all free on 127.0.0.1."""
-    for base in range(start, start + 2000, width):
-        ok = True
-        for p in range(base, base + width):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise ZooError("No five consecutive free ports found above 18080: free some ports or pass --port.")
 
 
 def _resized_variants(path: Path) -> list[tuple[str, bytes]]:
@@ -103,7 +86,7 @@ def run_demo(out: Path = Path("demo-out"), model: str = "efficientnet_lite0", po
         from zoo import serve as serve_mod
         from zoo.serve_client import ServeClient
 
-        port = port or _free_port_block()
+        port = port or serve_mod.free_port_block()
         log(f"6/7 serve: TorchServe on 127.0.0.1:{port}, HTTP predictions on images of different sizes")
         cfg = serve_mod.ServeConfig(model_store=store, models=("textures",), port=port)
         info = serve_mod.start(cfg)

@@ -164,6 +164,14 @@ def _free(host: str, port: int) -> bool:
             return False
 
 
+def free_port_block(start: int = 18080, count: int = 5, host: str = "127.0.0.1", step: int = 5) -> int:
+    """The first port p >= start with p .. p+count-1 all free: what `--port` needs (it and the four after)."""
+    for base in range(start, 65535 - count, step):
+        if all(_free(host, p) for p in range(base, base + count)):
+            return base
+    raise ZooError(f"No {count} consecutive free ports above {start} on {host}: free some ports or pass --port.")
+
+
 def _worker_socket_base(count: int) -> int:
     """A first worker "port" no other TorchServe uses: workers talk over /tmp/.ts.sock.<port>, and a
     worker deletes a socket of that name, so two servers must never share a range."""

@@ -9,7 +9,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from zoo.backbones.registry import create_model, get_spec
