@@ -19,7 +19,8 @@ class _ZooGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except ZooError as e:
-            typer.echo(f"Error: {e}", err=True)
+            if not getattr(e, "already_reported", False):  # another process of a distributed run said it
+                typer.echo(f"Error: {e}", err=True)
             raise typer.Exit(2) from None
 
 
@@ -197,8 +198,28 @@ class BalanceMode(str, Enum):
     loss = "loss"
 
 
+def _command_line(ctx: typer.Context, leave_out: set[str]) -> list[str]:
+    """The options the user gave (those that differ from the defaults), as a command line again."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        value = value.value if isinstance(value, Enum) else value
+        default = param.default.value if isinstance(param.default, Enum) else param.default
+        if param.name in leave_out or value is None:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif value != default:
+            if isinstance(value, bool):
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+            else:
+                args += [param.opts[0], str(value)]
+    return args
+
+
 @app.command("finetune")
 def finetune_command(
+    ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class> (split with the seed).", exists=True, file_okay=False)],
     model: Annotated[str, typer.Option(help="Backbone name (see `zoo models`).")] = "efficientnet_lite0",
     strategy: Annotated[StrategyName, typer.Option(help="full: train everything; partial: freeze early stages; head: train only a new classifier on cached bottleneck features; svm: a linear classifier on an earlier stage's activations; auto: measure the data and follow `zoo advise`.")] = StrategyName.head,
@@ -219,10 +240,20 @@ def finetune_command(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="head: keep bottleneck features on disk and reuse them.")] = True,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache folder (default: $ZOO_CACHE_DIR/features or ~/.cache/zoo/features).", file_okay=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loading processes (default: 0 on machines with 2 CPUs or fewer).", min=0)] = None,
+    nproc: Annotated[int, typer.Option(help="Training processes on this machine, started through torchrun (DDP: gloo on CPUs, nccl with one GPU each); --batch-size stays the global batch. Several machines: see the README.", min=1)] = 1,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
+    from zoo.training import distributed
     from zoo.training.finetune import finetune
 
+    if nproc > 1:
+        args = ["finetune", *_command_line(ctx, leave_out={"nproc"})]
+        typer.echo(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m cli "
+                   f"{' '.join(args)}", err=True)
+        status = distributed.launch(nproc, args)
+        if status:
+            raise typer.Exit(status)
+        return
     try:
         finetune(data_dir, model=model, strategy=strategy.value, freeze_until=freeze_until, layer=layer, epochs=epochs, lr=lr,
                  backbone_lr=backbone_lr, batch_size=batch_size, augment=augment, views=views, balance=balance.value,
@@ -232,6 +263,10 @@ def finetune_command(
         typer.echo("Interrupted: the last finished epoch is saved; run the same command with --resume to continue.",
                    err=True)
         raise typer.Exit(130) from None
+    except distributed.PeerLost as e:  # torchrun stops the other processes; one of them says why
+        if distributed.reports_failures():
+            typer.echo(f"Error: {e}.", err=True)
+        raise typer.Exit(distributed.PEER_LOST_EXIT) from None
 
 
 # ---------------------------------------------------------------- export

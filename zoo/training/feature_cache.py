@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from zoo.backbones import ZooModel
 from zoo.preprocess import PreprocessConfig
+from zoo.training import distributed
 from zoo.training.augment import AUGMENT_VERSION, item_seed
 from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
 from zoo.progress import progress_bar
@@ -99,13 +100,17 @@ def extract_features(model: ZooModel, dataset: ImageViews, layer: str | None, ba
     """Pooled activations (the bottleneck when layer is None) of every item, in dataset order."""
     was_training = model.training
     model.eval()
-    batches = shape_batches(range(len(dataset)), dataset.shapes(), batch_size)
+    # Several processes: each runs every world_size-th batch (the same batches one process runs), then all gather.
+    batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks: list[tuple[list[int], torch.Tensor]] = []
+    device = next(model.parameters()).device
     bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches), enabled=show_progress)
     for (x, _), idx in zip(bar, batches):  # the bar first, so it sees its last item finish
+        x = x.to(device)
         f = model.forward_features(x) if layer is None else model.forward_pooled(x, layer)
-        chunks.append((idx, f.float()))
+        chunks.append((idx, f.float().cpu()))
     model.train(was_training)
+    chunks = distributed.gather_chunks(chunks)
     out = torch.empty(len(dataset), chunks[0][1].shape[1] if chunks else 0)
     for idx, f in chunks:
         out[idx] = f
@@ -121,12 +126,12 @@ def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: Prepro
     key = cache.key(dataset=dataset_fingerprint(records), model=model_name, weights=weights, layer=layer,
                     view=name, preprocess=cfg) if cache else ""
     if cache is not None:
-        hit = cache.load(key, len(records))
+        hit = distributed.from_main(lambda: cache.load(key, len(records)))  # rank 0's cache speaks for the run
         if hit is not None:
             return hit, True
     seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
     features = extract_features(model, ImageViews(records, cfg, seeds), layer, batch_size, workers, description,
                                 show_progress)
-    if cache is not None:
+    if cache is not None and distributed.world().is_main:
         cache.save(key, features, {"model": model_name, "layer": layer, "view": name, "images": len(records)})
     return features, False

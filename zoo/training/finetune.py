@@ -21,6 +21,7 @@ from zoo.data.folder import load_image_folder
 from zoo.errors import ZooError
 from zoo.run_dir import CONFIG, LABELS, WEIGHTS, atomic_write_bytes, atomic_write_json, read_json, save_weights
 from zoo.training.augment import item_seed
+from zoo.training import distributed
 from zoo.training.checkpoint import CHECKPOINT, load_checkpoint, remove_checkpoint, save_checkpoint
 from zoo.training.datasets import ImageRecord, ImageViews, epoch_order, scan_images, shape_batches
 from zoo.training.feature_cache import (FeatureCache, cached_features, dataset_fingerprint, default_cache_dir,
@@ -45,7 +46,7 @@ RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "layer", "epoc
 
 def default_workers() -> int:
     """Data-loading processes: none on small machines, where they would only compete with the model."""
-    cpus = os.cpu_count() or 1
+    cpus = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: ranks share the CPUs
     return 0 if cpus <= 2 else min(8, cpus // 2)
 
 
@@ -127,6 +128,7 @@ def _compare_with_saved(saved: dict, config: dict, out: Path) -> None:
         raise ZooError(f"The images in {config['data']['dir']} changed since {out} was started: pass --force to start over.")
 
 
+@distributed.in_process_group
 def finetune(
     data_dir: Path | str,
     *,
@@ -157,8 +159,13 @@ def finetune(
     augment=None turns augmentation on for small data (fewer than 1,000 training images); `views`
     is how many augmented views per image the `head` strategy caches. balance="auto" weights the
     loss when the largest class is at least twice the smallest.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; they train one model together with
+    DDP (see zoo.training.distributed), rank 0 alone writes `out`, and each returns the same metrics.
     """
     started = time.time()
+    world = distributed.world()
+    show_progress = show_progress and world.is_main
     requested = strategy
     spec = get_spec(model)
     data_dir = Path(data_dir)
@@ -167,10 +174,10 @@ def finetune(
     if strat is not None:
         _check_options(strat, spec, freeze_until, layer, epochs, lr, backbone_lr, batch_size, views, balance,
                        val_fraction, resume, force)
-    state = _run_dir_state(out, resume, force)
+    state = distributed.from_main(lambda: _run_dir_state(out, resume, force))  # rank 0 holds the run directory
     if state == "complete":
         _say(show_progress, f"{out} is already complete; its metrics are in {out / METRICS}.")
-        return read_json(out / METRICS)
+        return distributed.from_main(lambda: read_json(out / METRICS))
     workers = default_workers() if workers is None else workers
     advice = None
     if strat is None or (strat.takes_layer and layer is None):
@@ -178,9 +185,10 @@ def finetune(
         from zoo.advisor import advise
 
         if state == "resume":  # the advice a run started with is the advice it finishes with
-            advice = read_json(out / CONFIG).get("advice")
+            advice = distributed.from_main(lambda: read_json(out / CONFIG).get("advice"))
         if advice is None:
-            advice = advise(data_dir, model=model, seed=seed, show_progress=show_progress).to_json()
+            advice = distributed.from_main(lambda: advise(data_dir, model=model, seed=seed,
+                                                          show_progress=show_progress).to_json())
         if strat is None:
             strategy, strat = advice["strategy"], get_strategy(advice["strategy"])
             freeze_until = freeze_until or advice["freeze_until"]
@@ -200,7 +208,7 @@ def finetune(
     train_records, skipped = scan_images(data.train, pre, "checking train images", show_progress)
     val_records, skipped_val = scan_images(data.val, pre, "checking val images", show_progress)
     skipped += skipped_val
-    for bad in skipped:
+    for bad in skipped if world.is_main else []:
         print(f"warning: skipping {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
     _check_records(train_records, val_records, data.classes, data_dir)
     train_counts = [sum(r.label == i for r in train_records) for i in range(len(data.classes))]
@@ -212,6 +220,7 @@ def finetune(
     net = create_model(model, num_classes=len(data.classes), pretrained=pretrained)
     plan = strat.plan(net, spec, layer if strat.takes_layer else freeze_until)
     apply_freeze(plan)
+    plan.model.to(world.device)  # one GPU per process under torchrun with nccl; the CPU otherwise
     # svm always fits on extracted features (cached on disk unless --no-cache).
     on_features = plan.on_cached_features and (cache or strat.takes_layer)
     lr = lr or strat.default_lr
@@ -225,15 +234,20 @@ def finetune(
     config["requested_strategy"] = requested
     config["advice"] = advice
     epochs = config["epochs"]
+    distributed.check_same(config["data"]["fingerprint"], f"The images in {data_dir} differ between the machines of "
+                           "this run: give every node the same copy of the data.")
 
-    if state == "resume":
-        _compare_with_saved(read_json(out / CONFIG), config, out)
-    elif state == "replace":
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if state != "resume":
-        atomic_write_json(out / CONFIG, config)
-        atomic_write_json(out / LABELS, data.classes)
+    def prepare_run_dir() -> None:
+        if state == "resume":
+            _compare_with_saved(read_json(out / CONFIG), config, out)
+        elif state == "replace":
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if state != "resume":
+            atomic_write_json(out / CONFIG, config)
+            atomic_write_json(out / LABELS, data.classes)
+
+    distributed.from_main(prepare_run_dir)
     _say(show_progress, f"{strategy}: {model} ({'pretrained' if pretrained else 'random weights'}), "
                         f"{len(train_records)} train / {len(val_records)} val images, {len(data.classes)} classes, "
                         f"augment {'on' if augment else 'off'}, balance {balance} -> {out}")
@@ -249,15 +263,22 @@ def finetune(
 
     optimizer = torch.optim.AdamW(param_groups(plan.model, lr, backbone_lr), weight_decay=WEIGHT_DECAY)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(class_weights) if class_weights else None)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(class_weights) if class_weights else None).to(world.device)
     frozen_fp = tensors_fingerprint(frozen_state(plan))
     start, history = 0, []
-    checkpoint = load_checkpoint(out) if state == "resume" else None
+
+    def read_checkpoint() -> dict | None:
+        checkpoint = load_checkpoint(out) if state == "resume" else None
+        if checkpoint is not None:
+            if checkpoint["frozen_fingerprint"] != frozen_fp:
+                raise ZooError(f"The pretrained weights of {model} changed since {out} was started: pass --force to "
+                               "start over.")
+            if set(checkpoint["model"]) != set(trainable_state(plan)):
+                raise ZooError(f"{out / CHECKPOINT} does not match this model: pass --force to start over.")
+        return checkpoint
+
+    checkpoint = distributed.from_main(read_checkpoint)  # rank 0 reads it, every rank resumes from it
     if checkpoint is not None:
-        if checkpoint["frozen_fingerprint"] != frozen_fp:
-            raise ZooError(f"The pretrained weights of {model} changed since {out} was started: pass --force to start over.")
-        if set(checkpoint["model"]) != set(trainable_state(plan)):
-            raise ZooError(f"{out / CHECKPOINT} does not match this model: pass --force to start over.")
         plan.model.load_state_dict(checkpoint["model"], strict=False)
         optimizer.load_state_dict(checkpoint["optimizer"])
         start, history = checkpoint["epoch"], checkpoint["history"]
@@ -279,10 +300,14 @@ def finetune(
                     "backbone_lr": 0.0, "seconds": time.time() - tick}]
         config["svm"] = {"C": probe.c, "cv_accuracy": probe.cv_accuracy, "layer": layer,
                          "features": int(train_feats[0].shape[1])}
-        atomic_write_json(out / CONFIG, config)
+        if world.is_main:
+            atomic_write_json(out / CONFIG, config)
         start = epochs
         _say(show_progress, f"svm on {layer}: C={probe.c:g} (cross-validated), train acc {probe.train_accuracy:.3f}, "
                             f"val acc {report['accuracy']:.3f}")
+    # Several processes training on images: DDP. On cached features every rank trains the same small
+    # classifier on all of them (no communication; milliseconds per epoch).
+    parallel = distributed.DataParallel(plan.model) if world.distributed and not on_features else None
     for epoch in range(start, epochs):
         tick = time.time()
         # Data order, augmentation and dropout depend only on (seed, epoch): a resumed run repeats them.
@@ -300,7 +325,7 @@ def finetune(
             views_ds = ImageViews(train_records, pre, seeds)
             batches = shape_batches(order, views_ds.shapes(), batch_size, generator)
             train_loss, train_acc = train_images_epoch(plan, views_ds, batches, optimizer, loss_fn, base_lrs, epoch,
-                                                       epochs, workers, show_progress)
+                                                       epochs, workers, show_progress, parallel)
             val_logits = predict_images(plan.model, val_views, batch_size, workers, "validating", show_progress)
         report = classification_report(val_logits, val_y, data.classes)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -308,9 +333,10 @@ def finetune(
                         "val_macro_f1": report["macro_f1"], "lr": optimizer.param_groups[0]["lr"],
                         "backbone_lr": optimizer.param_groups[-1]["lr"] if len(base_lrs) > 1 else 0.0,
                         "seconds": time.time() - tick})
-        save_checkpoint(out, {"epoch": epoch + 1, "model": trainable_state(plan), "optimizer": optimizer.state_dict(),
-                              "history": history, "frozen_fingerprint": frozen_fp})
-        write_history(out / "history.csv", history)
+        if world.is_main:
+            save_checkpoint(out, {"epoch": epoch + 1, "model": trainable_state(plan),
+                                  "optimizer": optimizer.state_dict(), "history": history, "frozen_fingerprint": frozen_fp})
+            write_history(out / "history.csv", history)
         _say(show_progress, f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
                             f"val loss {report['loss']:.4f} acc {report['accuracy']:.3f} "
                             f"macro-F1 {report['macro_f1']:.3f} | {history[-1]['seconds']:.1f} s")
@@ -327,7 +353,15 @@ def finetune(
         "wall_seconds": time.time() - started,
         "feature_cache": cache_report,
     })
-    _write_results(out, config, metrics, history, data.classes, plan)
+    if world.distributed:  # proof that the ranks trained one model: a hash of each rank's final weights
+        hashes = distributed.all_gather(tensors_fingerprint(plan.model.state_dict()))
+        metrics["distributed"] = {"world_size": world.size, "backend": world.backend, "weights_sha256": hashes,
+                                  "ranks_agree": len(set(hashes)) == 1}
+        if len(set(hashes)) > 1 and world.is_main:
+            print("warning: the processes ended with different weights; rank 0's are saved", file=sys.stderr)
+    if world.is_main:
+        _write_results(out, config, metrics, history, data.classes, plan)
+    distributed.barrier()  # every process returns once the run directory is complete
     _say(show_progress, f"val accuracy {100 * metrics['accuracy']:.1f}% ({len(val_records)} images), macro-F1 "
                         f"{metrics['macro_f1']:.3f}, min recall {metrics['min_recall']:.3f}; run directory {out}")
     return metrics

@@ -7,7 +7,9 @@ from torch import nn
 
 from zoo.backbones import ZooModel
 from zoo.progress import progress_bar
+from zoo.training import distributed
 from zoo.training.datasets import ImageViews, loader, shape_batches
+from zoo.training.distributed import DataParallel
 from zoo.training.strategies import Plan, train_mode
 
 
@@ -29,20 +31,42 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]], optimizer: torch.optim.Optimizer,
                        loss_fn: nn.Module, base_lrs: list[float], epoch: int, epochs: int, workers: int,
-                       show_progress: bool = True) -> tuple[float, float]:
-    """Mean loss and accuracy over the epoch's batches; the backbone runs on every batch."""
+                       show_progress: bool = True, parallel: DataParallel | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over the epoch's batches; the backbone runs on every batch.
+
+    With `parallel` (several processes), `batches` are the global batches: this rank runs its share
+    of each through DDP, and the figures are summed over the ranks.
+    """
     train_mode(plan)
     total_loss, correct, seen = 0.0, 0, 0
-    data = loader(dataset, batches, workers)
+    net, device, shares = plan.model, _device(plan.model), None
+    if parallel is not None:
+        weights = loss_fn.weight.tolist() if loss_fn.weight is not None else None
+        net, shares = parallel.ddp, parallel.shares(batches, [r.label for r in dataset.records], weights)
+    data = loader(dataset, batches if shares is None else [s.indices for s in shares], workers)
     for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches),
                                             enabled=show_progress)):
         set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
-        logits = plan.model(x)
-        loss = loss_fn(logits, y)
-        _step(optimizer, loss)
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
+        x, y = x.to(device), y.to(device)
+        if shares is None:
+            logits = net(x)
+            loss = loss_fn(logits, y)
+            _step(optimizer, loss)
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        else:
+            share = shares[b]
+            parallel.begin(share)
+            logits = net(x)
+            loss = loss_fn(logits, y)
+            _step(optimizer, loss * parallel.loss_scale(share))
+            total_loss += loss.item() * share.fraction * share.size  # this rank's part of the batch's loss sum
+            correct += int((logits.argmax(1) == y).sum()) if share.images else 0
+            seen += share.images
+    if parallel is not None:
+        total_loss, correct, seen = parallel.sum_over_ranks(total_loss, correct, seen)
+        parallel.sync_buffers()
     return total_loss / seen, correct / seen
 
 
@@ -51,11 +75,11 @@ def train_features_epoch(plan: Plan, features: torch.Tensor, labels: torch.Tenso
                          epochs: int) -> tuple[float, float]:
     """The same epoch on cached features: only the classifier runs, the backbone never does."""
     train_mode(plan)  # the classifier's dropout is active, as it is when training on images
-    total_loss, correct = 0.0, 0
+    total_loss, correct, device = 0.0, 0, _device(plan.model)
     for b, idx in enumerate(batches):
         set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
-        y = labels[idx]
-        logits = plan.model.forward_head(features[idx])
+        y = labels[idx].to(device)
+        logits = plan.model.forward_head(features[idx].to(device))
         loss = loss_fn(logits, y)
         _step(optimizer, loss)
         total_loss += loss.item() * len(idx)
@@ -67,18 +91,28 @@ def train_features_epoch(plan: Plan, features: torch.Tensor, labels: torch.Tenso
 @torch.no_grad()
 def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, workers: int, description: str,
                    show_progress: bool = True) -> torch.Tensor:
-    """Logits in dataset order; equal-shape batches, eval mode, so each prediction is the one serving makes."""
+    """Logits in dataset order; equal-shape batches, eval mode, so each prediction is the one serving makes.
+
+    Several processes share the batches out and gather the logits, so every rank gets all of them.
+    """
     model.eval()
-    batches = shape_batches(range(len(dataset)), dataset.shapes(), batch_size)
-    out = torch.empty(len(dataset), model.num_classes)
+    batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
+    chunks, device = [], _device(model)
     bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches), enabled=show_progress)
     for (x, _), idx in zip(bar, batches):  # the bar first, so it sees its last item finish
-        out[idx] = model(x)
+        chunks.append((idx, model(x.to(device)).cpu()))
+    out = torch.empty(len(dataset), model.num_classes)
+    for idx, logits in distributed.gather_chunks(chunks):
+        out[idx] = logits
     return out
 
 
 @torch.no_grad()
 def predict_features(model: ZooModel, features: torch.Tensor) -> torch.Tensor:
     model.eval()
-    return model.forward_head(features)
+    return model.forward_head(features.to(_device(model))).cpu()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
