@@ -59,8 +59,10 @@ class _BatchNormInputStats:
 
     def _hook(self, i: int):
         def hook(module, inputs, output):
-            x = inputs[0].detach().double()
-            s = (x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3])
+            x = inputs[0].detach()
+            # float64 accumulators, without copying the whole activation to float64
+            s = (x.sum((0, 2, 3), dtype=torch.float64), (x * x).sum((0, 2, 3), dtype=torch.float64),
+                 x.shape[0] * x.shape[2] * x.shape[3])
             self.sums[i] = s if self.sums[i] is None else tuple(a + b for a, b in zip(self.sums[i], s))
         return hook
 
@@ -101,26 +103,34 @@ def separability(features: dict[str, list[np.ndarray]], labels: list[int], seed:
 
 @torch.no_grad()
 def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: PreprocessConfig, seed: int = 0,
-          show_progress: bool = True) -> Probe:
+          show_progress: bool = True, batch_size: int = 16) -> Probe:
     """One forward pass per sampled image collects all three measurements."""
     model.eval()
     bn_stats = _BatchNormInputStats(model)
     features: dict[str, list[np.ndarray]] = defaultdict(list)
     labels, confidence, unreadable = [], [], []
+    arrays, kept = [], []
+    for sample in samples:
+        try:
+            arrays.append(preprocess(sample.path, cfg))
+            kept.append(sample)
+        except ImageError as e:
+            unreadable.append(f"{sample.path}: {e}")
+    # Images of one shape share a forward pass (no padding, so nothing leaks between images).
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, a in enumerate(arrays):
+        by_shape[a.shape].append(i)
+    batches = [idx[j:j + batch_size] for idx in by_shape.values() for j in range(0, len(idx), batch_size)]
     try:
-        for sample in progress_bar(samples, "measuring similarity", enabled=show_progress):
-            try:
-                x = torch.from_numpy(preprocess(sample.path, cfg)).unsqueeze(0)
-            except ImageError as e:
-                unreadable.append(f"{sample.path}: {e}")
-                continue
+        for idx in progress_bar(batches, "measuring similarity", enabled=show_progress):
+            x = torch.from_numpy(np.stack([arrays[i] for i in idx]))
             for name, stage in model.stages.items():
                 x = stage(x)
-                features[name].append(x.mean((2, 3))[0].numpy())
+                features[name] += list(x.mean((2, 3)).numpy())
             if has_source_head:
                 logits = model.forward_head(model.pre_logits(x.mean((2, 3))))
-                confidence.append(float(logits.softmax(1).max()))
-            labels.append(sample.label)
+                confidence += logits.softmax(1).max(1).values.tolist()
+            labels += [kept[i].label for i in idx]
     finally:
         kl = bn_stats.mean_kl()
     if not labels:

@@ -1,0 +1,117 @@
+"""The advisor measures size and similarity, picks the quadrant; svm and auto runs are complete."""
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from cli import app
+from zoo.advisor import advise
+from zoo.data.samples import write_sample
+from zoo.run_dir import load_run
+
+RUN_FILES = ["config.json", "labels.json", "model.safetensors", "metrics.json", "history.csv", "confusion.png",
+             "curves.png", "model_card.md"]
+
+
+@pytest.fixture(scope="module")
+def digits_small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adv") / "digits500"
+    write_sample("digits", out, limit=500, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adv") / "digits120"
+    write_sample("digits", out, limit=120, show_progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_similarity_orders_textures_above_digits_and_size_sets_the_quadrant(textures_dir, digits_dir, digits_small):
+    textures = advise(textures_dir, per_class=10, show_progress=False)
+    digits_large = advise(digits_dir, per_class=10, show_progress=False)
+    digits_sub = advise(digits_small, per_class=10, show_progress=False)
+    # natural textures sit clearly closer to ImageNet than handwritten digits
+    assert textures.similarity > digits_large.similarity + 0.1
+    assert textures.similar and not digits_large.similar
+    assert textures.quadrant == "Q4" and textures.strategy == "head"
+    # the same digits move from large (Q1) to small (Q3) when subsampled below the threshold
+    assert digits_large.size == "large" and digits_large.quadrant == "Q1" and digits_large.strategy == "full"
+    assert digits_sub.size == "small" and digits_sub.quadrant == "Q3" and digits_sub.strategy == "svm"
+    assert digits_sub.layer in digits_sub.stage_accuracy and digits_sub.layer != "head_conv"
+    for a in (textures, digits_large, digits_sub):
+        assert 0 <= a.similarity <= 1 and set(a.reasons) >= {"size", "similarity", "strategy"}
+
+
+def test_size_threshold_is_an_option(digits_tiny, runner):
+    result = runner.invoke(app, ["advise", str(digits_tiny), "--size-threshold", "50", "--per-class", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    advice = json.loads(result.output)
+    assert advice["size"] == "large" and advice["size_threshold"] == 50
+    assert {"batchnorm_kl", "source_confidence", "batchnorm_score", "confidence_score", "depth_score"} <= set(advice["components"])
+
+
+def test_svm_run_is_complete_and_loads(digits_tiny, tmp_path, runner):
+    out = tmp_path / "svm"
+    result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "svm", "--layer", "stage5", "--out", str(out),
+                                 "--cache-dir", str(tmp_path / "cache"), "--no-augment"])
+    assert result.exit_code == 0, result.output
+    assert all((out / f).is_file() for f in RUN_FILES)
+    run = load_run(out)
+    assert run.config["layer"] == "stage5" and run.model.stage_names[-1] == "stage5"
+    assert run.config["svm"]["C"] in (0.001, 0.01, 0.1, 1.0, 10.0)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_auto_follows_the_advisor_and_records_it(digits_tiny, tmp_path, runner):
+    out = tmp_path / "auto"
+    result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "auto", "--out", str(out),
+                                 "--cache-dir", str(tmp_path / "cache"), "--views", "1"])
+    assert result.exit_code == 0, result.output
+    assert all((out / f).is_file() for f in RUN_FILES)
+    config = json.loads((out / "config.json").read_text())
+    assert config["requested_strategy"] == "auto"
+    assert config["strategy"] == config["advice"]["strategy"] == "svm"  # small, dissimilar: Q3
+    assert config["layer"] == config["advice"]["layer"]
+    load_run(out)
+
+
+def test_layer_only_with_svm(digits_tiny, tmp_path, runner):
+    result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "head", "--layer", "stage3",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "--layer only applies to --strategy svm" in result.output
+    result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "svm", "--layer", "stage99",
+                                 "--out", str(tmp_path / "y")])
+    assert result.exit_code != 0 and "is not a stage" in result.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_advise_bad_folders_end_in_one_sentence(tmp_path, runner, digits_tiny):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["advise", str(empty)])
+    assert result.exit_code != 0 and "has no class folders" in result.output and "Traceback" not in result.output
+
+    one = tmp_path / "one" / "cats"
+    one.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(one / "a.png")
+    result = runner.invoke(app, ["advise", str(one.parent)])
+    assert result.exit_code != 0 and "only one class" in result.output
+
+    broken = tmp_path / "broken"
+    for cls in ("a", "b"):
+        (broken / cls).mkdir(parents=True)
+        for i in range(4):
+            (broken / cls / f"{i}.png").write_bytes(b"garbage")
+    result = runner.invoke(app, ["advise", str(broken)])
+    assert result.exit_code != 0 and "could be read" in result.output
+
+    few_bad = tmp_path / "few_bad"
+    shutil.copytree(digits_tiny, few_bad)
+    (few_bad / "train" / "3" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    result = runner.invoke(app, ["advise", str(few_bad), "--per-class", "100"])
+    assert result.exit_code == 0, result.output
+    assert "Warning: 1 unreadable image(s) skipped" in result.output
