@@ -288,10 +288,15 @@ def launch(nproc: int, args: list[str]) -> int:
     levels = {n: lg.level for n, lg in loggers.items()}
     for lg in loggers.values():
         lg.setLevel(logging.CRITICAL)  # the agent's own log lines; the message below says what happened
+    keep_logs = False
     try:
         torchrun.main(argv)
+        return 0
     except ChildFailedError as e:
-        return _explain(e, nproc, log_dir)
+        status, message, keep_logs = _explain(e, nproc, log_dir)
+        if message:
+            raise ZooError(message) from None
+        return status
     except SignalException:
         return 130  # Ctrl-C reached every process; rank 0 said how to resume
     finally:
@@ -299,18 +304,20 @@ def launch(nproc: int, args: list[str]) -> int:
         os.environ.update(saved_env)
         for n, lg in loggers.items():
             lg.setLevel(levels[n])
-    shutil.rmtree(log_dir, ignore_errors=True)
-    return 0
+        if not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def _explain(error, nproc: int, log_dir: str) -> int:
+def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
+    """(exit status, message for the user or None when rank 0 already gave one, whether it names a log file)."""
     failures = error.failures
     # The root cause: a process killed by someone other than the agent, else one that failed on its own.
     ranked = sorted(failures.items(), key=lambda kv: (not (kv[1].exitcode < 0 and kv[1].signal_name() != "SIGTERM"),
                                                       kv[1].exitcode in (-15, PEER_LOST_EXIT), kv[0]))
     rank, failure = ranked[0]
     if rank == 0 and failure.exitcode in (2, 130):
-        return failure.exitcode  # a ZooError or Ctrl-C: rank 0 printed it on this console
+        return failure.exitcode, None, False  # a ZooError or Ctrl-C: rank 0 printed it on this console
+    named_log = False
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
     else:
@@ -321,5 +328,6 @@ def _explain(error, nproc: int, log_dir: str) -> int:
             how += f": {last[0].strip()}"
         if rank != 0 and logs:
             how += f" (its output: {logs[0]})"
-    raise ZooError(f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last finished epoch "
-                   "is saved: run the same command with --resume to continue.")
+            named_log = True
+    return 2, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last finished epoch is "
+               "saved: run the same command with --resume to continue."), named_log
