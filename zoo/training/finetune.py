@@ -161,7 +161,7 @@ def finetune(
     loss when the largest class is at least twice the smallest.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; they train one model together with
-    DDP (see zoo.training.distributed), rank 0 alone writes `out`, and each returns the same metrics.
+    DDP (see zoo.training.distributed), rank 0 alone writes `out`, and each returns the metrics.
     """
     started = time.time()
     world = distributed.world()
