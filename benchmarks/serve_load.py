@@ -72,6 +72,12 @@ def mixed_images() -> list[bytes]:
     return out
 
 
+def _take(counter, lock: threading.Lock):
+    """The next request index shared by the load threads, or None when all are sent."""
+    with lock:
+        return next(counter, None)
+
+
 def in_process(export_dir: Path, images: list[bytes], n: int, callers: int) -> dict:
     """`callers` threads share one session (ONNX Runtime releases the GIL while it runs); with more than
     one caller each run gets one intra-op thread, like one worker per core."""
@@ -90,8 +96,7 @@ def in_process(export_dir: Path, images: list[bytes], n: int, callers: int) -> d
 
     def caller() -> None:
         while True:
-            with lock:
-                i = next(counter, None)
+            i = _take(counter, lock)
             if i is None:
                 return
             t = time.perf_counter()
@@ -119,8 +124,7 @@ def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, conc
         local.session = requests.Session()
         local.session.trust_env = False
         while True:
-            with lock:
-                i = next(counter, None)
+            i = _take(counter, lock)
             if i is None:
                 return
             t = time.perf_counter()
