@@ -9,6 +9,7 @@ from pathlib import Path
 from zoo.advisor.measure import Probe, probe, probe_sample
 from zoo.backbones import create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
+from zoo.training.strategies import BACKBONE_LR_FACTOR, get_strategy
 
 # Scales of the similarity components. They were set so that real ImageNet validation photos score
 # near 1 (BatchNorm KL 0.09, confidence 0.71 with efficientnet_lite0) and the components fall as data
@@ -105,8 +106,10 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     stages = list(spec.stages)
     layer = best_earlier_layer(measured.stage_accuracy, stages) if strategy == "svm" else None
     freeze_until = spec.default_freeze_until if strategy == "partial" else None
-    lr_head = 1e-3 if strategy in ("head", "svm") else 3e-3
-    lr_backbone = {"full": 3e-4, "partial": 3e-4}.get(strategy, 0.0)
+    # The strategy's own defaults, which `--strategy auto` then uses: one recipe, measured by
+    # benchmarks/strategies.py. For svm the "rate" is scikit-learn's C, chosen by cross-validation.
+    lr_head = get_strategy(strategy).default_lr if strategy != "svm" else 0.0
+    lr_backbone = lr_head * BACKBONE_LR_FACTOR if strategy in ("full", "partial") else 0.0
     augment = size == "small"
     balance = "auto" if imbalance > IMBALANCE_THRESHOLD else "none"
     reasons = {
@@ -121,8 +124,9 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
                    f"overfit, so a linear classifier on {layer} activations (best separability of the earlier stages)",
             "head": "few images like the source: the pretrained features already fit, train only a new classifier",
         }[strategy],
-        "learning_rates": f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
-                          + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)"),
+        "learning_rates": ("none: scikit-learn fits the classifier, its regularisation C chosen by cross-validation"
+                           if strategy == "svm" else f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
+                           + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)")),
         "augmentation": "on: small data needs more views" if augment else "off: enough real variation in the data",
         "balance": (f"classes are skewed {imbalance:.1f}:1, so weight the loss / sampling" if balance == "auto"
                     else f"classes are balanced enough ({imbalance:.1f}:1)"),

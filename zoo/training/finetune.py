@@ -21,6 +21,7 @@ from zoo.data.folder import load_image_folder
 from zoo.errors import ZooError
 from zoo.run_dir import CONFIG, LABELS, WEIGHTS, atomic_write_bytes, atomic_write_json, read_json, save_weights
 from zoo.training.augment import item_seed
+from zoo.training.batchnorm import CALIBRATION_IMAGES, calibration_records, recalibrate, trainable_batchnorms
 from zoo.training import distributed
 from zoo.training.checkpoint import CHECKPOINT, load_checkpoint, remove_checkpoint, save_checkpoint
 from zoo.training.datasets import ImageRecord, ImageViews, epoch_order, scan_images, shape_batches
@@ -30,13 +31,12 @@ from zoo.training.loop import predict_features, predict_images, train_features_e
 from zoo.training.metrics import classification_report
 from zoo.training.plots import plot_confusion, plot_curves
 from zoo.training.report import model_card, write_history
-from zoo.training.strategies import (Plan, apply_freeze, frozen_state, get_strategy, param_groups, trainable_names,
+from zoo.training.strategies import (BACKBONE_LR_FACTOR, Plan, apply_freeze, frozen_state, get_strategy, param_groups, trainable_names,
                                      trainable_state)
 
 METRICS = "metrics.json"
 SMALL_DATA = 1000  # fewer training images than this is "small" (design §3): augmentation is on by default
 SKEW = 2.0  # largest / smallest class from which --balance auto weights the loss
-BACKBONE_LR_FACTOR = 0.1  # pretrained weights learn ten times slower than the new classifier
 WEIGHT_DECAY = 1e-4
 BALANCE_MODES = ("auto", "none", "sampler", "loss")
 # Options that change the result: a resumed run must use the values it was started with.
@@ -193,6 +193,8 @@ def finetune(
             strategy, strat = advice["strategy"], get_strategy(advice["strategy"])
             freeze_until = freeze_until or advice["freeze_until"]
             augment = advice["augment"] if augment is None else augment
+            lr = lr or advice["lr_head"]
+            backbone_lr = backbone_lr or advice["lr_backbone"] or None
             _say(show_progress, f"auto: the advisor chose {advice['quadrant']} -> {strategy}")
         layer = layer or (advice["layer"] if strat.takes_layer else None)
         if strat.takes_layer and layer is None:
@@ -260,6 +262,7 @@ def finetune(
                                                          views, seed, cache_dir if cache else None, batch_size,
                                                          workers, show_progress, use_cache=cache)
     val_views = ImageViews(val_records, pre)
+    calibration_views = ImageViews(calibration_records(train_records, item_seed(seed, "batchnorm")), pre)
 
     optimizer = torch.optim.AdamW(param_groups(plan.model, lr, backbone_lr), weight_decay=WEIGHT_DECAY)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -326,6 +329,8 @@ def finetune(
             batches = shape_batches(order, views_ds.shapes(), batch_size, generator)
             train_loss, train_acc = train_images_epoch(plan, views_ds, batches, optimizer, loss_fn, base_lrs, epoch,
                                                        epochs, workers, show_progress, parallel)
+            if recalibrate(plan, calibration_views, batch_size, workers) and parallel is not None:
+                parallel.sync_buffers()  # the ranks computed the same statistics; rank 0's make it exact
             val_logits = predict_images(plan.model, val_views, batch_size, workers, "validating", show_progress)
         report = classification_report(val_logits, val_y, data.classes)
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -386,6 +391,10 @@ def _config(model, spec, plan: Plan, strategy, pretrained, lr, backbone_lr, epoc
         "optimizer": "AdamW",
         "weight_decay": WEIGHT_DECAY,
         "schedule": "cosine, per step",
+        "batchnorm_recalibration": ({"layers": len(trainable_batchnorms(plan)),
+                                     "images": min(CALIBRATION_IMAGES, len(train_records)),
+                                     "when": "after every epoch, before validation and saving"}
+                                    if trainable_batchnorms(plan) else None),
         "epochs": epochs,
         "batch_size": batch_size,
         "augment": augment,

@@ -27,6 +27,9 @@ class Plan:
     on_cached_features: bool = False  # only the classifier learns, so it can train on cached features
 
 
+BACKBONE_LR_FACTOR = 0.1  # pretrained weights learn ten times slower than the new classifier
+
+
 @dataclass(frozen=True)
 class Strategy:
     name: str
@@ -97,6 +100,11 @@ register_strategy(Strategy("svm", "a linear classifier (scikit-learn, C by cross
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def is_frozen(plan: Plan, name: str) -> bool:
+    """Whether the parameter, buffer or submodule called `name` belongs to a frozen part."""
+    return _under(name, plan.frozen)
 
 
 def apply_freeze(plan: Plan) -> None:

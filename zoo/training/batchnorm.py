@@ -1,0 +1,61 @@
+"""BatchNorm statistics recomputed for the weights that training ended an epoch with.
+
+While the network trains, each BatchNorm layer normalises with the statistics of the current batch
+and keeps a running average for inference. That average mixes batches seen under earlier weights,
+and EfficientNet-Lite's TensorFlow momentum (0.01) keeps most of the ImageNet statistics for
+hundreds of steps: measured on 400 digits after 3 full fine-tuning epochs, val accuracy was 46%
+with the running statistics and 68% with fresh batch statistics. So before every validation (and
+so before the weights are saved, exported and served) the trainable BatchNorm layers get exact
+averages over a fixed set of un-augmented training images, in the inference view.
+
+Written here rather than with torch.optim.swa_utils.update_bn, which resets every BatchNorm layer
+of the model: the frozen stages' statistics must stay bit-identical to the pretrained ones.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
+from zoo.training.strategies import Plan, is_frozen
+
+CALIBRATION_IMAGES = 512  # exact statistics of 512 images; more changes them by well under 1%
+
+
+def trainable_batchnorms(plan: Plan) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for name, m in plan.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and not is_frozen(plan, name)]
+
+
+def calibration_records(records: list[ImageRecord], seed: int) -> list[ImageRecord]:
+    """A seeded sample of the training images, the same in every epoch, process and resumed run."""
+    if len(records) <= CALIBRATION_IMAGES:
+        return list(records)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:CALIBRATION_IMAGES]
+    return [records[i] for i in sorted(order.tolist())]
+
+
+@torch.no_grad()
+def recalibrate(plan: Plan, views: ImageViews, batch_size: int, workers: int) -> int:
+    """Replace the trainable BatchNorm layers' running statistics; returns how many layers changed.
+
+    Leaves the model in eval mode. Every process runs every batch, so under torchrun the ranks
+    compute the same statistics.
+    """
+    layers = trainable_batchnorms(plan)
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    plan.model.eval()  # dropout off, frozen BatchNorm layers keep normalising with their statistics
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts equally
+        m.train()
+    device = next(plan.model.parameters()).device
+    batches = shape_batches(range(len(views)), views.shapes(), batch_size)
+    for x, _ in loader(views, batches, workers):
+        plan.model(x.to(device))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    plan.model.eval()
+    return len(layers)
