@@ -193,7 +193,7 @@ def finetune(
             strategy, strat = advice["strategy"], get_strategy(advice["strategy"])
             freeze_until = freeze_until or advice["freeze_until"]
             augment = advice["augment"] if augment is None else augment
-            lr = lr or advice["lr_head"]
+            lr = lr or advice["lr_head"] or None  # svm: 0, no rate
             backbone_lr = backbone_lr or advice["lr_backbone"] or None
             _say(show_progress, f"auto: the advisor chose {advice['quadrant']} -> {strategy}")
         layer = layer or (advice["layer"] if strat.takes_layer else None)
