@@ -1,6 +1,7 @@
 """BatchNorm recalibration: trainable layers get the exact statistics of the calibration images under
 the current weights; frozen layers keep the pretrained statistics bit for bit."""
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -24,7 +25,8 @@ def _images(tmp_path, n: int) -> list[Sample]:
     return samples
 
 
-def test_recalibration_gives_exact_statistics_and_leaves_frozen_layers_alone(tmp_path):
+@pytest.mark.parametrize("batch_size", [4, 5])  # 5: batches of 5, 5 and 2, weighted by their size
+def test_recalibration_gives_exact_statistics_and_leaves_frozen_layers_alone(tmp_path, batch_size):
     torch.manual_seed(0)
     plan = get_strategy("partial").plan(create_model(SPEC.name, num_classes=2, pretrained=True), SPEC, "stage3")
     apply_freeze(plan)
@@ -46,12 +48,13 @@ def test_recalibration_gives_exact_statistics_and_leaves_frozen_layers_alone(tmp
     hook.remove()
     before = {m: (m.running_mean.clone(), m.momentum) for m in layers}
 
-    assert recalibrate(plan, views, batch_size=4, workers=0) == len(layers) > 10
+    assert recalibrate(plan, views, batch_size=batch_size, workers=0) == len(layers) > 10
     assert not plan.model.training
     x = inputs[0].double()
     torch.testing.assert_close(first.running_mean.double(), x.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
-    # PyTorch keeps each batch's unbiased variance; with three equal batches their mean is exact.
-    var = torch.stack([x[i:i + 4].var(dim=(0, 2, 3), unbiased=True) for i in range(0, 12, 4)]).mean(0)
+    # BatchNorm keeps each batch's unbiased variance; the statistics weight them by batch size.
+    chunks = [x[i:i + batch_size] for i in range(0, 12, batch_size)]
+    var = sum(len(c) * c.var(dim=(0, 2, 3), unbiased=True) for c in chunks) / 12
     torch.testing.assert_close(first.running_var.double(), var, rtol=1e-3, atol=1e-5)
     for m in layers:  # every trainable layer has new statistics and its own momentum back
         assert not torch.equal(m.running_mean, before[m][0]) and torch.isfinite(m.running_var).all()

@@ -6,7 +6,8 @@ and EfficientNet-Lite's TensorFlow momentum (0.01) keeps most of the ImageNet st
 hundreds of steps: measured on 400 digits after 3 full fine-tuning epochs, val accuracy was 46%
 with the running statistics and 68% with fresh batch statistics. So before every validation (and
 so before the weights are saved, exported and served) the trainable BatchNorm layers get exact
-averages over a fixed set of un-augmented training images, in the inference view.
+averages over a fixed set of training images, in the views training normalised: augmented square
+crops in full batches when augmentation is on, the inference view otherwise.
 
 Written here rather than with torch.optim.swa_utils.update_bn, which resets every BatchNorm layer
 of the model: the frozen stages' statistics must stay bit-identical to the pretrained ones.
@@ -49,12 +50,17 @@ def recalibrate(plan: Plan, views: ImageViews, batch_size: int, workers: int) ->
     plan.model.eval()  # dropout off, frozen BatchNorm layers keep normalising with their statistics
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None  # a cumulative average: every batch counts equally
         m.train()
     device = next(plan.model.parameters()).device
     batches = shape_batches(range(len(views)), views.shapes(), batch_size)
+    seen = 0
     for x, _ in loader(views, batches, workers):
+        # An average weighted by batch size (PyTorch's momentum=None weights batches equally, and
+        # images of an unusual shape form batches of one or two).
+        for m in layers:
+            m.momentum = len(x) / (seen + len(x))
         plan.model(x.to(device))
+        seen += len(x)
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
     plan.model.eval()

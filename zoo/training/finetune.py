@@ -262,7 +262,9 @@ def finetune(
                                                          views, seed, cache_dir if cache else None, batch_size,
                                                          workers, show_progress, use_cache=cache)
     val_views = ImageViews(val_records, pre)
-    calibration_views = ImageViews(calibration_records(train_records, item_seed(seed, "batchnorm")), pre)
+    calibration = calibration_records(train_records, item_seed(seed, "batchnorm"))
+    calibration_views = ImageViews(calibration, pre, [item_seed(seed, "batchnorm", i) for i in range(len(calibration))]
+                                   if augment else None)
 
     optimizer = torch.optim.AdamW(param_groups(plan.model, lr, backbone_lr), weight_decay=WEIGHT_DECAY)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -393,6 +395,7 @@ def _config(model, spec, plan: Plan, strategy, pretrained, lr, backbone_lr, epoc
         "schedule": "cosine, per step",
         "batchnorm_recalibration": ({"layers": len(trainable_batchnorms(plan)),
                                      "images": min(CALIBRATION_IMAGES, len(train_records)),
+                                     "views": "augmented" if augment else "inference",
                                      "when": "after every epoch, before validation and saving"}
                                     if trainable_batchnorms(plan) else None),
         "epochs": epochs,

@@ -54,7 +54,7 @@ def model_card(config: dict, metrics: dict, labels: list[str]) -> str:
         f"{config['trainable_parameters']['count'] + config['frozen_parameters']:,}",
         f"- augmentation: {'on' if config['augment'] else 'off'}; class balance: {config['balance']}",
         *([f"- BatchNorm statistics of the {bn['layers']} trainable BatchNorm layers recomputed on "
-           f"{bn['images']} un-augmented training images after every epoch"]
+           f"{bn['images']} training images ({bn.get('views', 'inference')} views) after every epoch"]
           if (bn := config.get("batchnorm_recalibration")) else []),
         f"- seed {config['seed']}; wall time {metrics['wall_seconds']:.0f} s",
         "",
