@@ -126,7 +126,8 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
         }[strategy],
         "learning_rates": ("none: scikit-learn fits the classifier, its regularisation C chosen by cross-validation"
                            if strategy == "svm" else f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
-                           + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)")),
+                           + (" (frozen)" if lr_backbone == 0
+                              else " (10x smaller, so pretrained weights move gently)")),
         "augmentation": "on: small data needs more views" if augment else "off: enough real variation in the data",
         "balance": (f"classes are skewed {imbalance:.1f}:1, so weight the loss / sampling" if balance == "auto"
                     else f"classes are balanced enough ({imbalance:.1f}:1)"),

@@ -31,8 +31,8 @@ from zoo.training.loop import predict_features, predict_images, train_features_e
 from zoo.training.metrics import classification_report
 from zoo.training.plots import plot_confusion, plot_curves
 from zoo.training.report import model_card, write_history
-from zoo.training.strategies import (BACKBONE_LR_FACTOR, Plan, apply_freeze, frozen_state, get_strategy, param_groups, trainable_names,
-                                     trainable_state)
+from zoo.training.strategies import (BACKBONE_LR_FACTOR, Plan, apply_freeze, frozen_state, get_strategy, param_groups,
+                                     trainable_names, trainable_state)
 
 METRICS = "metrics.json"
 SMALL_DATA = 1000  # fewer training images than this is "small" (design §3): augmentation is on by default
@@ -393,11 +393,10 @@ def _config(model, spec, plan: Plan, strategy, pretrained, lr, backbone_lr, epoc
         "optimizer": "AdamW",
         "weight_decay": WEIGHT_DECAY,
         "schedule": "cosine, per step",
-        "batchnorm_recalibration": ({"layers": len(trainable_batchnorms(plan)),
-                                     "images": min(CALIBRATION_IMAGES, len(train_records)),
+        "batchnorm_recalibration": ({"layers": len(bn_layers), "images": min(CALIBRATION_IMAGES, len(train_records)),
                                      "views": "augmented" if augment else "inference",
                                      "when": "after every epoch, before validation and saving"}
-                                    if trainable_batchnorms(plan) else None),
+                                    if (bn_layers := trainable_batchnorms(plan)) else None),
         "epochs": epochs,
         "batch_size": batch_size,
         "augment": augment,
