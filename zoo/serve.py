@@ -411,16 +411,44 @@ def _alive(pid: int) -> bool:
     return not (stat.is_file() and ") Z" in stat.read_text())  # a zombie has exited
 
 
-def _kill_group(pid: int) -> None:
-    """Workers live in the server's process group (start_new_session): none may outlive it."""
+def _kill_group(pid: int, timeout_s: float = 15.0) -> None:
+    """Workers live in the server's process group (start_new_session): none may outlive it.
+    SIGKILL is delivered asynchronously, so wait until every member has really exited."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap the server when it is our own child
+        except ChildProcessError:
+            pass
+        if not live_group_members(pid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of process group pgid that have not exited. A zombie has exited: only its pid entry is
+    left until its parent reaps it (orphaned workers wait on PID 1, which some containers never
+    run), so killpg(pgid, 0), which still succeeds on zombies, cannot answer this."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # macOS: no /proc; signal 0 is the best test there is
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it exited while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
+            members.append(int(stat.parent.name))
+    return members
 
 
 def status(state_dir: Path) -> dict | None:
