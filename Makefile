@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# compat mode puts the checkout on sys.path, so the top-level cli.py module is importable
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	# setuptools' default (lenient) editable mode also maps the top-level cli.py module (py-modules)
+	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
