@@ -90,14 +90,24 @@ class ServerInfo:
 
 
 # ---------------------------------------------------------------- keys and HTTP
-def read_key(key_file: Path | str, kind: str = "inference") -> str:
-    """A key from TorchServe's key_file.json: "inference", "management" or "API"."""
-    try:
-        keys = json.loads(Path(key_file).read_text())
-    except FileNotFoundError:
-        raise ZooError(f"{key_file} does not exist: is the server running? Start it with `zoo serve start`.") from None
-    except json.JSONDecodeError:
-        raise ZooError(f"{key_file} is not TorchServe's key file: give the key file `zoo serve start` printed.") from None
+def read_key(key_file: Path | str, kind: str = "inference", settle_s: float = 2.0) -> str:
+    """A key from TorchServe's key_file.json: "inference", "management" or "API".
+    TorchServe writes the file in place, at start and when a key is renewed, so a reader can catch it
+    empty or half-written: an unparseable file is read again for up to settle_s before it is refused."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            keys = json.loads(Path(key_file).read_text())
+            break
+        except FileNotFoundError:
+            raise ZooError(f"{key_file} does not exist: is the server running? Start it with `zoo serve start`.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if time.monotonic() > deadline:
+                raise ZooError(f"{key_file} is not TorchServe's key file: give the key file `zoo serve start` "
+                               f"printed.") from None
+            time.sleep(0.05)
+    if not isinstance(keys, dict):
+        keys = {}
     entry = keys.get(kind) or keys.get(kind.lower()) or {}
     key = entry.get("key") if isinstance(entry, dict) else None
     if not key:
@@ -362,10 +372,11 @@ def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: f
                            + _log_tail(log_dir))
         key = None
         if info.key_file:
-            if not Path(info.key_file).is_file():
+            try:
+                key = read_key(info.key_file, "inference", settle_s=0)
+            except ZooError:  # not written yet, or half-written: TorchServe is still starting
                 time.sleep(0.5)
                 continue
-            key = read_key(info.key_file, "inference")
         name = pending[0]
         status, _ = _request(f"{info.inference_url}/predictions/{name}", "POST", key, probe, timeout=60)
         if status == 200:
