@@ -132,7 +132,7 @@ def _request(url: str, method: str = "GET", key: str | None = None, body: bytes 
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, b""
 
 
@@ -418,8 +418,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.is_file() and ") Z" in stat.read_text())  # a zombie has exited
+    stat = _proc_stat(Path(f"/proc/{pid}"))
+    return stat is None or stat[0] != "Z"  # a zombie has exited; no /proc (macOS): signal 0 decides
 
 
 def _kill_group(pid: int, timeout_s: float = 15.0) -> None:
@@ -452,14 +452,20 @@ def live_group_members(pgid: int) -> list[int]:
             return []
         return [pgid]
     members = []
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # it exited while we looked
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
-            members.append(int(stat.parent.name))
+    for entry in proc.glob("[0-9]*"):
+        stat = _proc_stat(entry)
+        if stat is not None and stat[0] != "Z" and stat[1] == pgid:
+            members.append(int(entry.name))
     return members
+
+
+def _proc_stat(entry: Path) -> tuple[str, int] | None:
+    """(state, process group) from /proc/PID/stat; None when it is gone (or there is no /proc)."""
+    try:
+        fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # the name may hold ") "
+        return fields[0], int(fields[2])  # fields after the name: state, ppid, pgrp, ...
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def status(state_dir: Path) -> dict | None:
