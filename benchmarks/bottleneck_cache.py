@@ -33,8 +33,8 @@ def main() -> None:
         data = args.data
         if data is None:
             data = tmp / "textures"
-            write_sample("textures", data, show_progress=False)
-        common = dict(model=args.model, strategy="head", augment=args.augment, seed=0, show_progress=False)
+            write_sample("textures", data)
+        common = dict(model=args.model, strategy="head", augment=args.augment, seed=0)
         cached = finetune(data, out=tmp / "cached", epochs=args.epochs, cache_dir=tmp / "cache", **common)
         warm = finetune(data, out=tmp / "warm", epochs=args.epochs, cache_dir=tmp / "cache", **common)
         uncached = finetune(data, out=tmp / "uncached", epochs=args.uncached_epochs, cache=False, **common)
@@ -42,7 +42,8 @@ def main() -> None:
 
     extraction = cached["feature_cache"]["seconds"]
     with_cache = [s + (extraction if i == 0 else 0.0) for i, s in enumerate(cached["epoch_seconds"])]
-    warm_cache = [s + (warm["feature_cache"]["seconds"] if i == 0 else 0.0) for i, s in enumerate(warm["epoch_seconds"])]
+    warm_cache = [s + (warm["feature_cache"]["seconds"] if i == 0 else 0.0)
+                  for i, s in enumerate(warm["epoch_seconds"])]
     without = uncached["epoch_seconds"]
     print(f"head on {data} ({cached['images']['train']} train / {cached['images']['val']} val images), {args.model}, "
           f"augmentation {'on' if augment else 'off'}; seconds per epoch "

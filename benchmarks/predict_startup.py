@@ -34,9 +34,9 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     from zoo.training.finetune import finetune
 
     data = work / "textures"
-    write_sample("textures", data, limit=60, show_progress=False)
+    write_sample("textures", data, limit=60)
     run = work / "run"
-    finetune(data, strategy="head", epochs=3, out=run, show_progress=False, views=1)
+    finetune(data, strategy="head", epochs=3, out=run, views=1)
     export_run(run, work / "export")
     image = sorted((data / "val").rglob("*.png"))[0]
     return run, work / "export", image

@@ -28,9 +28,9 @@ def run(dataset: str, work: Path, model: str, seed: int) -> dict:
 
     name, limit = DATASETS[dataset]
     data = work / dataset
-    write_sample(name, data, seed=seed, limit=limit, show_progress=False)
+    write_sample(name, data, seed=seed, limit=limit)
     t0 = time.perf_counter()
-    advice = advise(data, model=model, seed=seed, show_progress=False)
+    advice = advise(data, model=model, seed=seed)
     advise_s = time.perf_counter() - t0
     print(f"[{dataset}] advisor: {advice.quadrant} -> {advice.strategy} (similarity {advice.similarity:.2f}, "
           f"{advice.images} training images, {advise_s:.0f} s)", flush=True)
@@ -41,7 +41,7 @@ def run(dataset: str, work: Path, model: str, seed: int) -> dict:
         if strategy == "svm":
             extra["layer"] = advice.layer or None
         metrics = finetune(data, model=model, strategy=strategy, seed=seed, out=work / f"{dataset}-{strategy}",
-                           cache_dir=work / "cache", show_progress=False,
+                           cache_dir=work / "cache",
                            **{k: v for k, v in extra.items() if v is not None})
         rows[strategy] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                           "seconds": time.perf_counter() - t0, "epochs": metrics["epochs"]}

@@ -1,8 +1,9 @@
 """TorchServe archives: `<name>.mar` (classifier) and `<name>-features.mar` (bottleneck extractor).
 
 Each archive holds the model (an ONNX graph run by ONNX Runtime, or with runtime "torch" a
-torch.export program), the handler, handlers/zoo_serving.py, a copy of zoo/preprocess.py named
-zoo_preprocess.py, preprocess.json, labels.json and serving.json (runtime, model file, output).
+torch.export program), the handler, handlers/zoo_serving.py, copies of zoo/preprocess.py and
+zoo/inference.py named zoo_preprocess.py and zoo_inference.py, preprocess.json, labels.json and
+serving.json (runtime, model file, output).
 Nothing in it imports the zoo package, so it runs on any TorchServe with numpy, Pillow and
 onnxruntime (or torch). torch-model-archiver does the packing.
 """
@@ -15,22 +16,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from export.formats import Runtime
 from zoo.errors import ZooError
+
+if TYPE_CHECKING:
+    from zoo.backbones import ZooModel
 
 ARCHIVE_VERSION = "1.0"  # TorchServe's model version; `zoo serve` registers this version
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 DEFAULT_MODEL_STORE = Path("model_store")
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")  # what TorchServe accepts as a model name
-
-
-class Runtime(str, Enum):
-    onnx = "onnx"
-    torch = "torch"
 
 
 TORCH_PROGRAM = "model.pt2"  # one torch.export program for both archives: (probabilities, features)
@@ -46,10 +46,12 @@ def archive_names(name: str) -> dict[str, str]:
     return {kind: name + spec[4] for kind, spec in KINDS.items()}
 
 
-def _preprocess_module() -> Path:
+def _zoo_module_copies() -> dict[str, Path]:
+    """Archive file name -> source of the zoo modules the handlers import under those names (no zoo package)."""
+    import zoo.inference
     import zoo.preprocess
 
-    return Path(zoo.preprocess.__file__)
+    return {"zoo_preprocess.py": Path(zoo.preprocess.__file__), "zoo_inference.py": Path(zoo.inference.__file__)}
 
 
 def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir: Path,
@@ -74,7 +76,8 @@ def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir
         shutil.copyfile(export_dir / f, out_dir / f)
     shutil.copyfile(HANDLERS_DIR / handler, out_dir / handler)
     shutil.copyfile(HANDLERS_DIR / "zoo_serving.py", out_dir / "zoo_serving.py")
-    shutil.copyfile(_preprocess_module(), out_dir / "zoo_preprocess.py")
+    for name, source in _zoo_module_copies().items():
+        shutil.copyfile(source, out_dir / name)
     settings = {"kind": kind, "runtime": runtime.value, "model_file": model_file,
                 "output": output if runtime is Runtime.onnx else program_output, "default_topk": default_topk,
                 "max_images_per_request": max_images_per_request,
@@ -94,7 +97,8 @@ def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODE
     """
     runtime = Runtime(runtime)
     if not NAME_PATTERN.match(name):
-        raise ZooError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', starting with a letter.")
+        raise ZooError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', "
+                       "starting with a letter.")
     if default_topk < 1:
         raise ZooError("--topk must be at least 1: give how many classes an answer lists by default.")
     export_dir, model_store = Path(export_dir), Path(model_store)
@@ -126,7 +130,8 @@ def _run_archiver(stage: Path, handler: str, model_name: str, export_path: Path)
     scratch.mkdir()
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)})
     if result.returncode != 0:
-        raise ZooError(f"torch-model-archiver failed for {model_name}: {(result.stderr or result.stdout).strip()[-400:]}")
+        output = (result.stderr or result.stdout).strip()[-400:]
+        raise ZooError(f"torch-model-archiver failed for {model_name}: {output}")
 
 
 def export_torch_program(run_dir: Path, out_dir: Path) -> Path:
@@ -142,7 +147,7 @@ def export_torch_program(run_dir: Path, out_dir: Path) -> Path:
     program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: auto, 2: auto, 3: auto}})
     x = torch.randn(1, 3, size + 17, size + 33)  # batch 1 and odd sides: none of the example's sizes
     with torch.inference_mode():
-        gap = max((a - b).abs().max().item() for a, b in zip(program.module()(x), module(x)))
+        gap = max((a - b).abs().max().item() for a, b in zip(program.module()(x), module(x), strict=True))
     if gap > 1e-4:
         raise ZooError(f"The torch program differs from the PyTorch model by {gap:.2g} on a {x.shape[2]}x{x.shape[3]} "
                        "image: report this as a bug.")
@@ -156,7 +161,7 @@ def export_torch_program(run_dir: Path, out_dir: Path) -> Path:
 
 
 class _ProbabilitiesAndFeatures(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: ZooModel):
         super().__init__()
         self.model = model
 

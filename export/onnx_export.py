@@ -8,25 +8,32 @@ look usable.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import onnx
 import torch
-from PIL import Image
 from torch import nn
 
 import zoo.preprocess as zoo_preprocess
+from export import parity
+from export import report as report_mod
+from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
+from export.run_images import parity_images, run_data
+from zoo.atomic import atomic_write_json
+from zoo.backbones import ZooModel
+from zoo.data.folder import ImageFolderData
 from zoo.errors import ZooError
-from zoo.preprocess import ImageError, PreprocessConfig, load_rgb
-from zoo.run_dir import LABELS, TrainedRun, atomic_write_json, load_run
+from zoo.log import get_logger
+from zoo.run_dir import LABELS, TrainedRun, load_run
+
+log = get_logger(__name__)
 
 CLASSIFIER = "classifier.onnx"
 FEATURES = "features.onnx"
@@ -35,8 +42,8 @@ PREPROCESS = "preprocess.json"
 # needs nothing but this folder and `pip install onnxruntime numpy pillow` (see the README snippet).
 PREPROCESS_MODULE = "preprocess.py"
 REPORT = "export_report.json"
-VARIANTS = ("int8", "fp16")
-OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT) + tuple(f"classifier.{v}.onnx" for v in VARIANTS)
+OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT) + tuple(
+    f"classifier.{v}.onnx" for v in QUANTIZE_VARIANTS)
 
 # The dynamo-based exporter (torch.export) is used. Both it and the TorchScript one (dynamo=False,
 # about 3x faster to export but deprecated) keep efficientnet_lite's TF-SAME padding dynamic: the
@@ -53,18 +60,19 @@ EXAMPLE_SHAPE = (2, 3, 64, 96)
 class _Exportable(nn.Module):
     """The run's model with the three outputs both graphs are cut from."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: ZooModel):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor):
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(image)
         logits = self.model.forward_head(features)
         return logits, torch.softmax(logits, dim=1), features
 
 
-def _export_combined(model: nn.Module, opset: int) -> onnx.ModelProto:
-    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
+def _export_combined(model: ZooModel, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch")
+    height, width = torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
     example = torch.zeros(EXAMPLE_SHAPE)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -72,6 +80,7 @@ def _export_combined(model: nn.Module, opset: int) -> onnx.ModelProto:
             _Exportable(model).eval(), (example,), None, dynamo=True, opset_version=opset, verbose=False,
             input_names=["image"], output_names=["logits", "probabilities", "features"],
             dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, optimize=True)
+    assert program is not None  # dynamo=True always returns the program
     return program.model_proto
 
 
@@ -103,8 +112,10 @@ def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def output_descriptions(kind: str, num_classes: int, feature_dim: int) -> dict:
     if kind == "classifier":
-        return {"logits": {"shape": ["batch", num_classes], "meaning": "unnormalised class scores, in labels.json order"},
-                "probabilities": {"shape": ["batch", num_classes], "meaning": "softmax of logits (computed in the graph)"}}
+        return {"logits": {"shape": ["batch", num_classes],
+                           "meaning": "unnormalised class scores, in labels.json order"},
+                "probabilities": {"shape": ["batch", num_classes],
+                                  "meaning": "softmax of logits (computed in the graph)"}}
     return {"features": {"shape": ["batch", feature_dim],
                          "meaning": "the bottleneck vector: globally pooled activations before the classifier"}}
 
@@ -123,7 +134,8 @@ def set_metadata(model: onnx.ModelProto, kind: str, run: TrainedRun, feature_dim
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, props)
     model.producer_name = "zoo"
-    model.doc_string = f"zoo {kind} for {run.config['model']}: input 'image' float32 [N,3,H,W] normalised as preprocess.json says"
+    model.doc_string = (f"zoo {kind} for {run.config['model']}: input 'image' float32 [N,3,H,W] normalised as "
+                        "preprocess.json says")
 
 
 def save_checked(model: onnx.ModelProto, path: Path) -> None:
@@ -136,74 +148,6 @@ def save_checked(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path))
 
 
-def _progress(log: Callable[[str], None] | None, message: str) -> None:
-    if log:
-        log(message)
-
-
-# ---------------------------------------------------------------- data of the run
-def run_data(run: TrainedRun, data_dir: Path | str | None):
-    """The run's ImageFolder split (train, val), or None when neither the caller nor config.json says where."""
-    from zoo.data.folder import load_image_folder
-
-    cfg = run.config
-    recorded = cfg.get("data")  # `zoo finetune` writes {"dir": ..., ...}
-    root = data_dir or (recorded.get("dir") if isinstance(recorded, dict) else recorded) or cfg.get("data_dir")
-    if not root:
-        return None
-    if not Path(root).is_dir():
-        if data_dir:
-            raise ZooError(f"{root} is not a folder: give the image folder the run was trained on with --data.")
-        return None
-    data = load_image_folder(root, val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
-    if list(data.classes) != list(run.labels):
-        raise ZooError(f"The classes in {root} ({', '.join(data.classes[:5])}…) differ from the run's labels.json: "
-                       "give the image folder the run was trained on with --data.")
-    return data
-
-
-def spread(samples: list, n: int) -> list:
-    """Up to n samples taken round-robin over classes, in a stable order."""
-    by_label: dict[int, list] = {}
-    for s in samples:
-        by_label.setdefault(s.label, []).append(s)
-    out, queues = [], [list(v) for _, v in sorted(by_label.items())]
-    while len(out) < n and any(queues):
-        for q in queues:
-            if q and len(out) < n:
-                out.append(q.pop(0))
-    return out
-
-
-def _packaged_photos() -> list[Path]:
-    """Real photos from scikit-image's data folder: parity images when the run's data is not at hand."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or spec.origin is None:
-        return []
-    folder = Path(spec.origin).parent / "data"
-    names = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
-    return [folder / n for n in names if (folder / n).is_file()]
-
-
-def parity_images(data, cfg: PreprocessConfig, n: int = 5) -> tuple[list[Image.Image], list[str]]:
-    candidates = [s.path for s in spread(data.val or data.train, 4 * n)] if data is not None else []
-    candidates += _packaged_photos()
-    images, names = [], []
-    for path in candidates:
-        try:
-            images.append(load_rgb(path, cfg))
-            names.append(str(path))
-        except ImageError:
-            continue
-        if len(images) == n:
-            break
-    if not images:
-        raise ZooError("No readable image was found for the parity check: give the run's image folder with --data.")
-    while len(images) < n:  # fewer images than the largest batch: repeat them
-        images.append(images[len(images) % len(names)])
-    return images, names
-
-
 # ---------------------------------------------------------------- the export
 def check_opset(opset: int | None) -> int:
     opset = DEFAULT_OPSET if opset is None else int(opset)
@@ -213,12 +157,13 @@ def check_opset(opset: int | None) -> int:
 
 
 def check_quantize(quantize: str | Sequence[str] | None) -> list[str]:
-    if quantize is None or quantize == "none":
+    if quantize is None or quantize == NO_QUANTIZATION:
         return []
     wanted = [quantize] if isinstance(quantize, str) else list(quantize)
-    bad = [q for q in wanted if q not in VARIANTS]
+    bad = [q for q in wanted if q not in QUANTIZE_VARIANTS]
     if bad:
-        raise ZooError(f"--quantize {bad[0]} is not a variant zoo makes: choose none, int8 or fp16.")
+        raise ZooError(f"--quantize {bad[0]} is not a variant zoo makes: choose "
+                       f"{', '.join((NO_QUANTIZATION, *QUANTIZE_VARIANTS))}.")
     return list(dict.fromkeys(wanted))
 
 
@@ -233,18 +178,14 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: int | None = None,
-               quantize: str | Sequence[str] | None = "none", force: bool = False, data_dir: Path | str | None = None,
-               max_accuracy_drop: float = 1.0, parity_atol: float = 1e-4,
-               parity_sizes: Sequence[tuple[int, int]] | None = None, calibration_images: int = 64,
-               log: Callable[[str], None] | None = None) -> dict:
+               quantize: str | Sequence[str] | None = NO_QUANTIZATION, force: bool = False,
+               data_dir: Path | str | None = None, max_accuracy_drop: float = 1.0, parity_atol: float = 1e-4,
+               parity_sizes: Sequence[tuple[int, int]] | None = None, calibration_images: int = 64) -> dict:
     """Export a run directory; returns the export report (also written to OUT/export_report.json).
 
     Raises ZooError when parity fails or when a quantized variant loses more than
     `max_accuracy_drop` top-1 points on the val split (the fp32 export is kept in that case).
     """
-    from export import parity as parity_mod
-    from export import report as report_mod
-
     started = time.perf_counter()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
@@ -256,54 +197,13 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     if variants and (data is None or not data.train or not data.val):
         raise ZooError("Quantization needs the run's training images for calibration and its val images for the "
                        "accuracy gate: give the image folder the run was trained on with --data.")
-    model = run.model.eval()
-    feature_dim = int(model.feature_dim)
-
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        _progress(log, f"Exporting {run.config['model']} to ONNX (opset {opset}, dynamic batch, height and width)")
-        combined = _export_combined(model, opset)
-        graphs = {"classifier": _cut(combined, ("logits", "probabilities")), "features": _cut(combined, ("features",))}
-        for kind, graph in graphs.items():
-            set_metadata(graph, kind, run, feature_dim)
-            save_checked(graph, staging / f"{kind}.onnx")
-        run.preprocess.save(staging / PREPROCESS)
-        shutil.copyfile(Path(zoo_preprocess.__file__), staging / PREPROCESS_MODULE)
-        atomic_write_json(staging / LABELS, run.labels)
-
-        report = report_mod.new_report(run, out_dir, opset, feature_dim)
-        report["checker"] = {CLASSIFIER: "passed (full_check)", FEATURES: "passed (full_check)"}
-
-        _progress(log, "Checking parity with PyTorch on real images")
-        images, names = parity_images(data, run.preprocess)
-        parity = parity_mod.check_parity(model, staging / CLASSIFIER, staging / FEATURES, images, run.preprocess,
-                                         sizes=parity_sizes or parity_mod.DEFAULT_SIZES, atol=parity_atol)
-        parity["images"] = names
-        report["parity"] = parity
-        if not parity["ok"]:
-            _publish(staging, out_dir, only_report=report | {"ok": False})
-            raise ZooError(parity_mod.failure_sentence(parity, out_dir / REPORT))
-
-        if data is not None and data.val:
-            _progress(log, f"Measuring val accuracy with ONNX Runtime on {len(data.val)} images")
-            report["val_accuracy"] = parity_mod.onnx_val_accuracy(staging / CLASSIFIER, data.val, run_dir)
-        else:
-            report["val_accuracy"] = {"skipped": "the run's image folder is not known: pass --data to measure it"}
-
-        refused = []
-        if variants:
-            from export import quantize as quantize_mod
-
-            report["variants"] = {}
-            for variant in variants:
-                _progress(log, f"Making the {variant} variant and measuring it against fp32")
-                info = quantize_mod.make_variant(variant, staging, run, data, feature_dim,
-                                                 calibration_images=calibration_images,
-                                                 max_accuracy_drop=max_accuracy_drop)
-                report["variants"][variant] = info
-                if info["status"] == "refused":
-                    refused.append(info)
+        report = write_graphs(run, staging, out_dir, opset)
+        check_parity(run, data, staging, out_dir, report, parity_sizes or parity.DEFAULT_SIZES, parity_atol)
+        measure_accuracy(run, data, staging, report)
+        refused = make_variants(run, data, staging, report, variants, calibration_images, max_accuracy_drop)
         report["seconds"] = round(time.perf_counter() - started, 1)
         report["ok"] = True
         report_mod.write(staging / REPORT, report)
@@ -311,8 +211,65 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if refused:
-        raise ZooError(quantize_mod.refusal_sentence(refused, out_dir / REPORT))
+        from export.quantize import refusal_sentence
+
+        raise ZooError(refusal_sentence(refused, out_dir / REPORT))
     return report
+
+
+def write_graphs(run: TrainedRun, staging: Path, out_dir: Path, opset: int) -> dict:
+    """classifier.onnx, features.onnx (checked), preprocess.json and labels.json; the report begun."""
+    model, feature_dim = run.model.eval(), int(run.model.feature_dim)
+    log.info(f"Exporting {run.config['model']} to ONNX (opset {opset}, dynamic batch, height and width)")
+    combined = _export_combined(model, opset)
+    graphs = {"classifier": _cut(combined, ("logits", "probabilities")), "features": _cut(combined, ("features",))}
+    for kind, graph in graphs.items():
+        set_metadata(graph, kind, run, feature_dim)
+        save_checked(graph, staging / f"{kind}.onnx")
+    run.preprocess.save(staging / PREPROCESS)
+    shutil.copyfile(Path(zoo_preprocess.__file__), staging / PREPROCESS_MODULE)
+    atomic_write_json(staging / LABELS, run.labels)
+    report = report_mod.new_report(run, out_dir, opset, feature_dim)
+    report["checker"] = {CLASSIFIER: "passed (full_check)", FEATURES: "passed (full_check)"}
+    return report
+
+
+def check_parity(run: TrainedRun, data: ImageFolderData | None, staging: Path, out_dir: Path, report: dict,
+                 sizes: Sequence[tuple[int, int]], atol: float) -> None:
+    """The graphs against PyTorch on real images; a failed check leaves only its report behind."""
+    log.info("Checking parity with PyTorch on real images")
+    images, names = parity_images(data, run.preprocess)
+    result = parity.check_parity(run.model, staging / CLASSIFIER, staging / FEATURES, images, run.preprocess,
+                                 sizes=sizes, atol=atol)
+    result["images"] = names
+    report["parity"] = result
+    if not result["ok"]:
+        _publish(staging, out_dir, only_report=report | {"ok": False})
+        raise ZooError(parity.failure_sentence(result, out_dir / REPORT))
+
+
+def measure_accuracy(run: TrainedRun, data: ImageFolderData | None, staging: Path, report: dict) -> None:
+    if data is not None and data.val:
+        log.info(f"Measuring val accuracy with ONNX Runtime on {len(data.val)} images")
+        report["val_accuracy"] = parity.onnx_val_accuracy(staging / CLASSIFIER, data.val, run.run_dir)
+    else:
+        report["val_accuracy"] = {"skipped": "the run's image folder is not known: pass --data to measure it"}
+
+
+def make_variants(run: TrainedRun, data: ImageFolderData | None, staging: Path, report: dict, variants: list[str],
+                  calibration_images: int, max_accuracy_drop: float) -> list[dict]:
+    """Each asked-for variant, made and gated; returns the refused ones."""
+    if not variants:
+        return []
+    from export import quantize as quantize_mod  # onnxruntime.quantization loads only when asked for
+
+    report["variants"] = {}
+    for variant in variants:
+        log.info(f"Making the {variant} variant and measuring it against fp32")
+        report["variants"][variant] = quantize_mod.make_variant(
+            variant, staging, run, data, int(run.model.feature_dim), calibration_images=calibration_images,
+            max_accuracy_drop=max_accuracy_drop)
+    return [info for info in report["variants"].values() if info["status"] == "refused"]
 
 
 def _publish(staging: Path, out_dir: Path, only_report: dict | None = None) -> None:
@@ -321,8 +278,6 @@ def _publish(staging: Path, out_dir: Path, only_report: dict | None = None) -> N
     With `only_report` (a failed export) the folder is left holding that report and nothing else of
     ours, so an older model can never be mistaken for the result of this export.
     """
-    from export import report as report_mod
-
     keep = () if only_report is not None else [p.name for p in staging.iterdir()]
     for name in OUTPUTS:
         if name not in keep and (out_dir / name).exists():

@@ -6,15 +6,19 @@ val accuracy runs ONNX Runtime and zoo.preprocess alone (zoo.edge), the way a de
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
 
+from zoo.inference import CPU, open_session
 from zoo.preprocess import PreprocessConfig, normalize
+
+if TYPE_CHECKING:
+    from zoo.backbones import ZooModel
 
 # (height, width): square at the usual size, landscape non-square, and odd on both sides — odd sizes
 # are where efficientnet_lite's TF-SAME padding differs from symmetric padding.
@@ -22,16 +26,13 @@ DEFAULT_SIZES = ((224, 224), (180, 320), (97, 301))
 BATCH_SIZES = (1, 5)
 
 
-def cpu_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def _batch_at(images: Sequence[Image.Image], size: tuple[int, int], cfg: PreprocessConfig, n: int) -> np.ndarray:
     h, w = size
-    return np.stack([normalize(img.resize((w, h), resample=Image.Resampling[cfg.interpolation.upper()]), cfg) for img in images[:n]])
+    resample = Image.Resampling[cfg.interpolation.upper()]
+    return np.stack([normalize(img.resize((w, h), resample=resample), cfg) for img in images[:n]])
 
 
-def check_parity(model: torch.nn.Module, classifier_path: Path, features_path: Path, images: Sequence[Image.Image],
+def check_parity(model: ZooModel, classifier_path: Path, features_path: Path, images: Sequence[Image.Image],
                  cfg: PreprocessConfig, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
                  batch_sizes: Sequence[int] = BATCH_SIZES, atol: float = 1e-4) -> dict:
     """Max |Δ| of logits, probabilities and features and top-1 agreement, per case and overall.
@@ -39,7 +40,7 @@ def check_parity(model: torch.nn.Module, classifier_path: Path, features_path: P
     Logits must agree within `atol`; features within `atol` relative to their largest value (a
     bottleneck vector can be large while its relative error stays tiny); top-1 must agree everywhere.
     """
-    classifier, features = cpu_session(classifier_path), cpu_session(features_path)
+    classifier, features = open_session(classifier_path, [CPU]), open_session(features_path, [CPU])
     cases = []
     agree = total = 0
     for size in sizes:
@@ -68,8 +69,9 @@ def check_parity(model: torch.nn.Module, classifier_path: Path, features_path: P
     top1 = agree / total
     return {
         "ok": worst["max_abs_logits"] <= atol and features_ok and top1 == 1.0,
-        "tolerance": {"max_abs_logits": atol, "max_abs_features": f"{atol} x max(1, max |features|)", "top1_agreement": 1.0},
-        "provider": "CPUExecutionProvider",
+        "tolerance": {"max_abs_logits": atol, "max_abs_features": f"{atol} x max(1, max |features|)",
+                      "top1_agreement": 1.0},
+        "provider": CPU,
         **worst,
         "top1_agreement": top1,
         "sizes": [list(s) for s in sizes],
@@ -103,13 +105,13 @@ def metrics_accuracy(run_dir: Path) -> float | None:
     return None
 
 
-def onnx_accuracy(model_path: Path, samples: Sequence, providers: Sequence[str] | None = ("CPUExecutionProvider",)) -> dict:
+def onnx_accuracy(model_path: Path, samples: Sequence, providers: Sequence[str] | None = (CPU,)) -> dict:
     """Top-1 of an ONNX classifier with zoo.edge (ONNX Runtime + preprocess.json, no torch)."""
     from zoo.edge import EdgeModel
 
     edge = EdgeModel(model_path, providers=providers)
     results = edge.predict([s.path for s in samples], top_k=1)
-    scored = [(r, s) for r, s in zip(results, samples) if r.ok]
+    scored = [(r, s) for r, s in zip(results, samples, strict=True) if r.ok]
     correct = sum(r.label == edge.labels[s.label] for r, s in scored)
     return {"accuracy": correct / len(scored) if scored else 0.0, "images": len(scored),
             "unreadable": len(samples) - len(scored)}

@@ -12,20 +12,19 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_static)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from export.onnx_export import CLASSIFIER, set_metadata
+from export.parity import onnx_accuracy
+from export.run_images import spread
+from zoo.inference import CPU, open_session
 from zoo.preprocess import ImageError, preprocess
 from zoo.run_dir import TrainedRun
-
-from export.onnx_export import CLASSIFIER, set_metadata, spread
-from export.parity import onnx_accuracy
 
 
 class TrainingImages(CalibrationDataReader):
@@ -101,8 +100,7 @@ def fuse_quantized_pads(model: onnx.ModelProto) -> int:
         mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
         value = inits.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
         params = [inits.get(name) for name in (dq.input[1], dq.input[2], q.input[1], q.input[2])]
-        if (mode != b"constant" or value is None or float(value) != 0.0 or any(p is None for p in params)
-                or not (np.array_equal(params[0], params[2]) and np.array_equal(params[1], params[3]))):
+        if mode != b"constant" or value is None or float(value) != 0.0 or not _same_quantization(params):
             continue
         quantized_pad = onnx.helper.make_node("Pad", [dq.input[0], pad.input[1], dq.input[2]], [q.output[0]],
                                               name=f"{pad.name}_uint8", mode="constant")
@@ -113,6 +111,14 @@ def fuse_quantized_pads(model: onnx.ModelProto) -> int:
             g.node.remove(dq)
         fused += 1
     return fused
+
+
+def _same_quantization(params: list[np.ndarray | None]) -> bool:
+    """Scale and zero point of the DequantizeLinear and the QuantizeLinear around a Pad are constants and equal."""
+    dq_scale, dq_zero, q_scale, q_zero = params
+    if dq_scale is None or dq_zero is None or q_scale is None or q_zero is None:
+        return False
+    return bool(np.array_equal(dq_scale, q_scale) and np.array_equal(dq_zero, q_zero))
 
 
 def convert_fp16(fp32_path: Path, out_path: Path) -> None:
@@ -147,7 +153,8 @@ def quantized_ops(model: onnx.ModelProto) -> dict:
     for n in reversed(model.graph.node):
         if n.output and all(o in sizes for o in n.output) and n.op_type != "Shape":
             sizes.update(n.input)
-    quantized, float_ops = Counter(), Counter()
+    quantized: Counter[str] = Counter()
+    float_ops: Counter[str] = Counter()
     for n in model.graph.node:
         if n.op_type not in COMPUTE_OPS or all(o in sizes for o in n.output):
             continue
@@ -159,7 +166,7 @@ def quantized_ops(model: onnx.ModelProto) -> dict:
 
 def latency_ms(path: Path, x: np.ndarray, runs: int = 20) -> float:
     """Median batch-1 latency on the CPU with ORT's default (all) graph optimisations."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path, [CPU])
     for _ in range(3):
         session.run(None, {"image": x})
     times = []

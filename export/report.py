@@ -8,7 +8,8 @@ import onnx
 import onnxruntime
 import torch
 
-from zoo.run_dir import TrainedRun, atomic_write_json
+from zoo.atomic import atomic_write_json
+from zoo.run_dir import TrainedRun
 
 REPORT_VERSION = 1
 
@@ -51,6 +52,7 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"val accuracy (ONNX Runtime, {acc['images']} images): {acc['onnx_fp32']:.2%}"
                      + (f"; metrics.json {ref:.2%} (Δ {acc['delta_points']:+.2f} points)" if ref is not None else ""))
     for name, v in report.get("variants", {}).items():
-        lines.append(f"{name}: {v['status']}, val accuracy {v['val_accuracy']:.2%} (drop {v['drop_points']:+.2f} points, "
+        lines.append(f"{name}: {v['status']}, val accuracy {v['val_accuracy']:.2%} "
+                     f"(drop {v['drop_points']:+.2f} points, "
                      f"limit {v['threshold_points']}), {v['speed_ratio']:.2f}x the speed of fp32 at batch 1")
     return lines

@@ -5,7 +5,8 @@ Send raw image bytes, a multipart upload of one or more files, or JSON {"image":
 in serving.json) and is never more than the number of classes. One image gets one object; a list
 of images gets a list of objects, in order.
 """
-from zoo_serving import ParsedRequest, ZooImageHandler, request_header, top_k, topk_option
+from zoo_inference import top_k
+from zoo_serving import ParsedRequest, ZooImageHandler, request_header, topk_option
 
 
 class ClassifierHandler(ZooImageHandler):

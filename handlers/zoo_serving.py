@@ -1,8 +1,9 @@
 """What the zoo classifier and features handlers share: reading requests, running images, answering.
 
-This file travels inside every zoo archive (.mar) beside zoo_preprocess.py, a copy of
-zoo/preprocess.py, and serving.json, which names the runtime and the model file. It imports only
-numpy, Pillow and onnxruntime or torch: never the `zoo` package, which a server need not have.
+This file travels inside every zoo archive (.mar) beside zoo_preprocess.py and zoo_inference.py,
+copies of zoo/preprocess.py and zoo/inference.py, and serving.json, which names the runtime and the
+model file. It imports only numpy, Pillow and onnxruntime or torch: never the `zoo` package, which a
+server need not have.
 
 TorchServe may hand one call several requests (batching). Each request is answered on its own:
 a bad image gets a 4xx for that request only, and images run alone or with images of the same
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
+import zoo_inference
 import zoo_preprocess as pp
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _from_json(obj, options: dict) -> tuple[list[bytes], bool]:
     raise RequestError(400, 'The JSON holds no image: send {"image": BASE64} or {"images": [BASE64, ...]}.')
 
 
-def _looks_like_json(data: bytes) -> bool:
+def _looks_like_json(data: bytes | bytearray) -> bool:
     head = data[:64].lstrip()
     return head[:1] in (b"{", b"[", b'"')
 
@@ -105,7 +106,8 @@ def parse_request(request: dict, max_images: int) -> ParsedRequest:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                raise RequestError(400, "The body is not valid JSON: send image bytes or JSON with base64 images.") from None
+                raise RequestError(400, "The body is not valid JSON: send image bytes or JSON with base64 "
+                                        "images.") from None
         if isinstance(value, (bytes, bytearray)):
             found, listed = [bytes(value)], False
         elif isinstance(value, str) and not value.strip():
@@ -117,7 +119,8 @@ def parse_request(request: dict, max_images: int) -> ParsedRequest:
     if not images:
         raise RequestError(400, "The request is empty: send the bytes of a JPEG, PNG, WebP, BMP, GIF or TIFF image.")
     if len(images) > max_images:
-        raise RequestError(413, f"The request holds {len(images)} images, more than the limit of {max_images}: split it.")
+        raise RequestError(413, f"The request holds {len(images)} images, more than the limit of {max_images}: "
+                                "split it.")
     return ParsedRequest(images, many=many, options=options)
 
 
@@ -130,12 +133,6 @@ def topk_option(value, default: int, num_classes: int) -> int:
         raise RequestError(400, f"topk must be a whole number of at least 1, not {text!r}.")
     k = int(text)
     return min(k, num_classes)
-
-
-def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> dict[str, float]:
-    """{label: probability} for the k most probable classes, most probable first."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return {labels[i]: float(probabilities[i]) for i in order}
 
 
 def request_header(context, idx: int, names: tuple[str, ...]):
@@ -161,15 +158,11 @@ class OnnxRuntimeModel:
     """One ONNX graph run by ONNX Runtime; returns the named output."""
 
     def __init__(self, path: Path, output: str, gpu_id: int | None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _threads()  # 0: ONNX Runtime's own choice
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if gpu_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(gpu_id)}))
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        # The GPU TorchServe gave this worker, when it gave one and this onnxruntime has CUDA; else the CPU.
+        on_gpu = gpu_id is not None and zoo_inference.CUDA in zoo_inference.available_providers()
+        self.session = zoo_inference.open_session(
+            path, [zoo_inference.CUDA if on_gpu else zoo_inference.CPU], threads=_threads(), inter_op_threads=1,
+            device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
         self.input = self.session.get_inputs()[0].name
         self.output = output
 
@@ -216,14 +209,15 @@ class ZooImageHandler:
         runtime = RUNTIMES[self.settings["runtime"]]
         self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
         self.initialized = True
-        logger.info("zoo %s handler ready: %s runtime, %d labels", self.settings["kind"], self.settings["runtime"], len(self.labels))
+        logger.info("zoo %s handler ready: %s runtime, %d labels", self.settings["kind"], self.settings["runtime"],
+                    len(self.labels))
 
     def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
         """The JSON answer of one request from the model output of each of its images."""
         raise NotImplementedError
 
     def handle(self, data: list[dict], context) -> list[str]:
-        responses: list[str | None] = [None] * len(data)
+        responses: dict[int, str] = {}  # request index -> answer; every request gets one
         parsed: dict[int, ParsedRequest] = {}
         tensors: dict[int, list[np.ndarray]] = {}
         for idx, request in enumerate(data):
@@ -237,7 +231,8 @@ class ZooImageHandler:
             except Exception as e:  # whatever an odd request triggers stays with that request
                 logger.warning("Could not read request %d", idx, exc_info=True)
                 responses[idx] = self.refuse(context, idx, RequestError(
-                    400, f"The request could not be read ({type(e).__name__}): send image bytes or JSON with base64 images."))
+                    400, f"The request could not be read ({type(e).__name__}): send image bytes or JSON with base64 "
+                         "images."))
                 tensors.pop(idx, None)
         outputs, failed = self.run_grouped(tensors)
         for idx, error in failed.items():
@@ -248,7 +243,7 @@ class ZooImageHandler:
         for idx, answers in outputs.items():
             context.set_response_content_type(idx, "application/json")
             responses[idx] = json.dumps(self.answer(answers, parsed[idx]))
-        return responses
+        return [responses[idx] for idx in range(len(data))]
 
     def check_options(self, request: ParsedRequest, context, idx: int) -> None:
         """Refuse bad options before any image is decoded."""
@@ -260,7 +255,8 @@ class ZooImageHandler:
             raise RequestError(400, str(e)) from None
         except Exception as e:  # a decoder bug triggered by odd bytes: still this request's problem only
             logger.warning("Could not decode an image", exc_info=True)
-            raise RequestError(400, f"The image could not be decoded ({type(e).__name__}): send a valid JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
+            raise RequestError(400, f"The image could not be decoded ({type(e).__name__}): send a valid JPEG, PNG, "
+                                    "WebP, BMP, GIF or TIFF file.") from None
 
     def run_grouped(self, tensors: dict[int, list[np.ndarray]]) -> tuple[dict, dict[int, RequestError]]:
         """Run images in groups of one shape, at most group_size at a time; same order back per request.
@@ -268,20 +264,14 @@ class ZooImageHandler:
         A group the model cannot run is retried image by image, so only the requests whose own
         image fails get an error (e.g. a 2000x8 strip, a few pixels thin after resizing).
         """
-        by_shape: dict[tuple, list[tuple[int, int]]] = {}
-        for idx, arrays in tensors.items():
-            for j, arr in enumerate(arrays):
-                by_shape.setdefault(arr.shape, []).append((idx, j))
+        members = [(idx, j) for idx, arrays in tensors.items() for j in range(len(arrays))]
         out = {idx: [None] * len(arrays) for idx, arrays in tensors.items()}
         failed: dict[int, RequestError] = {}
-        for members in by_shape.values():
-            for start in range(0, len(members), self.group_size):
-                chunk = members[start:start + self.group_size]
-                for part in self._run(chunk, tensors, out):
-                    i, j = part
-                    shape = tensors[i][j].shape
-                    failed[i] = RequestError(400, f"The model cannot run on this image once resized to "
-                                                  f"{shape[2]}x{shape[1]} pixels: send a less elongated image.")
+        for group in zoo_inference.same_shape_groups([tensors[i][j] for i, j in members], self.group_size):
+            for i, j in self._run([members[m] for m in group], tensors, out):
+                shape = tensors[i][j].shape
+                failed[i] = RequestError(400, f"The model cannot run on this image once resized to "
+                                              f"{shape[2]}x{shape[1]} pixels: send a less elongated image.")
         return {i: v for i, v in out.items() if i not in failed}, failed
 
     def _run(self, chunk: list[tuple[int, int]], tensors: dict, out: dict) -> list[tuple[int, int]]:
@@ -290,7 +280,8 @@ class ZooImageHandler:
             result = self.model(np.stack([tensors[i][j] for i, j in chunk]))
         except Exception:
             if len(chunk) == 1:
-                logger.warning("The model failed on a %s input", tensors[chunk[0][0]][chunk[0][1]].shape, exc_info=True)
+                logger.warning("The model failed on a %s input", tensors[chunk[0][0]][chunk[0][1]].shape,
+                               exc_info=True)
                 return chunk
             return [m for member in chunk for m in self._run([member], tensors, out)]
         for row, (i, j) in enumerate(chunk):

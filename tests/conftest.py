@@ -19,7 +19,7 @@ def textures_dir(tmp_path_factory) -> Path:
     from zoo.data.samples import write_sample
 
     out = tmp_path_factory.mktemp("data") / "textures"
-    write_sample("textures", out, seed=0, show_progress=False)
+    write_sample("textures", out, seed=0)
     return out
 
 
@@ -28,5 +28,5 @@ def digits_dir(tmp_path_factory) -> Path:
     from zoo.data.samples import write_sample
 
     out = tmp_path_factory.mktemp("data") / "digits"
-    write_sample("digits", out, seed=0, show_progress=False)
+    write_sample("digits", out, seed=0)
     return out

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from zoo.atomic import atomic_write_json
 from zoo.backbones import create_model, get_spec
 from zoo.data.folder import load_image_folder
 from zoo.preprocess import preprocess
-from zoo.run_dir import CONFIG, LABELS, WEIGHTS, atomic_write_json, save_weights
+from zoo.run_dir import CONFIG, LABELS, WEIGHTS, save_weights
 
 
 @torch.no_grad()
@@ -77,8 +78,8 @@ def precision_floor(run_dir: Path) -> float:
     A random network can amplify rounding so much that float32 PyTorch misses its own float64 result
     by more than 1e-4; no exported graph can be held closer to PyTorch than that.
     """
-    from export.onnx_export import parity_images
     from export.parity import DEFAULT_SIZES, _batch_at
+    from export.run_images import parity_images
     from zoo.run_dir import load_run
 
     run = load_run(run_dir)

@@ -5,7 +5,6 @@ Built once per test session (module-level cache) because exporting lite0 takes a
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,9 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
     """A run directory as `zoo finetune` writes it: pretrained lite0 and a seeded new classifier."""
     import torch
 
+    from zoo.atomic import atomic_write_json
     from zoo.backbones import create_model, get_spec
-    from zoo.run_dir import atomic_write_json, save_weights
+    from zoo.run_dir import save_weights
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", num_classes=num_classes, pretrained=True)
@@ -66,7 +66,7 @@ def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def sample_images() -> dict[str, bytes]:
-    """Real photos from scikit-image in the formats and shapes §6 promises to handle."""
+    """Real photos from scikit-image in the formats and shapes the server promises to handle."""
     from skimage import data
 
     astronaut = Image.fromarray(data.astronaut())          # 512 x 512
@@ -99,7 +99,7 @@ def sample_images() -> dict[str, bytes]:
 
 
 def bad_inputs() -> dict[str, bytes]:
-    """Inputs §6 says must get a 4xx: garbage, a truncated JPEG, nothing, 1x1 pixels, a bomb."""
+    """Inputs that must get a 4xx: garbage, a truncated JPEG, nothing, 1x1 pixels, a bomb."""
     from skimage import data
 
     jpeg = _encode(Image.fromarray(data.astronaut()), "JPEG", quality=90)
@@ -119,14 +119,15 @@ def expected_predictions(export_dir: Path, images: dict[str, bytes]) -> dict[str
 
     model = EdgeModel(export_dir, kind="classifier")
     results = model.predict(list(images.values()), top_k=len(model.labels), batch_size=1)
-    return {name: r.top_k for name, r in zip(images, results)}
+    return {name: r.top_k for name, r in zip(images, results, strict=True)}
 
 
 def expected_features(export_dir: Path, images: dict[str, bytes]) -> dict[str, np.ndarray]:
     from zoo.edge import EdgeModel
 
     model = EdgeModel(export_dir, kind="features")
-    return {name: r.features for name, r in zip(images, model.features(list(images.values()), batch_size=1))}
+    vectors = model.features(list(images.values()), batch_size=1)
+    return {name: r.features for name, r in zip(images, vectors, strict=True)}
 
 
 class MockContext:
@@ -146,7 +147,3 @@ class MockContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
-
-
-def parse(response: str):
-    return json.loads(response)

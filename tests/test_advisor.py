@@ -17,22 +17,22 @@ RUN_FILES = ["config.json", "labels.json", "model.safetensors", "metrics.json", 
 @pytest.fixture(scope="module")
 def digits_small(tmp_path_factory):
     out = tmp_path_factory.mktemp("adv") / "digits500"
-    write_sample("digits", out, limit=500, show_progress=False)
+    write_sample("digits", out, limit=500)
     return out
 
 
 @pytest.fixture(scope="module")
 def digits_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("adv") / "digits120"
-    write_sample("digits", out, limit=120, show_progress=False)
+    write_sample("digits", out, limit=120)
     return out
 
 
 @pytest.mark.slow
 def test_similarity_orders_textures_above_digits_and_size_sets_the_quadrant(textures_dir, digits_dir, digits_small):
-    textures = advise(textures_dir, per_class=10, show_progress=False)
-    digits_large = advise(digits_dir, per_class=10, show_progress=False)
-    digits_sub = advise(digits_small, per_class=10, show_progress=False)
+    textures = advise(textures_dir, per_class=10)
+    digits_large = advise(digits_dir, per_class=10)
+    digits_sub = advise(digits_small, per_class=10)
     # natural textures sit clearly closer to ImageNet than handwritten digits
     assert textures.similarity > digits_large.similarity + 0.1
     assert textures.similar and not digits_large.similar
@@ -50,12 +50,14 @@ def test_size_threshold_is_an_option(digits_tiny, runner):
     assert result.exit_code == 0, result.output
     advice = json.loads(result.output)
     assert advice["size"] == "large" and advice["size_threshold"] == 50
-    assert {"batchnorm_kl", "source_confidence", "batchnorm_score", "confidence_score", "depth_score"} <= set(advice["components"])
+    expected = {"batchnorm_kl", "source_confidence", "batchnorm_score", "confidence_score", "depth_score"}
+    assert expected <= set(advice["components"])
 
 
 def test_svm_run_is_complete_and_loads(digits_tiny, tmp_path, runner):
     out = tmp_path / "svm"
-    result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "svm", "--layer", "stage5", "--out", str(out),
+    result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "svm", "--layer", "stage5",
+                                 "--out", str(out),
                                  "--cache-dir", str(tmp_path / "cache"), "--no-augment"])
     assert result.exit_code == 0, result.output
     assert all((out / f).is_file() for f in RUN_FILES)

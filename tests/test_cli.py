@@ -1,7 +1,7 @@
 """The command line: help for every command, clear one-line errors for bad input."""
-import typer.core
 import pytest
 import typer
+import typer.core
 
 from cli import app
 
@@ -44,3 +44,36 @@ def test_models_json_lists_fields(runner):
     assert len(items) >= 13
     lite = {i["name"]: i for i in items if i["name"].startswith("efficientnet_lite")}
     assert all(i["weights"]["available"] for i in lite.values()) and len(lite) == 3
+
+
+def _choices(command_path: tuple[str, ...], option: str) -> list[str]:
+    command = typer.main.get_command(app)
+    for name in command_path:
+        command = command.commands[name]
+    param = next(p for p in command.params if p.name == option)
+    return [member.value for member in param.type_descriptor.annotation]  # the Enum typer validates against
+
+
+def test_cli_choices_are_the_library_registries():
+    from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
+    from zoo.data.samples import SAMPLES
+    from zoo.training.balance import BALANCE_MODES
+    from zoo.training.strategies import AUTO, STRATEGIES
+
+    assert _choices(("finetune",), "strategy") == [*STRATEGIES, AUTO]
+    assert _choices(("finetune",), "balance") == list(BALANCE_MODES)
+    assert _choices(("export",), "quantize") == [NO_QUANTIZATION, *QUANTIZE_VARIANTS]
+    assert _choices(("export",), "runtime") == [r.value for r in Runtime]
+    assert _choices(("data", "sample"), "name") == list(SAMPLES)
+
+
+def test_advisor_and_finetune_share_the_size_and_imbalance_thresholds():
+    import zoo.advisor.recommend as recommend
+    from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
+    from zoo.training.balance import resolve_balance
+
+    assert recommend.advise.__defaults__[1] == SIZE_THRESHOLD  # advise(..., size_threshold=SIZE_THRESHOLD)
+    assert is_small(SIZE_THRESHOLD) and not is_small(SIZE_THRESHOLD + 1)
+    skewed = [int(10 * IMBALANCE_THRESHOLD), 10]
+    assert is_skewed(skewed) and resolve_balance("auto", skewed) == "loss"
+    assert not is_skewed([int(10 * IMBALANCE_THRESHOLD) - 1, 10]) and resolve_balance("auto", [19, 10]) == "none"

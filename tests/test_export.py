@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from export_runs import make_run
 from PIL import Image
 
 from cli import app
 from export.onnx_export import export_run
-from export_runs import make_run
 from zoo.errors import ZooError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def digits_small(tmp_path_factory) -> Path:
     from zoo.data.samples import write_sample
 
     out = tmp_path_factory.mktemp("data") / "digits"
-    write_sample("digits", out, seed=0, limit=200, show_progress=False)
+    write_sample("digits", out, seed=0, limit=200)
     return out
 
 
@@ -44,7 +44,7 @@ def trained_run(tmp_path_factory, digits_small) -> Path:
     except (ImportError, AttributeError):
         return make_run(out, digits_small)
     finetune(digits_small, model="efficientnet_lite0", strategy="head", augment=False, out=out, force=True,
-             cache_dir=tmp_path_factory.mktemp("cache"), show_progress=False)
+             cache_dir=tmp_path_factory.mktemp("cache"))
     return out
 
 
@@ -79,7 +79,8 @@ def test_graphs_are_dynamic_checked_and_carry_metadata(exported, name, kind, out
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     dims = inp.type.tensor_type.shape.dim
     assert dims[1].dim_value == 3
-    assert all(dims[i].dim_param and not dims[i].dim_value for i in (0, 2, 3)), "batch, height and width must be dynamic"
+    assert all(dims[i].dim_param and not dims[i].dim_value for i in (0, 2, 3)), \
+        "batch, height and width must be dynamic"
     assert [o.name for o in model.graph.output] == outputs
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["zoo.kind"] == kind and meta["zoo.model"] == "efficientnet_lite0"
@@ -88,7 +89,7 @@ def test_graphs_are_dynamic_checked_and_carry_metadata(exported, name, kind, out
     assert sorted(json.loads(meta["zoo.outputs"])) == sorted(outputs)
 
 
-# ---------------------------------------------------------------- Done when 1: parity
+# ---------------------------------------------------------------- parity with PyTorch
 def test_parity_figures_in_the_report(exported):
     _, report = exported
     p = report["parity"]
@@ -113,7 +114,7 @@ def test_failed_parity_is_loud_and_publishes_nothing(trained_run, tmp_path):
     assert report["ok"] is False and report["parity"]["max_abs_logits"] > 0
 
 
-# ---------------------------------------------------------------- Done when 2: accuracy without torch
+# ---------------------------------------------------------------- accuracy with ONNX Runtime alone, no torch
 def test_onnx_runtime_accuracy_without_torch_equals_metrics(exported, trained_run, digits_small):
     out, report = exported
     from zoo.data.folder import load_image_folder
@@ -140,7 +141,7 @@ def test_onnx_runtime_accuracy_without_torch_equals_metrics(exported, trained_ru
     assert abs(report["val_accuracy"]["delta_points"]) <= 0.5
 
 
-# ---------------------------------------------------------------- Done when 4: quantized variants and the gate
+# ---------------------------------------------------------------- quantized variants and their accuracy gate
 @pytest.mark.parametrize("variant", ["int8", "fp16"])
 def test_variants_report_accuracy_and_speed(exported, variant):
     out, report = exported
@@ -230,7 +231,7 @@ def test_edge_prediction_does_not_depend_on_the_batch(exported, digits_small, tm
     sources = [paths[0], wide, paths[1], paths[2]]
     alone = [edge.predict([s], top_k=3)[0].top_k for s in sources]
     together = [r.top_k for r in edge.predict(sources, top_k=3, batch_size=8)]
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert list(a) == list(b)
         assert max(abs(a[k] - b[k]) for k in a) < 1e-5
 
@@ -250,7 +251,8 @@ def test_edge_reads_metadata_when_the_json_files_are_absent(exported, digits_sma
 
 
 def test_edge_and_zoo_package_do_not_import_torch():
-    script = "import sys, zoo, zoo.edge, zoo.preprocess; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    script = ("import sys, zoo, zoo.edge, zoo.preprocess; "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.stdout.strip() == "[]"
@@ -258,12 +260,13 @@ def test_edge_and_zoo_package_do_not_import_torch():
 
 def test_pad_on_uint8_equals_the_float_round_trip():
     """fuse_quantized_pads must not change a single value (it only removes a dequantize/requantize pair)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from export.quantize import fuse_quantized_pads
+    from zoo.inference import CPU, open_session
 
-    scale, zero = numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(7, np.uint8), "z")
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(7, np.uint8), "z")
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
              helper.make_node("Pad", ["xf", "pads"], ["pf"], mode="constant"),  # amounts known only at run time
@@ -271,22 +274,23 @@ def test_pad_on_uint8_equals_the_float_round_trip():
              helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"])]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "h", "w"]),
                                            helper.make_tensor_value_info("pads", TensorProto.INT64, [8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "hp", "wp"])], [scale, zero])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "hp", "wp"])],
+                              [scale, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     feeds = {"x": np.random.default_rng(0).uniform(-0.3, 1.0, (1, 2, 5, 7)).astype(np.float32),
              "pads": np.array([0, 0, 1, 0, 0, 0, 1, 2], np.int64)}
-    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    before = open_session(model.SerializeToString(), [CPU]).run(None, feeds)[0]
     assert fuse_quantized_pads(model) == 1
     onnx.checker.check_model(model, full_check=True)
     assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
-    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    after = open_session(model.SerializeToString(), [CPU]).run(None, feeds)[0]
     assert after.shape == (1, 2, 7, 9) and np.array_equal(before, after)
 
 
 def test_edge_prefers_an_accelerator_and_always_keeps_the_cpu(monkeypatch):
     import onnxruntime as ort
 
-    from zoo.edge import choose_providers
+    from zoo.inference import choose_providers
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
+from export_runs import make_run, precision_floor
 
 from export.onnx_export import export_run
-from export_runs import make_run, precision_floor
 from zoo.backbones import get_spec, list_specs
+from zoo.inference import CPU, open_session
 from zoo.run_dir import load_run
 
 # One of each kind of trouble: residual stages (resnet18), a pre-logits block after pooling and
@@ -28,7 +28,7 @@ def textures_small(tmp_path_factory) -> Path:
     from zoo.data.samples import write_sample
 
     out = tmp_path_factory.mktemp("data") / "textures"
-    write_sample("textures", out, seed=0, limit=60, show_progress=False)
+    write_sample("textures", out, seed=0, limit=60)
     return out
 
 
@@ -44,10 +44,8 @@ def _check_export(run_dir: Path, out: Path, report: dict, atol: float = 1e-4) ->
     with torch.no_grad():
         features = run.model.forward_features(x)
         logits = run.model.forward_head(features)
-    (o_logits,) = ort.InferenceSession(str(out / "classifier.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["logits"], {"image": x.numpy()})
-    (o_features,) = ort.InferenceSession(str(out / "features.onnx"), providers=["CPUExecutionProvider"]).run(
-        ["features"], {"image": x.numpy()})
+    (o_logits,) = open_session(out / "classifier.onnx", [CPU]).run(["logits"], {"image": x.numpy()})
+    (o_features,) = open_session(out / "features.onnx", [CPU]).run(["features"], {"image": x.numpy()})
     assert o_features.shape == tuple(features.shape)
     assert np.abs(o_logits - logits.numpy()).max() <= atol * max(1.0, float(logits.abs().max()))
     assert np.abs(o_features - features.numpy()).max() <= 1e-4 * float(features.abs().max())
@@ -58,7 +56,8 @@ def _export_backbone(name: str, data_dir: Path, tmp_path: Path) -> None:
     # and MobileNet activations are tiny (~1e-8) and their logits are the classifier's bias, so the
     # features are also compared relative to their own size below (float32 is scale-free).
     pretrained = get_spec(name).weights.available
-    run_dir = make_run(tmp_path / "run", data_dir, model_name=name, pretrained=pretrained, train=False, record_data=False)
+    run_dir = make_run(tmp_path / "run", data_dir, model_name=name, pretrained=pretrained, train=False,
+                       record_data=False)
     # The contract's 1e-4, unless PyTorch float32 itself misses its float64 result by more on this
     # random network (resnet34, resnet50); trained runs are held to 1e-4 in test_export.py.
     atol = max(1e-4, 4 * precision_floor(run_dir))

@@ -16,13 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from export.onnx_export import export_run
     from export_runs import make_run
+
+    from export.onnx_export import export_run
     from zoo.data.samples import write_sample
 
     root = tmp_path_factory.mktemp("predict")
     data = root / "textures"
-    write_sample("textures", data, limit=60, show_progress=False)
+    write_sample("textures", data, limit=60)
     run = make_run(root / "run", data)
     export_run(run, root / "export")
     return root / "export", data
@@ -93,7 +94,8 @@ def test_readme_edge_snippet_runs_with_only_onnxruntime_numpy_pillow(exported, t
     env_dir = tmp_path / "edge-env"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     site = next((env_dir / "lib").glob("python3*/site-packages"))
-    ort_dist = "onnxruntime-gpu" if any(d.metadata["Name"] == "onnxruntime-gpu" for d in metadata.distributions()) else "onnxruntime"
+    gpu_build = any(d.metadata["Name"] == "onnxruntime-gpu" for d in metadata.distributions())
+    ort_dist = "onnxruntime-gpu" if gpu_build else "onnxruntime"
     seen: set[str] = set()
     for dist in (ort_dist, "numpy", "pillow"):
         _link_distribution(dist, site, seen)
@@ -114,6 +116,6 @@ def test_readme_edge_snippet_runs_with_only_onnxruntime_numpy_pillow(exported, t
     from zoo.edge import EdgeModel
 
     expected = EdgeModel(export_dir).predict(images, top_k=1)
-    for line, want in zip(lines, expected):
+    for line, want in zip(lines, expected, strict=True):
         path, label, prob = line.rsplit(" ", 2)
         assert label == want.label and abs(float(prob) - want.top_k[want.label]) < 1e-4

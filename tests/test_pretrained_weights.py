@@ -7,7 +7,8 @@ import pytest
 from zoo.backbones.imagenet_check import check_pretrained, packaged_imagenet_photos
 
 
-@pytest.mark.parametrize("name,minimum", [("efficientnet_lite0", 16), ("efficientnet_lite1", 17), ("efficientnet_lite2", 17)])
+@pytest.mark.parametrize("name,minimum",
+                         [("efficientnet_lite0", 16), ("efficientnet_lite1", 17), ("efficientnet_lite2", 17)])
 def test_efficientnet_lite_classifies_imagenet_photos(name, minimum):
     assert packaged_imagenet_photos() is not None, "the foolbox wheel (a test dependency) ships the photos"
     result = check_pretrained(name)

@@ -61,7 +61,8 @@ def server(tmp_path_factory):
     (blocker / "zoo" / "__init__.py").write_text('raise ImportError("zoo is not installed on this server")\n')
     port = serve.free_port_block(21000, step=137)
     cfg = serve.ServeConfig(model_store=store, models=("lite0", "lite0-features", "lite0t"), port=port, workers=1,
-                            batch_size=BATCH_SIZE, max_batch_delay_ms=BATCH_DELAY_MS, state_dir=root / "home" / str(port))
+                            batch_size=BATCH_SIZE, max_batch_delay_ms=BATCH_DELAY_MS,
+                            state_dir=root / "home" / str(port))
     info = None
     try:
         info = serve.start(cfg, timeout_s=900, env={"PYTHONPATH": str(blocker)})
@@ -142,7 +143,7 @@ def test_batched_mixed_sizes_get_the_same_answers_as_alone(server, model):
     with ThreadPoolExecutor(len(names)) as pool:
         responses = list(pool.map(together, names))
     assert all(r.status_code == 200 for r in responses)
-    assert {n: r.json() for n, r in zip(names, responses)} == alone  # bit for bit
+    assert {n: r.json() for n, r in zip(names, responses, strict=True)} == alone  # bit for bit
     log = (Path(server.info.log_dir) / "model_log.log").read_text()
     sizes = [int(line.split("zoo batch: ")[1].split(" ")[0]) for line in log.splitlines()
              if "zoo batch: " in line and f"-{model}_" in line]
@@ -175,7 +176,7 @@ def test_bad_input_in_a_batch_leaves_the_others_alone(server, expected):
     with ThreadPoolExecutor(len(payloads)) as pool:
         responses = list(pool.map(send, payloads))
     assert [r.status_code for r in responses[:2]] == [400, 400]
-    for name, r in zip(good, responses[2:]):
+    for name, r in zip(good, responses[2:], strict=True):
         assert r.status_code == 200 and _max_dp(r.json(), expected[name]) <= 1e-4
 
 
@@ -184,7 +185,7 @@ def test_json_base64_and_multipart_requests(server, expected):
     b64 = [base64.b64encode(server.images[n]).decode() for n in names]
     r = server.post("lite0", json_body={"images": b64, "topk": 3})
     assert r.status_code == 200
-    for name, answer in zip(names, r.json()):
+    for name, answer in zip(names, r.json(), strict=True):
         assert _max_dp(answer, expected[name]) <= 1e-4
     r = server.post("lite0", json_body={"image": b64[0], "topk": 1})
     assert list(r.json()) == [next(iter(expected[names[0]]))]
@@ -212,7 +213,7 @@ def test_secure_by_default(server):
 
 def test_status_client_and_cli(server, tmp_path, monkeypatch, runner):
     from cli import app
-    from zoo.serve_client import ServeClient, predict_remote
+    from zoo.serve import ServeClient, predict_remote
 
     status = serve.status(Path(server.info.state_dir))
     assert {name: s["workers"] for name, s in status["model_status"].items()} == {

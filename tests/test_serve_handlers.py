@@ -1,4 +1,4 @@
-"""Handlers, archives and `zoo serve` configuration without a server (a tiny ONNX model; fast).
+"""Handlers and archives without a server (a tiny ONNX model; fast).
 
 The handlers run a whole handle() with a mock context, the way TorchServe's own handler tests do,
 from a folder laid out exactly as TorchServe unpacks the archive. The real server is in test_serve.py.
@@ -71,7 +71,7 @@ def _load_handler(model_dir: Path, kind: str):
     """Import the handler from the staged archive folder, as TorchServe does (the folder on sys.path)."""
     sys.path.insert(0, str(model_dir))
     try:
-        for name in ("zoo_serving", "zoo_preprocess", f"{kind}_handler"):
+        for name in ("zoo_serving", "zoo_preprocess", "zoo_inference", f"{kind}_handler"):
             sys.modules.pop(name, None)  # each staged folder gets its own copy
         module = importlib.import_module(f"{kind}_handler")
     finally:
@@ -85,7 +85,8 @@ def _load_handler(model_dir: Path, kind: str):
 
 @pytest.fixture(scope="module")
 def classifier(tiny_export, tmp_path_factory):
-    return _load_handler(stage_model_dir(tiny_export, "classifier", "onnx", tmp_path_factory.mktemp("cls")), "classifier")
+    model_dir = stage_model_dir(tiny_export, "classifier", "onnx", tmp_path_factory.mktemp("cls"))
+    return _load_handler(model_dir, "classifier")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def _expected(tiny_export: Path, images: dict[str, bytes]) -> dict[str, dict[str
     from zoo.edge import EdgeModel
 
     results = EdgeModel(tiny_export, kind="classifier").predict(list(images.values()), top_k=3, batch_size=1)
-    return {name: r.top_k for name, r in zip(images, results)}
+    return {name: r.top_k for name, r in zip(images, results, strict=True)}
 
 
 # ---------------------------------------------------------------- request parsing
@@ -154,7 +155,7 @@ def test_handle_answers_every_format_like_local_onnx_runtime(classifier, tiny_ex
     context = MockContext(Path("."))
     responses = handler.handle([{"body": data} for data in images.values()], context)
     expected = _expected(tiny_export, images)
-    for (name, data), response in zip(images.items(), responses):
+    for name, response in zip(images, responses, strict=True):
         answer = json.loads(response)
         assert list(answer) == list(expected[name]), name  # same labels in the same order
         assert max(abs(answer[k] - expected[name][k]) for k in answer) <= 1e-6, name
@@ -216,7 +217,7 @@ def test_features_handler_returns_the_bottleneck_vector(features, tiny_export, i
     handler, _ = features
     responses = handler.handle([{"body": d} for d in images.values()], MockContext(Path(".")))
     expected = EdgeModel(tiny_export, kind="features").features(list(images.values()))
-    for response, result in zip(responses, expected):
+    for response, result in zip(responses, expected, strict=True):
         vector = np.asarray(json.loads(response))
         assert vector.shape == (8,) and np.abs(vector - result.features).max() <= 1e-6
 
@@ -268,8 +269,9 @@ def test_write_archives_packs_the_handler_preprocessing_and_model(tiny_export, t
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         settings = json.loads(z.read("serving.json"))
         assert z.read("zoo_preprocess.py") == Path(sys.modules["zoo.preprocess"].__file__).read_bytes()
-    assert {"classifier.onnx", "classifier_handler.py", "zoo_serving.py", "zoo_preprocess.py", "preprocess.json",
-            "labels.json", "serving.json"} <= names
+        assert z.read("zoo_inference.py") == Path(sys.modules["zoo.inference"].__file__).read_bytes()
+    assert {"classifier.onnx", "classifier_handler.py", "zoo_serving.py", "zoo_preprocess.py", "zoo_inference.py",
+            "preprocess.json", "labels.json", "serving.json"} <= names
     assert manifest["model"]["handler"] == "classifier_handler.py" and manifest["model"]["modelName"] == "tiny"
     assert settings["runtime"] == "onnx" and settings["output"] == "probabilities"
     with zipfile.ZipFile(store / "tiny-features.mar") as z:
@@ -291,52 +293,6 @@ def test_default_archive_name():
 
     assert default_archive_name(Path("runs/tex_head")) == "tex_head"
     assert default_archive_name(Path("runs/2024 run#1")) == "m2024-run-1"
-
-
-# ---------------------------------------------------------------- zoo serve without a server
-def test_config_is_secure_by_default(tmp_path):
-    from zoo.serve import ServeConfig, config_properties
-
-    text = config_properties(ServeConfig(model_store=tmp_path, port=9100, batch_size=4, workers=2),
-                             {"tiny": "1.0"}, worker_base=20000)
-    props = dict(line.split("=", 1) for line in text.splitlines())
-    assert props["disable_token_authorization"] == "false"
-    assert props["enable_model_api"] == "false"
-    for key in ("inference_address", "management_address", "metrics_address"):
-        assert props[key].startswith("http://127.0.0.1:")
-    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
-    assert props["allowed_urls"].startswith("\\\\Qfile://" + str(tmp_path.resolve()))
-    models = json.loads(props["models"])["tiny"]["1.0"]
-    assert (models["batchSize"], models["minWorkers"], models["maxWorkers"]) == (4, 2, 2)
-
-
-def test_serve_mistakes_are_clear(tmp_path, monkeypatch):
-    from zoo.serve import ServeConfig, start
-
-    monkeypatch.setenv("ZOO_SERVE_HOME", str(tmp_path / "home"))
-    with pytest.raises(ZooError, match="holds no .mar"):
-        start(ServeConfig(model_store=tmp_path))
-    with pytest.raises(ZooError, match="is not a folder"):
-        start(ServeConfig(model_store=tmp_path / "missing"))
-
-
-def test_cli_stop_and_status_report_a_server_that_is_not_running(runner, tmp_path, monkeypatch):
-    from cli import app
-
-    monkeypatch.setenv("ZOO_SERVE_HOME", str(tmp_path))
-    for command in ("stop", "status"):
-        result = runner.invoke(app, ["serve", command, "--port", "9555"])
-        assert result.exit_code == 1 and "No zoo server is running on port 9555" in result.output
-    result = runner.invoke(app, ["serve", "start", "--model-store", str(tmp_path)])
-    assert result.exit_code == 2 and "holds no .mar archives" in result.output
-
-
-def test_client_wants_a_prediction_endpoint():
-    from zoo.serve_client import split_endpoint
-
-    assert split_endpoint("http://127.0.0.1:8080/predictions/lite0") == ("http://127.0.0.1:8080", "lite0")
-    with pytest.raises(ZooError, match="predictions/MODEL_NAME"):
-        split_endpoint("http://127.0.0.1:8080")
 
 
 def test_an_image_the_model_cannot_run_fails_alone(classifier, images):

@@ -1,5 +1,6 @@
 """Reading TorchServe's key file, which it writes in place: a reader can catch it empty or half-written
-(`make demo` once failed so, right after the server started). No TorchServe needed."""
+(`make demo` once failed so, right after the server started), and the request helper that sends the key.
+No TorchServe needed."""
 from __future__ import annotations
 
 import json
@@ -50,3 +51,42 @@ def test_a_key_file_that_never_completes_is_refused_in_one_sentence(tmp_path, co
 def test_a_missing_key_file_says_how_to_start_the_server(tmp_path):
     with pytest.raises(ZooError, match="does not exist: is the server running"):
         serve.read_key(tmp_path / "key_file.json")
+
+
+def test_a_request_nobody_answers_gets_status_0():
+    from zoo.serve.keys import request
+
+    port = serve.free_port_block(24000, count=1, step=97)
+    assert request(f"http://127.0.0.1:{port}/ping", "POST", key="k", body=b"x", timeout=2) == (0, b"")
+
+
+def test_a_request_sends_the_key_and_the_body_as_bytes(monkeypatch):
+    import http.server
+
+    from zoo.serve.keys import request
+
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # the name http.server calls
+            seen.update(self.headers)
+            seen["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy must not see local traffic
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.handle_request)
+    thread.start()
+    try:
+        status = request(f"http://127.0.0.1:{server.server_port}/predictions/m", "POST", key="k", body=b"\x89PNG")
+    finally:
+        thread.join(10)
+        server.server_close()
+    assert status == (201, b"ok")
+    assert seen["Authorization"] == "Bearer k" and seen["Content-Type"] == "application/octet-stream"
+    assert seen["body"] == b"\x89PNG"

@@ -23,7 +23,7 @@ def test_kill_group_returns_only_when_every_member_is_gone():
         while len(serve.live_group_members(leader.pid)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(serve.live_group_members(leader.pid)) == 3
-        serve._kill_group(leader.pid)
+        serve.kill_group(leader.pid)
         assert serve.live_group_members(leader.pid) == []
     finally:
         try:

@@ -1,18 +1,58 @@
 """`zoo demo`: the whole pipeline on the embedded textures sample, ending in a summary table.
 
 sample -> advise -> finetune (the advisor's strategy) -> export (ONNX, int8 where the gate allows,
-.mar archives) -> TorchServe -> HTTP predictions on images of different sizes -> edge predictions
+.mar archives) -> edge predictions -> TorchServe and HTTP predictions on images of different sizes
 -> stop the server. Every step calls the same library functions the commands use.
 """
 from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from zoo.errors import ZooError
+from zoo.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "textures"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "model_store"
+
+
+@dataclass
+class Stopwatch:
+    """Seconds per step, in the order the steps ran."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    last: float = field(default_factory=time.perf_counter)
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name], self.last = now - self.last, now
 
 
 def _resized_variants(path: Path) -> list[tuple[str, bytes]]:
@@ -26,120 +66,121 @@ def _resized_variants(path: Path) -> list[tuple[str, bytes]]:
     return out
 
 
-def run_demo(out: Path = Path("demo-out"), model: str = "efficientnet_lite0", port: int | None = None,
-             serve: bool = True, log=print) -> dict:
-    import numpy as np
-
+def train_and_export(paths: DemoPaths, model: str, clock: Stopwatch) -> dict[str, Any]:
+    """Steps 1-4: the sample, the advice, the run and its export with archives."""
     from export.archive import write_archives
     from export.onnx_export import export_run
     from zoo.advisor import advise
-    from zoo.data.folder import load_image_folder
     from zoo.data.samples import write_sample
-    from zoo.edge import EdgeModel
     from zoo.training.finetune import finetune
 
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def step(name: str):
-        timings[name] = time.perf_counter() - step.t
-        step.t = time.perf_counter()
-    step.t = started
-
-    out = Path(out)
-    data_dir, run_dir, export_dir, store = out / "textures", out / "run", out / "export", out / "model_store"
-    log("1/7 sample dataset: textures (scikit-image's natural textures)")
-    write_sample("textures", data_dir, seed=0, force=True)
-    step("sample")
-
-    log("2/7 advise: measure size and similarity")
-    advice = advise(data_dir, model=model)
-    log(f"    {advice.quadrant} -> strategy {advice.strategy} (similarity {advice.similarity:.2f}, {advice.images} images)")
-    step("advise")
-
-    log(f"3/7 finetune --strategy {advice.strategy}")
-    metrics = finetune(data_dir, model=model, strategy=advice.strategy, out=run_dir, force=True,
+    log.info("1/7 sample dataset: textures (scikit-image's natural textures)")
+    write_sample("textures", paths.data, seed=0, force=True)
+    clock.step("sample")
+    log.info("2/7 advise: measure size and similarity")
+    advice = advise(paths.data, model=model)
+    log.info(f"    {advice.quadrant} -> strategy {advice.strategy} (similarity {advice.similarity:.2f}, "
+             f"{advice.images} images)")
+    clock.step("advise")
+    log.info(f"3/7 finetune --strategy {advice.strategy}")
+    metrics = finetune(paths.data, model=model, strategy=advice.strategy, out=paths.run, force=True,
                        **({"layer": advice.layer} if advice.layer else {}))
-    step("finetune")
-
-    log("4/7 export: ONNX (+ int8 where the accuracy gate allows) and TorchServe archives")
+    clock.step("finetune")
+    log.info("4/7 export: ONNX (+ int8 where the accuracy gate allows) and TorchServe archives")
     try:
-        report = export_run(run_dir, export_dir, quantize="int8", force=True, log=lambda m: log(f"    {m}"))
+        report = export_run(paths.run, paths.export, quantize="int8", force=True)
     except ZooError as e:  # the gate refused int8: keep the verified fp32 export
-        log(f"    int8 refused: {e}")
-        report = export_run(run_dir, export_dir, quantize="none", force=True)
-    mars = write_archives(export_dir, "textures", store)
-    step("export")
+        log.info(f"    int8 refused: {e}")
+        report = export_run(paths.run, paths.export, quantize="none", force=True)
+    mars = write_archives(paths.export, "textures", paths.store)
+    clock.step("export")
+    return {"advice": advice, "metrics": metrics, "report": report, "archives": [str(m) for m in mars]}
 
-    data = load_image_folder(data_dir)
-    val = data.val
-    log("5/7 edge: ONNX Runtime alone on the val split")
-    edge = EdgeModel(export_dir)
+
+def edge_check(paths: DemoPaths) -> dict[str, Any]:
+    """Step 5: the val split on ONNX Runtime alone."""
+    from zoo.data.folder import load_image_folder
+    from zoo.edge import EdgeModel
+
+    log.info("5/7 edge: ONNX Runtime alone on the val split")
+    data = load_image_folder(paths.data)
+    edge = EdgeModel(paths.export)
     t0 = time.perf_counter()
-    results = edge.predict([s.path for s in val], top_k=1)
-    edge_s = (time.perf_counter() - t0) / len(val)
-    edge_acc = float(np.mean([r.label == data.classes[s.label] for r, s in zip(results, val)]))
-    step("edge")
+    results = edge.predict([s.path for s in data.val], top_k=1)
+    seconds = (time.perf_counter() - t0) / len(data.val)
+    accuracy = float(np.mean([r.label == data.classes[s.label] for r, s in zip(results, data.val, strict=True)]))
+    return {"edge": edge, "data": data, "accuracy": accuracy, "seconds_per_image": seconds}
 
-    served = {}
-    if serve:
-        from zoo import serve as serve_mod
-        from zoo.serve_client import ServeClient
 
-        port = port or serve_mod.free_port_block()
-        log(f"6/7 serve: TorchServe on 127.0.0.1:{port}, HTTP predictions on images of different sizes")
-        cfg = serve_mod.ServeConfig(model_store=store, models=("textures",), port=port)
-        info = serve_mod.start(cfg)
-        try:
-            client = ServeClient(f"{info.inference_url}/predictions/textures")
-            agree, max_dp, lat = 0, 0.0, []
-            variants = [(s, name, blob) for s in val[:: max(1, len(val) // 6)][:6] for name, blob in _resized_variants(s.path)]
-            for sample, name, blob in variants:
-                t0 = time.perf_counter()
-                answer = client.classify(blob, topk=len(data.classes))
-                lat.append(time.perf_counter() - t0)
-                local = edge.predict([blob], top_k=len(data.classes))[0].top_k
-                agree += next(iter(answer)) == next(iter(local))
-                max_dp = max(max_dp, max(abs(answer[k] - local[k]) for k in local))
-            served = {"requests": len(variants), "top1_agreement": agree / len(variants), "max_abs_dp": max_dp,
-                      "p50_ms": 1000 * float(np.median(lat)), "sizes": sorted({n for _, n, _ in variants})}
-        finally:
-            serve_mod.stop(cfg.folder)
-            log("7/7 server stopped")
-    step("serve")
+def serve_check(paths: DemoPaths, edge_result: dict[str, Any], port: int | None) -> dict[str, Any]:
+    """Steps 6-7: TorchServe, HTTP predictions of resized val images against the edge's, then stop."""
+    from zoo.serve import ServeClient, ServeConfig, free_port_block, start, stop
 
-    summary = {
+    edge, data = edge_result["edge"], edge_result["data"]
+    port = port or free_port_block()
+    log.info(f"6/7 serve: TorchServe on 127.0.0.1:{port}, HTTP predictions on images of different sizes")
+    cfg = ServeConfig(model_store=paths.store, models=("textures",), port=port)
+    info = start(cfg)
+    try:
+        client = ServeClient(f"{info.inference_url}/predictions/textures")
+        agree, max_dp, latencies = 0, 0.0, []
+        picked = data.val[:: max(1, len(data.val) // 6)][:6]
+        variants = [(name, blob) for s in picked for name, blob in _resized_variants(s.path)]
+        for _, blob in variants:
+            t0 = time.perf_counter()
+            answer = client.classify(blob, topk=len(data.classes))
+            latencies.append(time.perf_counter() - t0)
+            local = edge.predict([blob], top_k=len(data.classes))[0].top_k
+            agree += next(iter(answer)) == next(iter(local))
+            max_dp = max(max_dp, max(abs(answer[k] - local[k]) for k in local))
+    finally:
+        stop(cfg.folder)
+        log.info("7/7 server stopped")
+    return {"requests": len(variants), "top1_agreement": agree / len(variants), "max_abs_dp": max_dp,
+            "p50_ms": 1000 * float(np.median(latencies)), "sizes": sorted({n for n, _ in variants})}
+
+
+def run_demo(out: Path = Path("demo-out"), model: str = "efficientnet_lite0", port: int | None = None,
+             serve: bool = True) -> dict[str, Any]:
+    paths, clock = DemoPaths(Path(out)), Stopwatch()
+    trained = train_and_export(paths, model, clock)
+    edge = edge_check(paths)
+    clock.step("edge")
+    served = serve_check(paths, edge, port) if serve else {}
+    clock.step("serve")
+    advice, report = trained["advice"], trained["report"]
+    return {
         "strategy": advice.strategy, "quadrant": advice.quadrant, "similarity": advice.similarity,
-        "val_accuracy_torch": metrics.get("accuracy"), "val_accuracy_onnx": edge_acc,
+        "val_accuracy_torch": trained["metrics"].get("accuracy"), "val_accuracy_onnx": edge["accuracy"],
         "parity_max_abs_logits": report["parity"]["max_abs_logits"],
         "int8": report.get("variants", {}).get("int8"),
-        "edge_ms_per_image": 1000 * edge_s, "served": served,
-        "artifacts": {"run": str(run_dir), "export": str(export_dir), "archives": [str(m) for m in mars]},
-        "timings_s": timings, "total_s": time.perf_counter() - started,
+        "edge_ms_per_image": 1000 * edge["seconds_per_image"], "served": served,
+        "artifacts": {"run": str(paths.run), "export": str(paths.export), "archives": trained["archives"]},
+        "timings_s": clock.timings, "total_s": time.perf_counter() - clock.started,
     }
-    return summary
 
 
-def summary_table(s: dict):
+def summary_table(s: dict[str, Any]) -> Any:
     from rich.table import Table
 
     t = Table(title="zoo demo: textures sample, end to end")
     t.add_column("what")
     t.add_column("figure")
-    t.add_row("advisor", f"{s['quadrant']} -> {s['strategy']} (similarity {s['similarity']:.2f})")
-    t.add_row("val accuracy (PyTorch, metrics.json)", f"{s['val_accuracy_torch']:.2%}")
-    t.add_row("val accuracy (ONNX Runtime alone)", f"{s['val_accuracy_onnx']:.2%}")
-    t.add_row("export parity max |Δ logits|", f"{s['parity_max_abs_logits']:.1e}")
+    add = t.add_row
+    add("advisor", f"{s['quadrant']} -> {s['strategy']} (similarity {s['similarity']:.2f})")
+    add("val accuracy (PyTorch, metrics.json)", f"{s['val_accuracy_torch']:.2%}")
+    add("val accuracy (ONNX Runtime alone)", f"{s['val_accuracy_onnx']:.2%}")
+    add("export parity max |Δ logits|", f"{s['parity_max_abs_logits']:.1e}")
     if s["int8"]:
         v = s["int8"]
-        t.add_row("int8", f"{v['status']}: accuracy {v['val_accuracy']:.2%}, {v['speed_ratio']:.2f}x fp32 speed")
-    t.add_row("edge latency", f"{s['edge_ms_per_image']:.1f} ms / image")
+        add("int8", f"{v['status']}: accuracy {v['val_accuracy']:.2%}, {v['speed_ratio']:.2f}x fp32 speed")
+    add("edge latency", f"{s['edge_ms_per_image']:.1f} ms / image")
     if s["served"]:
         sv = s["served"]
-        t.add_row("served vs edge", f"top-1 agreement {sv['top1_agreement']:.0%}, max |Δp| {sv['max_abs_dp']:.1e} "
-                  f"over {sv['requests']} requests ({', '.join(sv['sizes'])})")
-        t.add_row("served latency p50", f"{sv['p50_ms']:.1f} ms ({sv['p50_ms'] / s['edge_ms_per_image']:.1f}x edge)")
+        add("served vs edge", f"top-1 agreement {sv['top1_agreement']:.0%}, max |Δp| {sv['max_abs_dp']:.1e} "
+            f"over {sv['requests']} requests ({', '.join(sv['sizes'])})")
+        add("served latency p50", f"{sv['p50_ms']:.1f} ms ({sv['p50_ms'] / s['edge_ms_per_image']:.1f}x edge)")
     for k, v in s["artifacts"].items():
-        t.add_row(k, ", ".join(v) if isinstance(v, list) else v)
-    t.add_row("wall time", f"{s['total_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items()) + ")")
+        add(k, ", ".join(v) if isinstance(v, list) else v)
+    add("wall time", f"{s['total_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in s["timings_s"].items()) + ")")
     return t

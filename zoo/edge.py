@@ -1,27 +1,28 @@
 """Edge inference: an exported classifier.onnx or features.onnx run by ONNX Runtime alone.
 
-Imports only onnxruntime, numpy, Pillow and zoo.preprocess, never torch, so it runs on a device
+Imports only onnxruntime, numpy, Pillow, zoo.inference and zoo.preprocess, never torch, so it runs on a device
 where PyTorch is not installed. Preprocessing and labels come from preprocess.json and
 labels.json beside the model, or from the model's own metadata when the files are not there.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
+from zoo.inference import open_session, same_shape_groups
+from zoo.inference import top_k as _top_k  # predict() has an argument named top_k
 from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, preprocess
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 CLASSIFIER_FILE = "classifier.onnx"
 FEATURES_FILE = "features.onnx"
-# Accelerators in order of preference. TensorRT is left out on purpose: it compiles an engine per
-# input shape, which is slow with the any-size inputs zoo serves.
-ACCELERATOR_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider",
-                         "CoreMLExecutionProvider")
 
 
 class EdgeError(ValueError):
@@ -65,32 +66,6 @@ def _read_json_beside(model_path: Path, name: str):
     return None
 
 
-def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
-    """Providers to try, best first: an installed accelerator (if any), then always the CPU."""
-    if requested:
-        return list(requested) + ([] if "CPUExecutionProvider" in requested else ["CPUExecutionProvider"])
-    available = ort.get_available_providers()
-    return [p for p in ACCELERATOR_PROVIDERS if p in available][:1] + ["CPUExecutionProvider"]
-
-
-def open_session(model_path: Path | str, providers: Sequence[str] | None = None,
-                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """An InferenceSession on the best provider that really works here.
-
-    An installed GPU build of onnxruntime lists CUDA even on machines without a GPU or without the
-    CUDA libraries; ORT then falls back to the CPU on its own and logs an error. The error is
-    silenced while trying, and `session.get_providers()` says what was really picked.
-    """
-    chosen = choose_providers(providers)
-    options = options or ort.SessionOptions()
-    if len(chosen) > 1:
-        ort.set_default_logger_severity(4)  # hide the expected "failed to load CUDA" noise
-    try:
-        return ort.InferenceSession(str(model_path), options, providers=chosen)
-    finally:
-        ort.set_default_logger_severity(2)
-
-
 class EdgeModel:
     """An exported zoo model (classifier or features) on ONNX Runtime.
 
@@ -102,7 +77,7 @@ class EdgeModel:
                  options: ort.SessionOptions | None = None):
         self.path = _resolve_model_path(Path(path), kind)
         try:
-            self.session = open_session(self.path, providers, options)
+            self.session = open_session(self.path, providers, options=options)
         except Exception as e:  # ORT raises its own types for bad files
             raise EdgeError(f"{self.path} is not a usable ONNX model ({e}): re-run `zoo export`.") from None
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -112,9 +87,11 @@ class EdgeModel:
             raise EdgeError(f"{self.path} has no preprocess.json beside it and no zoo.preprocess metadata: "
                             "export it with `zoo export`.")
         self.preprocess = PreprocessConfig.from_json(pre)
-        self.labels: list[str] = _read_json_beside(self.path, "labels.json") or _json_or_none(meta.get("zoo.labels")) or []
+        self.labels: list[str] = (_read_json_beside(self.path, "labels.json")
+                                  or _json_or_none(meta.get("zoo.labels")) or [])
         if self.kind == "classifier" and not self.labels:
-            raise EdgeError(f"{self.path} has no labels.json beside it and no zoo.labels metadata: export it with `zoo export`.")
+            raise EdgeError(f"{self.path} has no labels.json beside it and no zoo.labels metadata: "
+                            "export it with `zoo export`.")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -125,7 +102,7 @@ class EdgeModel:
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs for an already preprocessed float32 batch [N, 3, H, W]."""
         outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=True))
 
     def _probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         if "probabilities" in outputs:
@@ -143,14 +120,11 @@ class EdgeModel:
                 arrays[i] = preprocess(src, self.preprocess)
             except ImageError as e:
                 errors[i] = str(e)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, a in arrays.items():
-            by_shape.setdefault(a.shape, []).append(i)
+        readable = list(arrays)
         groups = []
-        for indices in by_shape.values():
-            for start in range(0, len(indices), max(1, batch_size)):
-                chunk = indices[start:start + batch_size]
-                groups.append((chunk, np.stack([arrays[i] for i in chunk])))
+        for members in same_shape_groups([arrays[i] for i in readable], batch_size):
+            chunk = [readable[m] for m in members]
+            groups.append((chunk, np.stack([arrays[i] for i in chunk])))
         return groups, errors
 
     def predict(self, sources: Iterable[ImageSource], top_k: int = 5, batch_size: int = 1) -> list[EdgeResult]:
@@ -158,16 +132,14 @@ class EdgeModel:
         if self.kind != "classifier":
             raise EdgeError(f"{self.path} is a feature extractor: use .features(), or open classifier.onnx to predict.")
         sources = list(sources)
-        k = max(1, min(top_k, len(self.labels)))
         results = [EdgeResult(_name(s)) for s in sources]
         groups, errors = self._batches(sources, batch_size)
         for i, msg in errors.items():
             results[i].error = msg
         for indices, batch in groups:
             probs = self._probabilities(self.run(batch))
-            for row, i in zip(probs, indices):
-                order = np.argsort(-row, kind="stable")[:k]
-                results[i].top_k = {self.labels[j]: float(row[j]) for j in order}
+            for row, i in zip(probs, indices, strict=True):
+                results[i].top_k = _top_k(row, self.labels, top_k)
         return results
 
     def features(self, sources: Iterable[ImageSource], batch_size: int = 1) -> list[EdgeResult]:
@@ -180,7 +152,7 @@ class EdgeModel:
         name = "features" if "features" in self.output_names else self.output_names[0]
         for indices, batch in groups:
             out = self.run(batch)[name]
-            for row, i in zip(out, indices):
+            for row, i in zip(out, indices, strict=True):
                 results[i].features = row
         return results
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from zoo.data.folder import IMAGE_EXTENSIONS
 from zoo.errors import ZooError
@@ -39,7 +39,8 @@ def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int) 
         results = edge.predict(images, top_k=top_k, batch_size=batch_size)
     except EdgeError as e:
         raise ZooError(str(e)) from None
-    return [{"path": str(p), "top_k": r.top_k, "error": r.error} for p, r in zip(images, results)], edge.provider
+    rows = [{"path": str(p), "top_k": r.top_k, "error": r.error} for p, r in zip(images, results, strict=True)]
+    return rows, edge.provider
 
 
 def format_json(rows: list[dict]) -> str:

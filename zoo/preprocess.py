@@ -11,7 +11,6 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -20,11 +19,20 @@ PREPROCESS_VERSION = 1
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
-ImageSource = Union[bytes, bytearray, str, Path, Image.Image]
+ImageSource = bytes | bytearray | str | Path | Image.Image
 
 
 class ImageError(ValueError):
     """The input is not a usable image; the message says why in one sentence."""
+
+
+RESIZE_POLICY = "shorter-side-to-input-size, aspect kept, longer side capped, no crop"
+# Fields preprocess.json states for readers outside zoo; this code implements exactly these values.
+_IMPLEMENTED = {"channel_order": "RGB", "layout": "NCHW", "resize_policy": RESIZE_POLICY}
+
+
+class PreprocessConfigError(ValueError):
+    """preprocess.json asks for something this preprocessing does not do; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class PreprocessConfig:
     min_side: int = 8  # smaller images carry no usable signal and are refused
     max_pixels: int = 40_000_000  # refuse decompression bombs before decoding them
     version: int = PREPROCESS_VERSION
-    resize_policy: str = field(default="shorter-side-to-input-size, aspect kept, longer side capped, no crop")
+    resize_policy: str = field(default=RESIZE_POLICY)
 
     @property
     def longer_side_cap(self) -> int:
@@ -53,7 +61,18 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "PreprocessConfig":
+    def from_json(cls, d: dict) -> PreprocessConfig:
+        """The config, after checking that it asks only for what this code implements."""
+        if int(d.get("version", PREPROCESS_VERSION)) > PREPROCESS_VERSION:
+            raise PreprocessConfigError(f"The preprocessing contract is version {d['version']}, newer than this "
+                                        f"code's {PREPROCESS_VERSION}: update zoo, or re-export with this version.")
+        for key, value in _IMPLEMENTED.items():
+            if d.get(key, value) != value:
+                raise PreprocessConfigError(f"The preprocessing contract asks for {key}={d[key]!r}, but only "
+                                            f"{value!r} is implemented: re-export the model with `zoo export`.")
+        if d.get("interpolation", "bilinear") not in _RESAMPLE:
+            raise PreprocessConfigError(f"Unknown interpolation {d['interpolation']!r}: use one of "
+                                        f"{', '.join(_RESAMPLE)}.")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["mean"], known["std"] = tuple(known["mean"]), tuple(known["std"])
         return cls(**known)
@@ -62,7 +81,7 @@ class PreprocessConfig:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "PreprocessConfig":
+    def load(cls, path: Path) -> PreprocessConfig:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -73,7 +92,8 @@ def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image
     else:
         if isinstance(source, (bytes, bytearray)):
             if len(source) == 0:
-                raise ImageError("The image is empty (0 bytes): send the bytes of a JPEG, PNG, WebP, BMP, GIF or TIFF file.")
+                raise ImageError("The image is empty (0 bytes): send the bytes of a JPEG, PNG, WebP, BMP, GIF or "
+                                 "TIFF file.")
             fp = io.BytesIO(source)
         else:
             path = Path(source)
@@ -88,14 +108,16 @@ def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image
                 img = Image.open(fp)
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise ImageError(f"The image has {w}x{h} pixels, more than the limit of {max_pixels}: send a smaller image.")
+                    raise ImageError(f"The image has {w}x{h} pixels, more than the limit of {max_pixels}: "
+                                     "send a smaller image.")
                 img.load()  # decode now, so truncation is found here and not later
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"The image has too many pixels (limit {max_pixels}): send a smaller image.") from None
         except Image.UnidentifiedImageError:
-            raise ImageError("The data is not an image zoo can read: send a JPEG, PNG, WebP, BMP, GIF or TIFF file.") from None
+            raise ImageError("The data is not an image zoo can read: send a JPEG, PNG, WebP, BMP, GIF or "
+                             "TIFF file.") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise ImageError(f"The image is corrupt or truncated ({e}): send the complete file.") from None
     return img
@@ -149,7 +171,8 @@ def load_rgb(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
     """Decoded, oriented, RGB and checked for size: what augmentation and resize start from."""
     img = to_rgb(open_image(source, cfg.max_pixels))
     if min(img.size) < cfg.min_side:
-        raise ImageError(f"The image is {img.width}x{img.height} pixels, smaller than {cfg.min_side} on a side: send a larger image.")
+        raise ImageError(f"The image is {img.width}x{img.height} pixels, smaller than {cfg.min_side} on a side: "
+                         "send a larger image.")
     return img
 
 

@@ -2,20 +2,20 @@
 
 A run directory holds config.json (resolved configuration; keys used here: model, num_classes,
 layer, preprocess), labels.json (class names in label order), model.safetensors (the ZooModel
-state_dict) and the metrics and plots `zoo finetune` adds. Every file is written atomically: to a
-temporary name in the same folder, then renamed.
+state_dict) and the metrics and plots `zoo finetune` adds. Every file is written atomically
+(zoo.atomic), and the weights last: a run directory with weights is a finished one.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from zoo.atomic import atomic_write
 from zoo.backbones import ZooModel, create_model
 from zoo.errors import ZooError
 from zoo.preprocess import PreprocessConfig
@@ -23,48 +23,13 @@ from zoo.preprocess import PreprocessConfig
 CONFIG = "config.json"
 LABELS = "labels.json"
 WEIGHTS = "model.safetensors"
-
-
-def _default_mode() -> int:
-    """0666 minus the umask: the mode open() would have given the file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; a run is shared like any other output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+METRICS = "metrics.json"
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors, never pickle; written atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 @dataclass
@@ -76,7 +41,7 @@ class TrainedRun:
     model: ZooModel  # in eval mode
 
 
-def read_json(path: Path):
+def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -106,6 +71,7 @@ def load_run(run_dir: Path | str) -> TrainedRun:
     state = load_file(str(weights))
     missing = set(model.state_dict()) ^ set(state)
     if missing:
-        raise ZooError(f"{weights} does not match {config['model']} ({len(missing)} keys differ): re-run `zoo finetune`.")
+        raise ZooError(f"{weights} does not match {config['model']} ({len(missing)} keys differ): "
+                       "re-run `zoo finetune`.")
     model.load_state_dict(state, strict=True)
     return TrainedRun(run_dir, config, labels, PreprocessConfig.from_json(config["preprocess"]), model.eval())

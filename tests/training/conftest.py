@@ -29,7 +29,7 @@ def tiny_textures(tmp_path_factory) -> Path:
     from zoo.data.samples import write_sample
 
     out = tmp_path_factory.mktemp("data") / "tiny"
-    write_sample("textures", out, seed=0, limit=20, show_progress=False)
+    write_sample("textures", out, seed=0, limit=20)
     return out
 
 

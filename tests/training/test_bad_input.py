@@ -97,7 +97,7 @@ def test_a_finished_run_is_not_overwritten_and_force_replaces_it(runner, tiny_te
 
 def test_python_api_raises_zoo_error(tiny_textures, tmp_path):
     with pytest.raises(ZooError, match="Unknown strategy 'magic'"):
-        finetune(tiny_textures, strategy="magic", out=tmp_path / "run", show_progress=False)
+        finetune(tiny_textures, strategy="magic", out=tmp_path / "run")
     with pytest.raises(ZooError, match="Unknown balance mode"):
-        finetune(tiny_textures, balance="fair", out=tmp_path / "run", show_progress=False)
+        finetune(tiny_textures, balance="fair", out=tmp_path / "run")
     assert not (tmp_path / "run").exists()

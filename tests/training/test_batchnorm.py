@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from zoo.backbones import create_model, get_spec
+from zoo.data.folder import Sample
 from zoo.training.batchnorm import CALIBRATION_IMAGES, calibration_records, recalibrate, trainable_batchnorms
 from zoo.training.datasets import ImageViews, scan_images
-from zoo.data.folder import Sample
 from zoo.training.strategies import apply_freeze, frozen_state, get_strategy, is_frozen
 
 SPEC = get_spec("efficientnet_lite0")
@@ -32,7 +32,7 @@ def test_recalibration_gives_exact_statistics_and_leaves_frozen_layers_alone(tmp
     apply_freeze(plan)
     frozen_before = {k: v.clone() for k, v in frozen_state(plan).items()}
     pre = SPEC.preprocess_config()
-    records, bad = scan_images(_images(tmp_path, 12), pre, show_progress=False)
+    records, bad = scan_images(_images(tmp_path, 12), pre)
     assert not bad
     views = ImageViews(records, pre)
 

@@ -66,7 +66,7 @@ def test_metrics_by_hand():
 def test_head_also_freezes_a_torchvision_backbone_with_a_pretrained_conv_head(tiny_textures, tmp_path):
     # MobileNetV3 keeps a Linear + Hardswish after pooling (pre_logits): part of the frozen base.
     finetune(tiny_textures, model="mobilenet_v3_small", pretrained=False, strategy="head", epochs=2, cache=False,
-             augment=True, batch_size=8, seed=3, out=tmp_path / "run", show_progress=False)
+             augment=True, batch_size=8, seed=3, out=tmp_path / "run")
     torch.manual_seed(3)
     initial = create_model("mobilenet_v3_small", num_classes=3, pretrained=False).state_dict()
     trained = load_run(tmp_path / "run").model.state_dict()

@@ -13,7 +13,7 @@ KEY = dict(dataset="d" * 64, model="efficientnet_lite0", weights="w" * 64, layer
 
 
 def _head(data: Path, out: Path, **kw) -> dict:
-    return finetune(data, strategy="head", epochs=3, augment=False, out=out, show_progress=False, **kw)
+    return finetune(data, strategy="head", epochs=3, augment=False, out=out, **kw)
 
 
 def test_every_key_part_changes_the_key(tmp_path):

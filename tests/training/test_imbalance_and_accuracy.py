@@ -13,7 +13,7 @@ MAJORITY, MINORITY = 40, 4  # training images per class: a 10:1 skew
 def skewed_digits(tmp_path_factory):
     """MNIST digits with 40 training images for 0-4 and 4 for 5-9; the validation set stays balanced."""
     root = tmp_path_factory.mktemp("data") / "digits"
-    write_sample("digits", root, seed=0, limit=550, show_progress=False)
+    write_sample("digits", root, seed=0, limit=550)
     for digit in range(10):
         images = sorted((root / "train" / str(digit)).glob("*.png"))
         keep = MAJORITY if digit < 5 else MINORITY
@@ -25,7 +25,7 @@ def skewed_digits(tmp_path_factory):
 
 @pytest.mark.slow
 def test_balance_auto_beats_none_on_a_10_to_1_skew(skewed_digits, tmp_path):
-    common = dict(strategy="head", augment=False, epochs=30, show_progress=False)
+    common = dict(strategy="head", augment=False, epochs=30)
     none = finetune(skewed_digits, balance="none", out=tmp_path / "none", **common)
     auto = finetune(skewed_digits, balance="auto", out=tmp_path / "auto", **common)
     assert read_json(tmp_path / "auto" / "config.json")["balance"] == "loss"
@@ -39,7 +39,6 @@ def test_balance_auto_beats_none_on_a_10_to_1_skew(skewed_digits, tmp_path):
 def test_pretrained_head_reaches_95_percent_on_textures(textures_dir, tmp_path):
     # One augmented view: square crops batch well, so this costs a third of the inference-view extraction
     # (whose varied shapes run one image at a time); the note's figure uses the default four views.
-    metrics = finetune(textures_dir, strategy="head", augment=True, views=1, out=tmp_path / "run",
-                       show_progress=False)
+    metrics = finetune(textures_dir, strategy="head", augment=True, views=1, out=tmp_path / "run")
     assert metrics["images"]["val"] == 90
     assert metrics["accuracy"] >= 0.95, metrics["confusion_matrix"]

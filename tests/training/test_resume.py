@@ -5,6 +5,7 @@ holds the trainable weights and optimizer state exactly, so on one machine the r
 bit-identical; the tests allow 1e-6 on losses and weights for thread-count effects, and demand
 equal accuracy and confusion matrices.
 """
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo.training.finetune as engine
+import zoo.training.fit as fitting
 from zoo.errors import ZooError
 from zoo.run_dir import load_run
 
@@ -28,7 +30,7 @@ OPTIONS = dict(strategy="partial", freeze_until="stage6", epochs=3, augment=True
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_textures, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    metrics = engine.finetune(tiny_textures, out=out, show_progress=False, **OPTIONS)
+    metrics = engine.finetune(tiny_textures, out=out, **OPTIONS)
     return out, metrics
 
 
@@ -48,27 +50,27 @@ def _assert_same_result(run_a, run_b):
 
 def test_ctrl_c_after_the_first_epoch_then_resume(tiny_textures, tmp_path, monkeypatch, uninterrupted):
     out = tmp_path / "run"
-    real_save = engine.save_checkpoint
+    real_save = fitting.save_checkpoint
 
     def save_then_ctrl_c(run_dir, state):
         real_save(run_dir, state)
         if state["epoch"] == 1:
             raise KeyboardInterrupt  # what Ctrl-C does right after the first epoch's checkpoint
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_ctrl_c)
+    monkeypatch.setattr(fitting, "save_checkpoint", save_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        engine.finetune(tiny_textures, out=out, show_progress=False, **OPTIONS)
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+        engine.finetune(tiny_textures, out=out, **OPTIONS)
+    monkeypatch.setattr(fitting, "save_checkpoint", real_save)
 
     assert (out / "checkpoint.pt").is_file() and not (out / "model.safetensors").exists()
     with pytest.raises(ZooError, match="resume it with"):
         load_run(out)
     with pytest.raises(ZooError, match="already exists"):
-        engine.finetune(tiny_textures, out=out, show_progress=False, **OPTIONS)
+        engine.finetune(tiny_textures, out=out, **OPTIONS)
     with pytest.raises(ZooError, match="was started with epochs=3"):
-        engine.finetune(tiny_textures, out=out, resume=True, show_progress=False, **{**OPTIONS, "epochs": 4})
+        engine.finetune(tiny_textures, out=out, resume=True, **{**OPTIONS, "epochs": 4})
 
-    metrics = engine.finetune(tiny_textures, out=out, resume=True, show_progress=False, **OPTIONS)
+    metrics = engine.finetune(tiny_textures, out=out, resume=True, **OPTIONS)
     _assert_same_result(uninterrupted, (out, metrics))
     assert not (out / "checkpoint.pt").exists()
 
@@ -88,5 +90,5 @@ def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_textures, tmp_path, un
     assert not (out / "model.safetensors").exists(), "killed before finishing"
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming after epoch" in resumed.stdout
-    _assert_same_result(uninterrupted, (out, engine.read_json(out / "metrics.json")))
+    assert "resuming after epoch" in resumed.stderr  # progress and log lines go to stderr
+    _assert_same_result(uninterrupted, (out, json.loads((out / "metrics.json").read_text())))

@@ -22,7 +22,7 @@ def _stage_of(key: str) -> str | None:
 def test_head_leaves_every_backbone_tensor_bit_identical(tiny_textures, tmp_path, cache):
     # Without the cache the backbone runs in every training step: its BatchNorm must stay in eval mode.
     finetune(tiny_textures, strategy="head", epochs=2, augment=True, views=2, cache=cache, batch_size=8,
-             out=tmp_path / "run", show_progress=False)
+             out=tmp_path / "run")
     trained, ref = load_run(tmp_path / "run").model.state_dict(), _pretrained_state()
     for key, value in trained.items():
         if key.startswith("classifier."):
@@ -34,7 +34,7 @@ def test_head_leaves_every_backbone_tensor_bit_identical(tiny_textures, tmp_path
 @pytest.mark.parametrize("strategy,freeze_until", [("partial", "stage4"), ("full", None)])
 def test_partial_and_full_change_exactly_the_unfrozen_stages(tiny_textures, tmp_path, strategy, freeze_until):
     finetune(tiny_textures, strategy=strategy, freeze_until=freeze_until, epochs=1, augment=True, batch_size=8,
-             out=tmp_path / "run", show_progress=False)
+             out=tmp_path / "run")
     trained, ref = load_run(tmp_path / "run").model.state_dict(), _pretrained_state()
     stages = get_spec(MODEL).stages
     frozen = set(stages[: stages.index(freeze_until) + 1]) if freeze_until else set()
@@ -65,7 +65,7 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_pretrained_weights_learn_slower
 
 
 def test_old_classifier_is_replaced_by_one_sized_to_the_classes(tiny_textures, tmp_path):
-    finetune(tiny_textures, strategy="head", epochs=1, augment=False, out=tmp_path / "run", show_progress=False)
+    finetune(tiny_textures, strategy="head", epochs=1, augment=False, out=tmp_path / "run")
     run = load_run(tmp_path / "run")
     assert run.model.classifier.out_features == 3 == run.config["num_classes"]
     assert run.config["layer"] is None and run.config["trainable_parameters"]["names"] == ["classifier.weight",

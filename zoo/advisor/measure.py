@@ -54,7 +54,7 @@ class _BatchNormInputStats:
 
     def __init__(self, model: nn.Module):
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        self.sums = [None] * len(self.layers)
+        self.sums: list[tuple[torch.Tensor, torch.Tensor, int] | None] = [None] * len(self.layers)
         self.handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.layers)]
 
     def _hook(self, i: int):
@@ -63,15 +63,16 @@ class _BatchNormInputStats:
             # float64 accumulators, without copying the whole activation to float64
             s = (x.sum((0, 2, 3), dtype=torch.float64), (x * x).sum((0, 2, 3), dtype=torch.float64),
                  x.shape[0] * x.shape[2] * x.shape[3])
-            self.sums[i] = s if self.sums[i] is None else tuple(a + b for a, b in zip(self.sums[i], s))
+            before = self.sums[i]
+            self.sums[i] = s if before is None else (before[0] + s[0], before[1] + s[1], before[2] + s[2])
         return hook
 
     def mean_kl(self) -> float | None:
         for h in self.handles:
             h.remove()
-        kls = []
-        for bn, s in zip(self.layers, self.sums):
-            if s is None:
+        kls: list[float] = []
+        for bn, s in zip(self.layers, self.sums, strict=True):
+            if s is None or bn.running_var is None or bn.running_mean is None:
                 continue
             mean = s[0] / s[2]
             var = (s[1] / s[2] - mean * mean).clamp_min(1e-8)
@@ -103,7 +104,7 @@ def separability(features: dict[str, list[np.ndarray]], labels: list[int], seed:
 
 @torch.no_grad()
 def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: PreprocessConfig, seed: int = 0,
-          show_progress: bool = True, batch_size: int = 16) -> Probe:
+          batch_size: int = 16) -> Probe:
     """One forward pass per sampled image collects all three measurements."""
     model.eval()
     bn_stats = _BatchNormInputStats(model)
@@ -122,7 +123,7 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
         by_shape[a.shape].append(i)
     batches = [idx[j:j + batch_size] for idx in by_shape.values() for j in range(0, len(idx), batch_size)]
     try:
-        for idx in progress_bar(batches, "measuring similarity", enabled=show_progress):
+        for idx in progress_bar(batches, "measuring similarity"):
             x = torch.from_numpy(np.stack([arrays[i] for i in idx]))
             for name, stage in model.stages.items():
                 x = stage(x)

@@ -1,15 +1,18 @@
-"""The quadrant rule of design.md §3, driven by measured size and similarity."""
+"""The quadrant rule, driven by measured size and similarity (docs/architecture.md explains the rule)."""
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from zoo.advisor.measure import Probe, probe, probe_sample
 from zoo.backbones import create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
+from zoo.log import get_logger
+from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
 from zoo.training.strategies import BACKBONE_LR_FACTOR, get_strategy
+
+log = get_logger(__name__)
 
 # Scales of the similarity components. They were set so that real ImageNet validation photos score
 # near 1 (BatchNorm KL 0.09, confidence 0.71 with efficientnet_lite0) and the components fall as data
@@ -18,8 +21,6 @@ BN_KL_SCALE = 0.5          # score = exp(-KL / scale)
 CONFIDENCE_REFERENCE = 0.7  # score = min(1, confidence / reference)
 WEIGHTS = {"batchnorm": 0.4, "confidence": 0.3, "depth": 0.3}
 SIMILARITY_THRESHOLD = 0.5
-DEFAULT_SIZE_THRESHOLD = 1000
-IMBALANCE_THRESHOLD = 3.0  # max/min class count above which balancing is recommended
 
 QUADRANTS = {
     ("large", "dissimilar"): ("Q1", "full"),
@@ -84,57 +85,69 @@ def best_earlier_layer(stage_accuracy: dict[str, float], stages: list[str]) -> s
     return next(s for s in candidates if stage_accuracy.get(s, 0.0) >= best - 0.005)
 
 
-def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_lite0",
-           size_threshold: int = DEFAULT_SIZE_THRESHOLD, per_class: int = 30, max_images: int = 300, seed: int = 0,
-           show_progress: bool = True) -> Advice:
-    data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(data_dir, seed=seed)
-    spec = get_spec(model)
-    counts = data.class_counts("train")
-    n = len(data.train)
-    smallest, largest = min(counts.values()), max(counts.values())
-    imbalance = largest / max(smallest, 1)
-    per_class = max(2, min(per_class, max_images // len(data.classes)))
-    net = create_model(model, num_classes=None, pretrained=True)
-    measured = probe(net, not spec.notes, probe_sample(data, per_class, seed), spec.preprocess_config(), seed,
-                     show_progress)
-    if measured.unreadable:
-        warnings.warn(f"{len(measured.unreadable)} unreadable image(s) skipped, e.g. {measured.unreadable[0]}")
-    score, components = similarity_score(measured)
-    size = "large" if n > size_threshold else "small"
-    similar = score >= SIMILARITY_THRESHOLD
-    quadrant, strategy = QUADRANTS[(size, "similar" if similar else "dissimilar")]
-    stages = list(spec.stages)
-    layer = best_earlier_layer(measured.stage_accuracy, stages) if strategy == "svm" else None
-    freeze_until = spec.default_freeze_until if strategy == "partial" else None
-    # The strategy's own defaults, which `--strategy auto` then uses: one recipe, measured by
-    # benchmarks/strategies.py. For svm the "rate" is scikit-learn's C, chosen by cross-validation.
-    lr_head = get_strategy(strategy).default_lr if strategy != "svm" else 0.0
-    lr_backbone = lr_head * BACKBONE_LR_FACTOR if strategy in ("full", "partial") else 0.0
-    augment = size == "small"
-    balance = "auto" if imbalance > IMBALANCE_THRESHOLD else "none"
-    reasons = {
+STRATEGY_REASONS = {
+    "full": "plenty of data unlike the source: train the whole network, pretrained layers at a smaller rate",
+    "partial": "plenty of similar data: keep the generic early stages frozen, adapt the later ones",
+    "svm": "few images unlike the source: late features are too source-specific and fine-tuning would "
+           "overfit, so a linear classifier on {layer} activations (best separability of the earlier stages)",
+    "head": "few images like the source: the pretrained features already fit, train only a new classifier",
+}
+
+
+def _reasons(n: int, size: str, size_threshold: int, score: float, similar: bool, strategy: str, layer: str | None,
+             lr_head: float, lr_backbone: float, imbalance: float, balance: str) -> dict[str, str]:
+    rates = ("none: scikit-learn fits the classifier, its regularisation C chosen by cross-validation"
+             if strategy == "svm" else f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
+             + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)"))
+    return {
         "size": f"{n} training images {'>' if size == 'large' else '<='} the threshold of {size_threshold}: {size}",
         "similarity": f"score {score:.2f} {'>=' if similar else '<'} {SIMILARITY_THRESHOLD} "
                       f"(BatchNorm statistics, source-classifier confidence, separability by depth): "
                       f"{'similar' if similar else 'dissimilar'} to the pretraining data",
-        "strategy": {
-            "full": "plenty of data unlike the source: train the whole network, pretrained layers at a smaller rate",
-            "partial": "plenty of similar data: keep the generic early stages frozen, adapt the later ones",
-            "svm": "few images unlike the source: late features are too source-specific and fine-tuning would "
-                   f"overfit, so a linear classifier on {layer} activations (best separability of the earlier stages)",
-            "head": "few images like the source: the pretrained features already fit, train only a new classifier",
-        }[strategy],
-        "learning_rates": ("none: scikit-learn fits the classifier, its regularisation C chosen by cross-validation"
-                           if strategy == "svm" else f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
-                           + (" (frozen)" if lr_backbone == 0
-                              else " (10x smaller, so pretrained weights move gently)")),
-        "augmentation": "on: small data needs more views" if augment else "off: enough real variation in the data",
-        "balance": (f"classes are skewed {imbalance:.1f}:1, so weight the loss / sampling" if balance == "auto"
-                    else f"classes are balanced enough ({imbalance:.1f}:1)"),
+        "strategy": STRATEGY_REASONS[strategy].format(layer=layer),
+        "learning_rates": rates,
+        "augmentation": "on: small data needs more views" if size == "small" else
+                        "off: enough real variation in the data",
+        "balance": (f"classes are skewed {imbalance:.1f}:1 (at least {IMBALANCE_THRESHOLD:g}:1), so weight the loss"
+                    if balance == "auto" else f"classes are balanced enough ({imbalance:.1f}:1)"),
     }
-    return Advice(model=model, images=n, classes=len(data.classes), smallest_class=smallest, largest_class=largest,
-                  imbalance_ratio=round(imbalance, 3), size=size, size_threshold=size_threshold,
-                  similarity=round(score, 4), similar=similar, components=components,
+
+
+def _measure(data: ImageFolderData, model: str, per_class: int, max_images: int, seed: int) -> Probe:
+    spec = get_spec(model)
+    per_class = max(2, min(per_class, max_images // len(data.classes)))
+    net = create_model(model, num_classes=None, pretrained=True)
+    measured = probe(net, not spec.notes, probe_sample(data, per_class, seed), spec.preprocess_config(), seed)
+    if measured.unreadable:
+        log.warning(f"{len(measured.unreadable)} unreadable image(s) skipped, e.g. {measured.unreadable[0]}")
+    return measured
+
+
+def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_lite0",
+           size_threshold: int = SIZE_THRESHOLD, per_class: int = 30, max_images: int = 300,
+           seed: int = 0) -> Advice:
+    data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(data_dir, seed=seed)
+    spec = get_spec(model)
+    counts = list(data.class_counts("train").values())
+    n = len(data.train)
+    imbalance = max(counts) / max(min(counts), 1)
+    measured = _measure(data, model, per_class, max_images, seed)
+    score, components = similarity_score(measured)
+    size = "small" if is_small(n, size_threshold) else "large"
+    similar = score >= SIMILARITY_THRESHOLD
+    quadrant, strategy = QUADRANTS[(size, "similar" if similar else "dissimilar")]
+    layer = best_earlier_layer(measured.stage_accuracy, list(spec.stages)) if strategy == "svm" else None
+    # The strategy's own defaults, which `--strategy auto` then uses: one recipe, measured by
+    # benchmarks/strategies.py. For svm the "rate" is scikit-learn's C, chosen by cross-validation.
+    lr_head = get_strategy(strategy).default_lr if strategy != "svm" else 0.0
+    lr_backbone = lr_head * BACKBONE_LR_FACTOR if strategy in ("full", "partial") else 0.0
+    balance = "auto" if is_skewed(counts) else "none"
+    reasons = _reasons(n, size, size_threshold, score, similar, strategy, layer, lr_head, lr_backbone, imbalance,
+                       balance)
+    return Advice(model=model, images=n, classes=len(data.classes), smallest_class=min(counts),
+                  largest_class=max(counts), imbalance_ratio=round(imbalance, 3), size=size,
+                  size_threshold=size_threshold, similarity=round(score, 4), similar=similar, components=components,
                   stage_accuracy={k: round(v, 4) for k, v in measured.stage_accuracy.items()}, quadrant=quadrant,
-                  strategy=strategy, freeze_until=freeze_until, layer=layer, lr_backbone=lr_backbone, lr_head=lr_head,
-                  augment=augment, balance=balance, reasons=reasons, unreadable=measured.unreadable)
+                  strategy=strategy, freeze_until=spec.default_freeze_until if strategy == "partial" else None,
+                  layer=layer, lr_backbone=lr_backbone, lr_head=lr_head, augment=size == "small", balance=balance,
+                  reasons=reasons, unreadable=measured.unreadable)

@@ -14,7 +14,8 @@ def advice_lines(a: Advice) -> list[str]:
     if c.get("batchnorm_kl") is not None:
         lines.append(f"  BatchNorm statistics: mean KL {c['batchnorm_kl']:.3f} -> score {c['batchnorm_score']:.2f}")
     if c.get("source_confidence") is not None:
-        lines.append(f"  source classifier confidence: {c['source_confidence']:.3f} -> score {c['confidence_score']:.2f}")
+        lines.append(f"  source classifier confidence: {c['source_confidence']:.3f} "
+                     f"-> score {c['confidence_score']:.2f}")
     if a.stage_accuracy:
         accs = ", ".join(f"{k} {v:.2f}" for k, v in a.stage_accuracy.items())
         lines.append(f"  linear separability by stage (3-fold CV accuracy): {accs}")

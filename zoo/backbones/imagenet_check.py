@@ -35,7 +35,8 @@ def check_pretrained(name: str, folder: Path | None = None) -> dict:
     """Top-1 of the pretrained ImageNet classifier on labelled photos (imagenet_<i>_<label>.jpg)."""
     folder = folder or packaged_imagenet_photos()
     if folder is None:
-        raise ZooError("No labelled ImageNet photos found: run `pip install foolbox` (its wheel ships 20) or pass --images DIR.")
+        raise ZooError("No labelled ImageNet photos found: run `pip install foolbox` (its wheel ships 20) "
+                       "or pass --images DIR.")
     photos = labelled_photos(folder)
     if not photos:
         raise ZooError(f"{folder} holds no files named imagenet_<i>_<label>.jpg: point --images at such a folder.")

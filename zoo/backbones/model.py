@@ -14,7 +14,7 @@ from torch import nn
 class ZooModel(nn.Module):
     def __init__(
         self,
-        stages: "OrderedDict[str, nn.Module]",
+        stages: OrderedDict[str, nn.Module],
         feature_dim: int,
         num_classes: int,
         pre_logits: nn.Module | None = None,
@@ -79,7 +79,7 @@ class ZooModel(nn.Module):
             if not name.startswith("classifier."):
                 yield p
 
-    def truncated(self, stage: str, num_classes: int | None = None) -> "ZooModel":
+    def truncated(self, stage: str, num_classes: int | None = None) -> ZooModel:
         """A model that ends at `stage`: its pooled activations feed a new linear classifier.
 
         The `svm` strategy uses it; modules are shared with this model, not copied.
@@ -92,11 +92,11 @@ class ZooModel(nn.Module):
         return ZooModel(kept, channels, num_classes or self.num_classes, drop_rate=0.0, name=self.name)
 
     @torch.no_grad()
-    def stage_channels(self, size: int = 64) -> "OrderedDict[str, int]":
+    def stage_channels(self, size: int = 64) -> OrderedDict[str, int]:
         """Channels of every stage's output, found by one small forward pass."""
         was_training = self.training
         self.eval()
-        out: "OrderedDict[str, int]" = OrderedDict()
+        out: OrderedDict[str, int] = OrderedDict()
         x = torch.zeros(1, 3, size, size)
         for name, stage in self.stages.items():
             x = stage(x)

@@ -6,9 +6,10 @@ names), so nothing downstream has to guess.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from zoo.errors import ZooError
 
@@ -46,7 +47,7 @@ class WeightsSource:
 class BackboneSpec:
     name: str
     family: str
-    build: Callable[..., "ZooModel"]  # build(num_classes: int | None, pretrained: bool) -> ZooModel
+    build: Callable[..., ZooModel]  # build(num_classes: int | None, pretrained: bool) -> ZooModel
     pretrained_cfg: PretrainedCfg
     weights: WeightsSource
     feature_dim: int
@@ -56,7 +57,7 @@ class BackboneSpec:
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
-    def preprocess_config(self) -> "PreprocessConfig":
+    def preprocess_config(self) -> PreprocessConfig:
         """The inference preprocessing contract for this backbone's pretrained weights."""
         from zoo.preprocess import PreprocessConfig
 
@@ -117,7 +118,7 @@ def list_specs() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
 
 
-def create_model(name: str, num_classes: int | None = None, pretrained: bool = True) -> "ZooModel":
+def create_model(name: str, num_classes: int | None = None, pretrained: bool = True) -> ZooModel:
     """Build a backbone; num_classes=None keeps the source (ImageNet) classifier, with its weights."""
     spec = get_spec(name)
     return spec.build(num_classes=num_classes, pretrained=pretrained)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -58,7 +58,7 @@ def _seq(*modules: nn.Module) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def _feature_groups(features: nn.Sequential, groups: dict[str, tuple[int, int]]) -> "OrderedDict[str, nn.Module]":
+def _feature_groups(features: nn.Sequential, groups: dict[str, tuple[int, int]]) -> OrderedDict[str, nn.Module]:
     """Slices of a torchvision `features` Sequential as named stages (half-open index ranges)."""
     return OrderedDict((name, _seq(*[features[i] for i in range(a, b)])) for name, (a, b) in groups.items())
 
@@ -168,8 +168,10 @@ _register_tv("resnet18", "resnet", _resnet_stages, _RESNET, 512, 11689512, "laye
 _register_tv("resnet34", "resnet", _resnet_stages, _RESNET, 512, 21797672, "layer2")
 _register_tv("resnet50", "resnet", _resnet_stages, _RESNET, 2048, 25557032, "layer2")
 _register_tv("mobilenet_v2", "mobilenet", _mobilenet_v2_stages, _MNV2, 1280, 3504872, "stage4")
-_register_tv("mobilenet_v3_small", "mobilenet", _mobilenet_v3_stages(_MNV3_SMALL), tuple(_MNV3_SMALL), 1024, 2542856, "stage3")
-_register_tv("mobilenet_v3_large", "mobilenet", _mobilenet_v3_stages(_MNV3_LARGE), tuple(_MNV3_LARGE), 1280, 5483032, "stage4")
+_register_tv("mobilenet_v3_small", "mobilenet", _mobilenet_v3_stages(_MNV3_SMALL), tuple(_MNV3_SMALL), 1024,
+             2542856, "stage3")
+_register_tv("mobilenet_v3_large", "mobilenet", _mobilenet_v3_stages(_MNV3_LARGE), tuple(_MNV3_LARGE), 1280,
+             5483032, "stage4")
 _register_tv("efficientnet_b0", "efficientnet", _efficientnet_b0_stages, _EFFNET, 1280, 5288548, "stage4")
 _register_tv("convnext_tiny", "convnext", _convnext_stages, _CONVNEXT, 768, 28589128, "stage2")
 _register_tv("vgg16", "vgg", _vgg_stages, _VGG, 512, 15227688, "block3", source_head_pretrained=False)

@@ -25,7 +25,7 @@ class ImageFolderData:
     presplit: bool  # True when the user gave train/ and val/ folders
 
     def class_counts(self, split: str = "train") -> dict[str, int]:
-        counts = {c: 0 for c in self.classes}
+        counts = dict.fromkeys(self.classes, 0)
         for s in getattr(self, split):
             counts[self.classes[s.label]] += 1
         return counts
@@ -48,7 +48,8 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
 
 def _check_classes(root: Path, classes: list[str]) -> None:
     if not classes:
-        raise ZooError(f"{root} has no class folders: put each class's images in its own sub-folder (DIR/<class>/*.jpg).")
+        raise ZooError(f"{root} has no class folders: put each class's images in its own sub-folder "
+                       "(DIR/<class>/*.jpg).")
     if len(classes) < 2:
         raise ZooError(f"{root} has only one class ({classes[0]}): a classifier needs at least two class folders.")
 
@@ -77,7 +78,7 @@ def load_image_folder(root: Path | str, val_fraction: float = 0.2, seed: int = 0
         train_files = class_folders(root / "train")
         classes = sorted(train_files)
         _check_classes(root / "train", classes)
-        val_files = {name: files for name, files in class_folders(root / "val").items()}
+        val_files = class_folders(root / "val")
         unknown = sorted(set(val_files) - set(classes))
         if unknown:
             raise ZooError(f"{root / 'val' / unknown[0]} has no matching folder in {root / 'train'}: "

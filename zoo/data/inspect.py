@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -10,7 +11,7 @@ from zoo.preprocess import ImageError, open_image, to_rgb
 from zoo.progress import progress_bar
 
 
-def inspect_folder(root: Path | str, show_progress: bool = True) -> dict:
+def inspect_folder(root: Path | str) -> dict:
     """Counts per split and class, image size range, imbalance ratio and unreadable files (not fatal)."""
     data = load_image_folder(root)
     report: dict = {"root": str(data.root), "classes": data.classes, "presplit": data.presplit, "splits": {}}
@@ -18,14 +19,14 @@ def inspect_folder(root: Path | str, show_progress: bool = True) -> dict:
     for split in ("train", "val"):
         report["splits"][split] = data.class_counts(split)
     samples = data.train + data.val
-    for sample in progress_bar(samples, "reading images", enabled=show_progress):
+    for sample in progress_bar(samples, "reading images"):
         try:
             img = to_rgb(open_image(sample.path))
             widths.append(img.width)
             heights.append(img.height)
         except (ImageError, OSError, Image.DecompressionBombError) as e:
             unreadable.append({"path": str(sample.path), "reason": str(e)})
-    train_counts = [n for n in report["splits"]["train"].values()]
+    train_counts = list(report["splits"]["train"].values())
     report["images"] = len(samples)
     report["readable"] = len(samples) - len(unreadable)
     report["width_range"] = [min(widths), max(widths)] if widths else None
@@ -33,3 +34,26 @@ def inspect_folder(root: Path | str, show_progress: bool = True) -> dict:
     report["imbalance_ratio"] = (max(train_counts) / min(train_counts)) if train_counts and min(train_counts) else None
     report["unreadable"] = unreadable
     return report
+
+
+def report_table(report: dict[str, Any]) -> Any:
+    """Images per class and split, as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=report["root"])
+    table.add_column("class")
+    table.add_column("train", justify="right")
+    table.add_column("val", justify="right")
+    for c in report["classes"]:
+        table.add_row(c, str(report["splits"]["train"][c]), str(report["splits"]["val"][c]))
+    return table
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """Sizes, imbalance and every unreadable file, as rich markup lines."""
+    lines = [f"images: {report['images']} ({report['readable']} readable); "
+             f"width {report['width_range']}, height {report['height_range']}; "
+             f"imbalance ratio {report['imbalance_ratio'] or 'n/a'}"
+             + ("" if report["presplit"] else " (no train/val folders: zoo splits 80/20 with the seed)")]
+    lines += [f"[yellow]unreadable:[/yellow] {bad['path']}: {bad['reason']}" for bad in report["unreadable"]]
+    return lines

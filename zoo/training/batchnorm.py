@@ -61,7 +61,7 @@ def recalibrate(plan: Plan, views: ImageViews, batch_size: int, workers: int) ->
             m.momentum = len(x) / (seen + len(x))
         plan.model(x.to(device))
         seen += len(x)
-    for m, momentum in zip(layers, momenta):
+    for m, momentum in zip(layers, momenta, strict=True):
         m.momentum = momentum
     plan.model.eval()
     return len(layers)

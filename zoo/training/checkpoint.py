@@ -6,28 +6,21 @@ unpickling code. It is written atomically: a kill leaves the previous epoch's fi
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from zoo.atomic import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    path = Path(run_dir) / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=run_dir)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write(Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(run_dir: Path) -> dict | None:
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None

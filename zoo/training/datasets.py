@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -45,12 +45,12 @@ def _check(sample: Sample, cfg: PreprocessConfig) -> ImageRecord | dict:
 
 
 def scan_images(samples: Sequence[Sample], cfg: PreprocessConfig, description: str = "checking images",
-                show_progress: bool = True) -> tuple[list[ImageRecord], list[dict]]:
+                ) -> tuple[list[ImageRecord], list[dict]]:
     """Decode every image once: the readable ones as records, the others as {path, reason}."""
     threads = min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
     with ThreadPoolExecutor(threads) as pool:
         results = list(progress_bar(pool.map(lambda s: _check(s, cfg), samples), description,
-                                    total=len(samples), enabled=show_progress))
+                                    total=len(samples)))
     return [r for r in results if isinstance(r, ImageRecord)], [r for r in results if isinstance(r, dict)]
 
 
@@ -66,7 +66,10 @@ class ImageViews(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rec = self.records[i]
         img = load_rgb(rec.path, self.cfg)
-        arr = normalize(resize(img, self.cfg), self.cfg) if self.seeds is None else augment(img, self.cfg, self.seeds[i])
+        if self.seeds is None:
+            arr = normalize(resize(img, self.cfg), self.cfg)
+        else:
+            arr = augment(img, self.cfg, self.seeds[i])
         return torch.from_numpy(arr), rec.label
 
     def shapes(self) -> list[tuple[int, int]]:

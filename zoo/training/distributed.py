@@ -22,14 +22,16 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.log import quiet
 
 T = TypeVar("T")
 LAUNCHER_ENV = "ZOO_TORCHRUN_LAUNCHER"  # set by `zoo finetune --nproc`: the launcher explains failures
@@ -99,7 +101,9 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
             dist.init_process_group(backend)
         _world = World(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), device)
         try:
-            result = fn(*args, **kwargs)
+            # One run, told once: rank 0 logs and shows progress; the others only say what fails.
+            with quiet(logging.NOTSET if _world.is_main else logging.ERROR):
+                result = fn(*args, **kwargs)
         except RuntimeError as e:
             if _lost_contact(e):
                 raise PeerLost(f"process {_world.rank} of {_world.size} lost contact with the others (one of them "
@@ -137,9 +141,7 @@ def from_main(make: Callable[[], T]) -> T:
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]
     if kind == "error":
-        error = ZooError(value)
-        error.already_reported = not _world.is_main
-        raise error
+        raise ZooError(value, already_reported=not _world.is_main)
     return value
 
 
@@ -155,9 +157,7 @@ def all_gather(value: T) -> list[T]:
 def check_same(value, message: str) -> None:
     """A ZooError on every rank unless every rank holds the same value."""
     if len(set(all_gather(value))) > 1:
-        error = ZooError(message)
-        error.already_reported = not _world.is_main
-        raise error
+        raise ZooError(message, already_reported=not _world.is_main)
 
 
 def barrier() -> None:
@@ -189,7 +189,7 @@ class Share:
     images: int  # real images in the share (0 for a stand-in)
 
 
-def shares(batches: Sequence[Sequence[int]], labels: Sequence[int], class_weights: torch.Tensor | None,
+def shares(batches: Sequence[Sequence[int]], labels: Sequence[int], class_weights: Sequence[float] | None,
            rank: int, size: int) -> list[Share]:
     """Contiguous shares of each global batch, and each share's part of the batch's (weighted) mean loss."""
     def weight(idx) -> float:
@@ -237,7 +237,8 @@ class DataParallel:
         # Trainable BatchNorm layers see this rank's share; rank 0's running statistics are broadcast.
         self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    def shares(self, batches, labels, class_weights) -> list[Share]:
+    def shares(self, batches: Sequence[Sequence[int]], labels: Sequence[int],
+               class_weights: Sequence[float] | None) -> list[Share]:
         return shares(batches, labels, class_weights, _world.rank, _world.size)
 
     def begin(self, share: Share) -> None:

@@ -11,21 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from zoo.atomic import atomic_write
 from zoo.backbones import ZooModel
+from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
+from zoo.progress import progress_bar
 from zoo.training import distributed
 from zoo.training.augment import AUGMENT_VERSION, item_seed
 from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
-from zoo.progress import progress_bar
+from zoo.training.strategies import Plan
+
+log = get_logger(__name__)
 
 FEATURE_VERSION = 1  # bump when the way features are computed changes
 
@@ -81,22 +87,15 @@ class FeatureCache:
             return None  # absent or damaged: recompute
         return features if features.shape[0] == rows else None
 
-    def save(self, key: str, features: torch.Tensor, meta: dict) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"features": features.contiguous()}, tmp, metadata={k: str(v) for k, v in meta.items()})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
+        metadata = {k: str(v) for k, v in meta.items()}
+        atomic_write(self.path(key), lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
+                                                           metadata=metadata))
 
 
 @torch.no_grad()
 def extract_features(model: ZooModel, dataset: ImageViews, layer: str | None, batch_size: int, workers: int,
-                     description: str, show_progress: bool = True) -> torch.Tensor:
+                     description: str) -> torch.Tensor:
     """Pooled activations (the bottleneck when layer is None) of every item, in dataset order."""
     was_training = model.training
     model.eval()
@@ -104,8 +103,8 @@ def extract_features(model: ZooModel, dataset: ImageViews, layer: str | None, ba
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks: list[tuple[list[int], torch.Tensor]] = []
     device = next(model.parameters()).device
-    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches), enabled=show_progress)
-    for (x, _), idx in zip(bar, batches):  # the bar first, so it sees its last item finish
+    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches))
+    for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
         x = x.to(device)
         f = model.forward_features(x) if layer is None else model.forward_pooled(x, layer)
         chunks.append((idx, f.float().cpu()))
@@ -119,8 +118,7 @@ def extract_features(model: ZooModel, dataset: ImageViews, layer: str | None, ba
 
 def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *, model_name: str,
                     weights: str, layer: str | None, view: int | None, seed: int, cache: FeatureCache | None,
-                    batch_size: int, workers: int, description: str, show_progress: bool = True
-                    ) -> tuple[torch.Tensor, bool]:
+                    batch_size: int, workers: int, description: str) -> tuple[torch.Tensor, bool]:
     """(features, True when read from the cache) for one view of `records`."""
     name = view_name(view, seed)
     key = cache.key(dataset=dataset_fingerprint(records), model=model_name, weights=weights, layer=layer,
@@ -130,8 +128,32 @@ def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: Prepro
         if hit is not None:
             return hit, True
     seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
-    features = extract_features(model, ImageViews(records, cfg, seeds), layer, batch_size, workers, description,
-                                show_progress)
+    features = extract_features(model, ImageViews(records, cfg, seeds), layer, batch_size, workers, description)
     if cache is not None and distributed.world().is_main:
         cache.save(key, features, {"model": model_name, "layer": layer, "view": name, "images": len(records)})
     return features, False
+
+
+def bottleneck_views(plan: Plan, model_name: str, train: Sequence[ImageRecord], val: Sequence[ImageRecord],
+                     cfg: PreprocessConfig, *, views: int | None, seed: int, cache_dir: Path | None, use_cache: bool,
+                     batch_size: int, workers: int) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, Any]]:
+    """Features of every training view (`views` augmented ones, or the inference view when None) and of
+    the validation images, from the cache when possible; and a report of what came from where."""
+    tick = time.time()
+    cache = FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    common: dict[str, Any] = dict(model_name=model_name, weights=weights_fingerprint(plan.model), layer=plan.layer,
+                                  seed=seed, cache=cache, batch_size=batch_size, workers=workers)
+    train_views: list[int | None] = list(range(views)) if views else [None]
+    train_feats, hits = [], 0
+    for v in train_views:
+        what = "train features" if v is None else f"train features, view {v + 1}/{views}"
+        feats, hit = cached_features(plan.model, train, cfg, view=v, description=what, **common)
+        train_feats.append(feats)
+        hits += hit
+    val_feats, hit = cached_features(plan.model, val, cfg, view=None, description="val features", **common)
+    hits += hit
+    report = {"dir": str(cache.root) if cache else None, "entries": len(train_views) + 1, "from_cache": hits,
+              "computed": len(train_views) + 1 - hits, "seconds": time.time() - tick}
+    log.info(f"bottleneck features: {report['from_cache']} of {report['entries']} sets from the cache, "
+             f"{report['computed']} computed ({report['seconds']:.1f} s)")
+    return train_feats, val_feats, report

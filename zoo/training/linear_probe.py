@@ -43,7 +43,7 @@ def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weig
     x = torch.cat(views).double().numpy()
     y = np.tile(labels.numpy(), len(views))
     groups = np.tile(np.arange(len(labels)), len(views))  # an image's views stay together
-    weights = None if class_weights is None else {i: w for i, w in enumerate(class_weights)}
+    weights = None if class_weights is None else dict(enumerate(class_weights))
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight=weights))
     folds = int(min(5, np.bincount(labels.numpy()).min()))
     with warnings.catch_warnings():
@@ -53,7 +53,7 @@ def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weig
                                   cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
             search.fit(x, y, groups=groups)
             best = search.best_estimator_
-            cv = {float(c): float(s) for c, s in zip(c_grid, search.cv_results_["mean_test_score"])}
+            cv = {float(c): float(s) for c, s in zip(c_grid, search.cv_results_["mean_test_score"], strict=True)}
         else:  # a class with one image: nothing to cross-validate, keep a middle value
             best = pipe.set_params(logisticregression__C=0.1).fit(x, y)
             cv = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
@@ -9,7 +10,7 @@ from zoo.backbones import ZooModel
 from zoo.progress import progress_bar
 from zoo.training import distributed
 from zoo.training.datasets import ImageViews, loader, shape_batches
-from zoo.training.distributed import DataParallel
+from zoo.training.distributed import DataParallel, Share
 from zoo.training.strategies import Plan, train_mode
 
 
@@ -19,7 +20,7 @@ def cosine(fraction: float) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], fraction: float) -> None:
-    for group, base in zip(optimizer.param_groups, base_lrs):
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = base * cosine(fraction)
 
 
@@ -31,24 +32,26 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]], optimizer: torch.optim.Optimizer,
                        loss_fn: nn.Module, base_lrs: list[float], epoch: int, epochs: int, workers: int,
-                       show_progress: bool = True, parallel: DataParallel | None = None) -> tuple[float, float]:
+                       parallel: DataParallel | None = None) -> tuple[float, float]:
     """Mean loss and accuracy over the epoch's batches; the backbone runs on every batch.
 
     With `parallel` (several processes), `batches` are the global batches: this rank runs its share
     of each through DDP, and the figures are summed over the ranks.
     """
     train_mode(plan)
-    total_loss, correct, seen = 0.0, 0, 0
-    net, device, shares = plan.model, _device(plan.model), None
+    total_loss, correct, seen = 0.0, 0.0, 0.0
+    device = _device(plan.model)
+    net: nn.Module = plan.model
+    shares: list[Share] | None = None
     if parallel is not None:
-        weights = loss_fn.weight.tolist() if loss_fn.weight is not None else None
-        net, shares = parallel.ddp, parallel.shares(batches, [r.label for r in dataset.records], weights)
+        weight: torch.Tensor | None = getattr(loss_fn, "weight", None)
+        class_weights = weight.tolist() if weight is not None else None
+        net, shares = parallel.ddp, parallel.shares(batches, [r.label for r in dataset.records], class_weights)
     data = loader(dataset, batches if shares is None else [s.indices for s in shares], workers)
-    for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches),
-                                            enabled=show_progress)):
+    for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches))):
         set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
         x, y = x.to(device), y.to(device)
-        if shares is None:
+        if shares is None or parallel is None:
             logits = net(x)
             loss = loss_fn(logits, y)
             _step(optimizer, loss)
@@ -89,8 +92,8 @@ def train_features_epoch(plan: Plan, features: torch.Tensor, labels: torch.Tenso
 
 
 @torch.no_grad()
-def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, workers: int, description: str,
-                   show_progress: bool = True) -> torch.Tensor:
+def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, workers: int,
+                   description: str) -> torch.Tensor:
     """Logits in dataset order; equal-shape batches, eval mode, so each prediction is the one serving makes.
 
     Several processes share the batches out and gather the logits, so every rank gets all of them.
@@ -98,8 +101,8 @@ def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, worker
     model.eval()
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks, device = [], _device(model)
-    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches), enabled=show_progress)
-    for (x, _), idx in zip(bar, batches):  # the bar first, so it sees its last item finish
+    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches))
+    for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
         chunks.append((idx, model(x.to(device)).cpu()))
     out = torch.empty(len(dataset), model.num_classes)
     for idx, logits in distributed.gather_chunks(chunks):

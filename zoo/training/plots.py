@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zoo.run_dir import atomic_write_bytes  # noqa: E402
+from zoo.atomic import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -20,9 +20,9 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     """Colour is the row-normalised rate (recall on the diagonal); numbers are counts."""
-    cm = np.asarray(cm)
+    cm = np.asarray(matrix)
     n = len(classes)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     side = min(3 + 0.55 * n, 24)

@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from zoo.run_dir import atomic_write_bytes
+from zoo.atomic import atomic_write_bytes
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr",
                    "backbone_lr", "seconds"]
@@ -31,9 +31,11 @@ def model_card(config: dict, metrics: dict, labels: list[str]) -> str:
     lines = [
         f"# {config['model']} fine-tuned on {Path(data['dir']).name}",
         "",
-        f"An image classifier for {len(labels)} classes ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''}), "
+        f"An image classifier for {len(labels)} classes "
+        f"({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''}), "
         f"trained by `zoo finetune` with the `{config['strategy']}` strategy "
-        f"({'ImageNet-pretrained' if config['pretrained'] else 'randomly initialised'} backbone, frozen up to: {frozen}).",
+        f"({'ImageNet-pretrained' if config['pretrained'] else 'randomly initialised'} backbone, "
+        f"frozen up to: {frozen}).",
         "",
         "## Results on the validation set",
         "",
@@ -61,7 +63,8 @@ def model_card(config: dict, metrics: dict, labels: list[str]) -> str:
         "## Using it",
         "",
         "Preprocessing is in config.json (`preprocess`): RGB, shorter side resized to "
-        f"{config['preprocess']['input_size']} keeping the aspect ratio, no crop, then (x * {config['preprocess']['value_scale']:.6g} - mean) / std. "
+        f"{config['preprocess']['input_size']} keeping the aspect ratio, no crop, "
+        f"then (x * {config['preprocess']['value_scale']:.6g} - mean) / std. "
         "`zoo.run_dir.load_run(RUN_DIR)` loads the model; `zoo export` turns it into ONNX and TorchServe archives.",
         "",
         "## Limits",

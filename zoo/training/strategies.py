@@ -1,19 +1,26 @@
 """Transfer-learning strategies: which parts of the backbone stay frozen, and how fast the rest learns.
 
-Every strategy keeps the design's rules: the old classifier is replaced by one sized to the user's
-classes (done by `create_model(num_classes=...)`), pretrained weights learn with a smaller rate than
-the new classifier, and frozen layers stay frozen including their BatchNorm statistics.
-Strategies are registered by name, so new ones (`svm`, `auto`) are one `register_strategy` call.
+Every strategy keeps the transfer-learning rules: the old classifier is replaced by one sized to
+the user's classes (done by `create_model(num_classes=...)`), pretrained weights learn with a
+smaller rate than the new classifier, and frozen layers stay frozen including their BatchNorm
+statistics. Strategies are registered by name, so a new one is one `register_strategy` call.
+The module does not import torch when it loads: the CLI lists the registered names at start-up.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from zoo.backbones import BackboneSpec, ZooModel
 from zoo.errors import ZooError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.backbones import BackboneSpec, ZooModel
+
+# What `--strategy` takes besides the registered strategies: let the advisor choose.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ BACKBONE_LR_FACTOR = 0.1  # pretrained weights learn ten times slower than the n
 class Strategy:
     name: str
     summary: str
-    plan: Callable[[ZooModel, BackboneSpec, "str | None"], Plan]
+    plan: Callable[[ZooModel, BackboneSpec, str | None], Plan]
     default_epochs: int
     default_lr: float  # for the new classifier; pretrained weights get a tenth of it
     takes_freeze_until: bool = False
@@ -123,9 +130,10 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def param_groups(model: ZooModel, lr: float, backbone_lr: float) -> list[dict]:
+def param_groups(model: ZooModel, lr: float, backbone_lr: float) -> list[dict[str, Any]]:
     """The new classifier learns at `lr`; trainable pretrained weights at the smaller `backbone_lr`."""
-    new, pretrained = [], []
+    new: list[nn.Parameter] = []
+    pretrained: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (new if name.startswith("classifier.") else pretrained).append(p)
@@ -135,10 +143,10 @@ def param_groups(model: ZooModel, lr: float, backbone_lr: float) -> list[dict]:
     return groups
 
 
-def frozen_state(plan: Plan) -> dict:
+def frozen_state(plan: Plan) -> dict[str, Any]:
     return {k: v for k, v in plan.model.state_dict().items() if _under(k, plan.frozen)}
 
 
-def trainable_state(plan: Plan) -> dict:
+def trainable_state(plan: Plan) -> dict[str, Any]:
     """Everything a checkpoint must hold: the state that training can change."""
     return {k: v for k, v in plan.model.state_dict().items() if not _under(k, plan.frozen)}

@@ -10,7 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from zoo.errors import ZooError
-from zoo.serve import KEY_FILE, _load_state, read_key, state_dir_for
+from zoo.serve.config import state_dir_for
+from zoo.serve.keys import KEY_FILE, read_key
+from zoo.serve.state import load_state
 
 TOKEN_REFUSED = ("InvalidKeyException", "Token Authorization failed")
 
@@ -51,14 +53,21 @@ class ServeClient:
         """Ask the server for a new inference key (written into its key file); False if we cannot."""
         if not (self.key_file and self.key_file.is_file()):
             return False
-        info = _load_state(self.state_dir)
-        management = info.management_url if info else f"{urlsplit(self.base).scheme}://{urlsplit(self.base).hostname}:{(urlsplit(self.base).port or 80) + 1}"
+        management = self._management_url()
         try:
             r = self.session.get(f"{management}/token", params={"type": "inference"},
                                  headers={"Authorization": f"Bearer {read_key(self.key_file, 'API')}"}, timeout=10)
         except OSError:
             return False
         return r.status_code == 200
+
+    def _management_url(self) -> str:
+        """From the server's record when zoo started it here; else the port after the inference port."""
+        info = load_state(self.state_dir)
+        if info:
+            return info.management_url
+        parts = urlsplit(self.base)
+        return f"{parts.scheme}://{parts.hostname}:{(parts.port or 80) + 1}"
 
     def post(self, image: bytes, topk: int | None = None):
         """The server's answer for one image: (status code, parsed JSON body or text)."""
@@ -77,7 +86,8 @@ class ServeClient:
             except requests.ConnectionError:
                 raise ZooError(f"No server answers at {self.base}: start one with `zoo serve start`.") from None
             except requests.Timeout:
-                raise ZooError(f"{self.base} did not answer within {self.timeout_s:.0f} s: check `zoo serve status`.") from None
+                raise ZooError(f"{self.base} did not answer within {self.timeout_s:.0f} s: "
+                               "check `zoo serve status`.") from None
             if attempt == 0 and any(t in r.text for t in TOKEN_REFUSED) and not self.token and self._refresh_token():
                 continue
             break
@@ -113,7 +123,7 @@ class ServeClient:
 def predict_remote(server: str, paths: list[Path], top_k: int = 3, token: str | None = None) -> list[dict]:
     """Per-image {path, top_k, error} from a served classifier, like zoo.predict.predict_local."""
     client = ServeClient(server, token=token)
-    rows = []
+    rows: list[dict] = []
     for path in paths:
         try:
             data = Path(path).read_bytes()

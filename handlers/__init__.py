@@ -1,1 +1,0 @@
-"""TorchServe custom handlers; self-contained: they import nothing from zoo."""

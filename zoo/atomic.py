@@ -1,0 +1,65 @@
+"""Atomic file writes: the one way zoo replaces a file a user may be reading or may lose.
+
+Everything is written to a temporary name in the target's folder and renamed over the target only
+once complete, so a crash, a kill or a full disk leaves either the old file or the new one, never
+half of one. Used for run directories, checkpoints, the feature cache and exports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _default_mode() -> int:
+    """0666 minus the umask: the mode open() would have given the file (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `path`; whatever the block writes there replaces `path` when it ends.
+
+    `suffix` is for writers that insist on a file extension (torch.export.save wants .pt2).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:  # on disk before the rename, so a power cut cannot leave an empty file
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path | str, write: Callable[[Path], Any], suffix: str = ".tmp") -> None:
+    """write(tmp_path) then rename: for writers that take a file name (safetensors, torch.save)."""
+    with atomic_path(path, suffix) as tmp:
+        write(tmp)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def remove_leftovers(folder: Path | str) -> None:
+    """Temporary files of a process that was killed mid-write."""
+    for leftover in Path(folder).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)

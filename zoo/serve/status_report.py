@@ -1,0 +1,51 @@
+"""`zoo serve status`: a running server's record plus each model's workers, and the lines people read."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zoo.serve.keys import read_key, request
+from zoo.serve.state import running_server
+
+
+def status(state_dir: Path) -> dict | None:
+    """None when no server runs from state_dir; else server.json plus each model's worker states."""
+    info = running_server(Path(state_dir))
+    if info is None:
+        return None
+    key = read_key(info.key_file, "management") if info.key_file and Path(info.key_file).is_file() else None
+    models: dict[str, dict] = {}
+    for name in info.models:
+        code, body = request(f"{info.management_url}/models/{name}", key=key)
+        if code != 200:
+            models[name] = {"status": f"no answer (HTTP {code})" if code else "no answer"}
+            continue
+        described = json.loads(body)[0]
+        workers = described.get("workers", [])
+        models[name] = {"version": described.get("modelVersion"), "batch_size": described.get("batchSize"),
+                        "max_batch_delay_ms": described.get("maxBatchDelay"),
+                        "workers": [w.get("status") for w in workers]}
+    return {**info.to_json(), "model_status": models}
+
+
+def describe(info: dict) -> str:
+    """Human lines for `zoo serve start|status`."""
+    lines = [f"TorchServe (pid {info['pid']}) serves from {info['model_store']}:"]
+    statuses = info.get("model_status", {})
+    for name in info["models"]:
+        state = statuses.get(name)
+        if state and "workers" in state:
+            workers = ", ".join(state.get("workers", []))
+        else:
+            workers = (state or {}).get("status", "")
+        lines.append(f"  {info['inference_url']}/predictions/{name}" + (f"  workers: {workers}" if workers else ""))
+    lines.append(f"management {info['management_url']}, metrics {info['metrics_url']}; "
+                 f"{info['workers']} worker(s) per model, batch size {info['batch_size']}, "
+                 f"max batch delay {info['max_batch_delay_ms']} ms")
+    if info.get("key_file"):
+        lines.append(f"token authorization on: keys in {info['key_file']} "
+                     f"(send 'Authorization: Bearer <inference key>'; `zoo predict --server` reads it)")
+    else:
+        lines.append("token authorization OFF: anyone who reaches these addresses can use the APIs")
+    lines.append(f"logs in {info['log_dir']}")
+    return "\n".join(lines)

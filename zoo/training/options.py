@@ -1,0 +1,180 @@
+"""`zoo finetune`'s options: what the user asked for, checked and resolved once.
+
+FinetuneOptions holds the flags as given (None means "the default"). `resolve` checks them,
+decides what happens to the run directory, and asks the advisor wherever the user left the choice
+to it (`--strategy auto`, or `svm` without `--layer`). Every check a user can fail runs here,
+before the run directory is touched; the Resolved result is what every later phase reads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from zoo.backbones import BackboneSpec, get_spec
+from zoo.errors import ZooError
+from zoo.log import get_logger
+from zoo.run_dir import CONFIG, METRICS, WEIGHTS, read_json
+from zoo.training import distributed
+from zoo.training.balance import BALANCE_MODES
+from zoo.training.checkpoint import CHECKPOINT
+from zoo.training.strategies import Strategy, get_strategy
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """The flags of `zoo finetune` (and the keywords of `zoo.finetune`)."""
+
+    data_dir: Path
+    model: str = "efficientnet_lite0"
+    strategy: str = "head"  # a registered strategy, or "auto"
+    freeze_until: str | None = None  # partial: the last frozen stage (default: the backbone's choice)
+    layer: str | None = None  # svm: the tapped stage (default: the advisor's most separable one)
+    epochs: int | None = None  # default: the strategy's
+    lr: float | None = None  # the new classifier's rate (default: the strategy's)
+    backbone_lr: float | None = None  # trainable pretrained weights (default: lr / 10)
+    batch_size: int = 32
+    augment: bool | None = None  # default: on for small data (zoo.thresholds)
+    views: int = 4  # augmented views per image in the feature cache
+    balance: str = "auto"
+    seed: int = 0
+    out: Path | None = None  # default: runs/<data>-<model>-<strategy>
+    resume: bool = False
+    force: bool = False
+    pretrained: bool = True
+    val_fraction: float = 0.2
+    cache: bool = True
+    cache_dir: Path | None = None
+    workers: int | None = None  # data-loading processes (default: default_workers())
+
+    @property
+    def run_dir(self) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        return Path("runs") / f"{Path(self.data_dir).resolve().name}-{self.model}-{self.strategy}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The options with every choice made: the advisor's where asked, `out` and `workers` filled in."""
+
+    options: FinetuneOptions
+    strategy: Strategy
+    spec: BackboneSpec
+    state: str  # the run directory: "new", "replace", "resume" or "complete"
+    requested_strategy: str  # what the user asked for ("auto" stays visible in config.json)
+    advice: dict[str, Any] | None  # the advisor's report, when it was asked
+    workers: int
+
+    @property
+    def out(self) -> Path:
+        return self.options.run_dir
+
+
+def default_workers() -> int:
+    """Data-loading processes: none on small machines, where they would only compete with the model."""
+    cpus = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: ranks share the CPUs
+    return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+def _check_stages(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) -> None:
+    if o.layer is not None:
+        if not strategy.takes_layer:
+            raise ZooError(f"--layer only applies to --strategy svm: drop it, or use svm instead of {strategy.name}.")
+        if o.layer not in spec.stages:
+            raise ZooError(f"{o.layer!r} is not a stage of {spec.name}: choose --layer from {', '.join(spec.stages)}.")
+    if o.freeze_until is not None:
+        if not strategy.takes_freeze_until:
+            raise ZooError(f"--freeze-until only applies to --strategy partial: drop it, or use partial instead of "
+                           f"{strategy.name}.")
+        if o.freeze_until not in spec.stages:
+            raise ZooError(f"{o.freeze_until!r} is not a stage of {spec.name}: choose --freeze-until from "
+                           f"{', '.join(spec.stages)}.")
+
+
+def check_options(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) -> None:
+    """Every mistake a flag can hold, as one sentence, before anything is read or written."""
+    _check_stages(o, strategy, spec)
+    if o.balance not in BALANCE_MODES:
+        raise ZooError(f"Unknown balance mode {o.balance!r}: choose one of {', '.join(BALANCE_MODES)}.")
+    for name, value in (("--epochs", o.epochs), ("--batch-size", o.batch_size), ("--views", o.views)):
+        if value is not None and value < 1:
+            raise ZooError(f"{name} must be at least 1: give a positive whole number.")
+    for name, rate in (("--lr", o.lr), ("--backbone-lr", o.backbone_lr)):
+        if rate is not None and not rate > 0:
+            raise ZooError(f"{name} must be greater than 0: give a learning rate such as 0.001.")
+    if not 0 < o.val_fraction < 1:
+        raise ZooError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
+    if o.resume and o.force:
+        raise ZooError("--resume and --force contradict each other: pass --resume to continue a run, "
+                       "or --force to start it over.")
+
+
+def run_dir_state(out: Path, resume: bool, force: bool) -> str:
+    """'new', 'replace', 'resume' or 'complete'; refuses to touch a folder the user did not hand over."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "new"
+    if not out.is_dir():
+        raise ZooError(f"{out} is a file: give --out a folder name.")
+    if not (resume or force):
+        raise ZooError(f"{out} already exists: pass --resume to continue that run, --force to replace it, "
+                       "or --out to choose another folder.")
+    if not (out / CONFIG).is_file():  # --force replaces runs, never a folder of something else
+        raise ZooError(f"{out} is not a run directory of `zoo finetune` (no {CONFIG}): choose another --out.")
+    if force:
+        return "replace"
+    if (out / METRICS).is_file() and (out / WEIGHTS).is_file() and not (out / CHECKPOINT).is_file():
+        return "complete"
+    return "resume"
+
+
+def _ask_advisor(o: FinetuneOptions, state: str) -> dict[str, Any]:
+    """The advice a run started with (when resuming), else a fresh one; rank 0 asks, every rank follows."""
+    from zoo.advisor import advise
+
+    advice = None
+    if state == "resume":
+        advice = distributed.from_main(lambda: read_json(o.run_dir / CONFIG).get("advice"))
+    if advice is None:
+        advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, seed=o.seed).to_json())
+    return advice
+
+
+def _follow_advice(o: FinetuneOptions, strategy: Strategy | None, advice: dict[str, Any],
+                   spec: BackboneSpec) -> tuple[FinetuneOptions, Strategy]:
+    """`auto` takes the advisor's strategy and recipe; `svm` its layer. Flags the user gave still win."""
+    if strategy is None:
+        strategy = get_strategy(advice["strategy"])
+        o = replace(o, strategy=strategy.name, freeze_until=o.freeze_until or advice["freeze_until"],
+                    augment=advice["augment"] if o.augment is None else o.augment,
+                    lr=o.lr or advice["lr_head"] or None,  # svm: 0, no rate
+                    backbone_lr=o.backbone_lr or advice["lr_backbone"] or None)
+        log.info(f"auto: the advisor chose {advice['quadrant']} -> {strategy.name}")
+    layer = o.layer or (advice["layer"] if strategy.takes_layer else None)
+    if strategy.takes_layer and layer is None:
+        from zoo.advisor.recommend import best_earlier_layer
+
+        layer = best_earlier_layer(advice["stage_accuracy"], list(spec.stages))
+    return replace(o, layer=layer), strategy
+
+
+def resolve(options: FinetuneOptions) -> Resolved:
+    """Check the options, settle the run directory, and make the choices left to the advisor."""
+    spec = get_spec(options.model)
+    o = replace(options, data_dir=Path(options.data_dir), out=options.run_dir)
+    strategy = get_strategy(o.strategy) if o.strategy != "auto" else None
+    if strategy is not None:
+        check_options(o, strategy, spec)
+    state = distributed.from_main(lambda: run_dir_state(o.run_dir, o.resume, o.force))  # rank 0 holds the run
+    workers = default_workers() if o.workers is None else o.workers
+    advice = None
+    if state == "complete":  # nothing left to decide: the run says what it was
+        strategy = strategy or get_strategy(distributed.from_main(lambda: read_json(o.run_dir / CONFIG))["strategy"])
+    elif strategy is None or (strategy.takes_layer and o.layer is None):
+        advice = _ask_advisor(o, state)
+        o, strategy = _follow_advice(o, strategy, advice, spec)
+        check_options(o, strategy, spec)
+    return Resolved(o, strategy, spec, state, options.strategy, advice, workers)

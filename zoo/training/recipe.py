@@ -1,0 +1,168 @@
+"""The data a run trains on, and its recipe: every number the training loop will use, fixed once.
+
+`load_data` decodes every image once (unreadable ones are skipped, reported and counted);
+`make_recipe` settles what still depended on the data (augmentation, balance, learning rates,
+epochs) and builds the model the strategy plans; `run_config` is what config.json records, and
+what a resumed run must match.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.backbones.registry import create_model
+from zoo.data.folder import ImageFolderData, load_image_folder
+from zoo.errors import ZooError
+from zoo.log import get_logger
+from zoo.preprocess import PreprocessConfig
+from zoo.thresholds import is_small
+from zoo.training import distributed
+from zoo.training.balance import class_weights, resolve_balance
+from zoo.training.batchnorm import CALIBRATION_IMAGES, trainable_batchnorms
+from zoo.training.datasets import ImageRecord, scan_images
+from zoo.training.feature_cache import dataset_fingerprint
+from zoo.training.options import Resolved
+from zoo.training.strategies import BACKBONE_LR_FACTOR, Plan, apply_freeze, trainable_names
+
+log = get_logger(__name__)
+WEIGHT_DECAY = 1e-4
+# Options that change the result: a resumed run must use the values it was started with.
+RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "layer", "epochs", "lr", "backbone_lr", "batch_size",
+               "augment", "augment_views", "balance", "seed", "val_fraction", "feature_cache", "num_classes")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    folder: ImageFolderData
+    preprocess: PreprocessConfig
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    skipped: list[dict[str, str]]  # {path, reason} of every unreadable file
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    def counts(self, records: list[ImageRecord]) -> list[int]:
+        return [sum(r.label == i for r in records) for i in range(len(self.classes))]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the run trains, with every default resolved."""
+
+    epochs: int
+    lr: float
+    backbone_lr: float  # 0 when no pretrained weight trains
+    augment: bool
+    augment_views: int | None  # views per image in the feature cache (augmented feature runs only)
+    balance: str  # "none", "sampler" or "loss"
+    class_weights: list[float] | None  # the loss weights of balance "loss"
+    on_features: bool  # only the classifier learns, on cached bottleneck features
+
+
+def load_data(run: Resolved) -> TrainingData:
+    o = run.options
+    folder = load_image_folder(o.data_dir, val_fraction=o.val_fraction, seed=o.seed)
+    pre = run.spec.preprocess_config()
+    train, skipped = scan_images(folder.train, pre, "checking train images")
+    val, skipped_val = scan_images(folder.val, pre, "checking val images")
+    skipped += skipped_val
+    if distributed.world().is_main:
+        for bad in skipped:
+            log.warning(f"skipping {bad['path']}: {bad['reason']}")
+    data = TrainingData(folder, pre, train, val, skipped)
+    counts = data.counts(train)
+    if 0 in counts:
+        raise ZooError(f"Class {data.classes[counts.index(0)]!r} has no readable training image: add images to its "
+                       f"folder in {o.data_dir} or remove the folder.")
+    if not val:
+        raise ZooError(f"{o.data_dir} leaves no readable validation image: add a val/ folder or more images per class.")
+    return data
+
+
+def make_plan(run: Resolved, data: TrainingData) -> Plan:
+    """The model with its new classifier, frozen where the strategy says; seeded, so a resumed run
+    rebuilds exactly the same random parts."""
+    o = run.options
+    torch.manual_seed(o.seed)
+    net = create_model(o.model, num_classes=len(data.classes), pretrained=o.pretrained)
+    plan = run.strategy.plan(net, run.spec, o.layer if run.strategy.takes_layer else o.freeze_until)
+    apply_freeze(plan)
+    plan.model.to(distributed.world().device)  # one GPU per process under torchrun with nccl; the CPU otherwise
+    return plan
+
+
+def make_recipe(run: Resolved, data: TrainingData, plan: Plan) -> Recipe:
+    o, strategy = run.options, run.strategy
+    augment = is_small(len(data.train)) if o.augment is None else o.augment
+    balance = resolve_balance(o.balance, data.counts(data.train))
+    # svm always fits on extracted features (cached on disk unless --no-cache).
+    on_features = plan.on_cached_features and (o.cache or strategy.takes_layer)
+    lr = o.lr or strategy.default_lr
+    backbone_lr = o.backbone_lr or (lr * BACKBONE_LR_FACTOR if o.pretrained else lr)
+    if not any(p.requires_grad for p in plan.model.backbone_parameters()):
+        backbone_lr = 0.0  # nothing pretrained trains (head): say so rather than record an unused rate
+    return Recipe(epochs=o.epochs or strategy.default_epochs, lr=lr, backbone_lr=backbone_lr, augment=augment,
+                  augment_views=o.views if (augment and on_features) else None, balance=balance,
+                  class_weights=class_weights(data.counts(data.train)) if balance == "loss" else None,
+                  on_features=on_features)
+
+
+def _trainable(plan: Plan) -> dict[str, Any]:
+    names = trainable_names(plan.model)
+    params = dict(plan.model.named_parameters())
+    bn_layers = trainable_batchnorms(plan)
+    return {
+        "trainable_parameters": {"count": sum(params[n].numel() for n in names), "names": names},
+        "frozen_parameters": sum(p.numel() for n, p in params.items() if n not in set(names)),
+        "bn_layers": len(bn_layers),
+    }
+
+
+def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) -> dict[str, Any]:
+    """config.json: the resolved configuration, what trains, the data it saw and the advice behind it."""
+    o, spec, classes = run.options, run.spec, data.classes
+    trainable = _trainable(plan)
+    return {
+        "model": o.model, "num_classes": len(classes), "layer": plan.layer, "preprocess": data.preprocess.to_json(),
+        "strategy": run.strategy.name, "pretrained": o.pretrained, "freeze_until": plan.freeze_until,
+        "frozen": list(plan.frozen), "lr": recipe.lr, "backbone_lr": recipe.backbone_lr, "optimizer": "AdamW",
+        "weight_decay": WEIGHT_DECAY, "schedule": "cosine, per step",
+        "batchnorm_recalibration": ({"layers": trainable["bn_layers"],
+                                     "images": min(CALIBRATION_IMAGES, len(data.train)),
+                                     "views": "augmented" if recipe.augment else "inference",
+                                     "when": "after every epoch, before validation and saving"}
+                                    if trainable["bn_layers"] else None),
+        "epochs": recipe.epochs, "batch_size": o.batch_size, "augment": recipe.augment,
+        "augment_views": recipe.augment_views, "balance": recipe.balance, "class_weights": recipe.class_weights,
+        "seed": o.seed, "val_fraction": o.val_fraction, "feature_cache": recipe.on_features,
+        "trainable_parameters": trainable["trainable_parameters"],
+        "frozen_parameters": trainable["frozen_parameters"],
+        "data": {
+            "dir": str(Path(data.folder.root).resolve()),
+            "presplit": data.folder.presplit,
+            "classes": classes,
+            "train_counts": dict(zip(classes, data.counts(data.train), strict=True)),
+            "val_counts": dict(zip(classes, data.counts(data.val), strict=True)),
+            "fingerprint": dataset_fingerprint(data.train + data.val),
+        },
+        "backbone": {"family": spec.family, "feature_dim": spec.feature_dim, "stages": list(spec.stages)},
+        "versions": {"torch": torch.__version__},
+        "requested_strategy": run.requested_strategy,
+        "advice": run.advice,
+    }
+
+
+def check_resumable(saved: dict[str, Any], config: dict[str, Any], out: Path) -> None:
+    """A resumed run must be the run that was started: same options, same images."""
+    for key in RESUME_KEYS:
+        if saved.get(key) != config.get(key):
+            raise ZooError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume with the "
+                           "options it was started with, or pass --force to start over.")
+    if saved["data"]["fingerprint"] != config["data"]["fingerprint"]:
+        raise ZooError(f"The images in {config['data']['dir']} changed since {out} was started: pass --force to "
+                       "start over.")
