@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from export.formats import Runtime
+from zoo.atomic import atomic_write
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:
@@ -154,9 +155,7 @@ def export_torch_program(run_dir: Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / TORCH_PROGRAM
-    tmp = path.with_name(f".{path.stem}.partial.pt2")  # torch.export.save wants the .pt2 suffix
-    torch.export.save(program, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.export.save(program, str(tmp)), suffix=".pt2")  # save wants .pt2
     return path
 
 
