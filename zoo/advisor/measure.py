@@ -104,7 +104,7 @@ def separability(features: dict[str, list[np.ndarray]], labels: list[int], seed:
 
 @torch.no_grad()
 def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: PreprocessConfig, seed: int = 0,
-          batch_size: int = 16) -> Probe:
+          batch_size: int = 16, separability_by_stage: bool = True) -> Probe:
     """One forward pass per sampled image collects all three measurements."""
     model.eval()
     bn_stats = _BatchNormInputStats(model)
@@ -138,4 +138,4 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
         raise ZooError("None of the sampled images could be read: check the files with `zoo data inspect`.")
     return Probe(images=len(labels), unreadable=unreadable, bn_kl=kl if labels else None,
                  source_confidence=float(np.mean(confidence)) if confidence else None,
-                 stage_accuracy=separability(features, labels, seed))
+                 stage_accuracy=separability(features, labels, seed) if separability_by_stage else {})

@@ -1,15 +1,38 @@
-"""The quadrant rule, driven by measured size and similarity (docs/architecture.md explains the rule)."""
+"""The advisor: measured size and similarity give the quadrant rule's prior; held-out evidence decides.
+
+`advise` measures the dataset (size, imbalance, similarity to the pretraining data), then scores
+candidate classifiers on the training split (zoo.advisor.evidence) and, where the cheap ones leave
+headroom or the data is large, short fine-tuning pilots (zoo.advisor.pilot). It picks the best
+measured candidate; the quadrant rule breaks ties and explains. docs/architecture.md has the rule.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from zoo.advisor.evidence import (
+    MAX_PROBE_IMAGES,
+    TIE,
+    Candidate,
+    ProbeFeatures,
+    choose,
+    probe_features,
+    probe_layers,
+    score_probes,
+    stratified_subset,
+)
 from zoo.advisor.measure import Probe, probe, probe_sample
-from zoo.backbones import create_model, get_spec
+from zoo.advisor.pilot import PilotSetup, run_pilot
+from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
+from zoo.errors import ZooError
 from zoo.log import get_logger
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
+from zoo.training.balance import class_weights, resolve_balance
+from zoo.training.datasets import ImageRecord, scan_images
 from zoo.training.strategies import BACKBONE_LR_FACTOR, get_strategy
 
 log = get_logger(__name__)
@@ -54,8 +77,11 @@ class Advice:
     balance: str
     reasons: dict[str, str] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    prior_strategy: str = ""  # what the quadrant rule alone would pick
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every measured candidate, best first
+    evidence: dict[str, Any] = field(default_factory=dict)  # how the pick was made: reason, costs, budget
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -89,65 +115,209 @@ STRATEGY_REASONS = {
     "full": "plenty of data unlike the source: train the whole network, pretrained layers at a smaller rate",
     "partial": "plenty of similar data: keep the generic early stages frozen, adapt the later ones",
     "svm": "few images unlike the source: late features are too source-specific and fine-tuning would "
-           "overfit, so a linear classifier on {layer} activations (best separability of the earlier stages)",
+           "overfit, so a linear classifier on {layer} activations",
     "head": "few images like the source: the pretrained features already fit, train only a new classifier",
 }
+DEFAULT_BUDGET_MINUTES = 5.0  # for fine-tuning pilots; the cheap candidates are always scored
+# Small data gets a fine-tuning pilot only when the best frozen-feature candidate leaves more than
+# 15 points of held-out error: above that, training the backbone on a few hundred images has not
+# beaten the linear candidates on any dataset measured (benchmarks/strategies.py), and a pilot that
+# loses costs more than the cheap strategy it then runs.
+PILOT_BELOW = 0.85
 
 
-def _reasons(n: int, size: str, size_threshold: int, score: float, similar: bool, strategy: str, layer: str | None,
-             lr_head: float, lr_backbone: float, imbalance: float, balance: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class AdviseSettings:
+    """How `advise` gathers evidence; finetune passes its own values so the features it caches fit the run."""
+
+    size_threshold: int = SIZE_THRESHOLD
+    per_class: int = 30  # images per class for the similarity measurements
+    max_images: int = 300
+    seed: int = 0
+    val_fraction: float = 0.2
+    augment: bool | None = None  # default: on for small data, as finetune decides
+    views: int = 4  # augmented views per image, as finetune caches them
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    batch_size: int = 32
+    workers: int = 0
+    balance: str = "auto"
+
+
+@dataclass
+class Findings:
+    """Everything `advise` measured, in the order it measured it."""
+
+    model: str
+    spec: BackboneSpec
+    data: ImageFolderData
+    counts: list[int]
+    size: str
+    augment: bool
+    measured: Probe | None = None
+    similarity: float = 0.5
+    components: dict[str, float | None] = field(default_factory=dict)
+    quadrant: str = ""
+    prior: str = ""
+    candidates: list[Candidate] = field(default_factory=list)
+    features: ProbeFeatures | None = None
+    records: list[ImageRecord] = field(default_factory=list)
+    pilots: list[Candidate] = field(default_factory=list)
+    pilot_reason: str = ""
+    pick: Candidate | None = None
+    reason: str = ""
+
+    @property
+    def images(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def imbalance(self) -> float:
+        return max(self.counts) / max(min(self.counts), 1)
+
+
+def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
+    """BatchNorm shift and source confidence on a class-balanced sample (separability comes from the evidence)."""
+    per_class = max(2, min(s.per_class, s.max_images // len(f.data.classes)))
+    f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.spec.preprocess_config(),
+                       s.seed, separability_by_stage=False)
+    if f.measured.unreadable:
+        log.warning(f"{len(f.measured.unreadable)} unreadable image(s) skipped, e.g. {f.measured.unreadable[0]}")
+
+
+def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
+    """Every frozen-feature candidate, cross-validated on the training split."""
+    records, _ = scan_images(f.data.train, f.spec.preprocess_config(), "evidence: checking train images")
+    if len({r.label for r in records}) < len(f.data.classes):
+        raise ZooError("Some class has no readable training image: check the files with `zoo data inspect`.")
+    probed = records
+    if f.size == "large":  # the pilots decide there; the probes only need a fair sample
+        keep = stratified_subset([r.label for r in records], MAX_PROBE_IMAGES, s.seed)
+        probed = [records[i] for i in keep]
+    f.records = records
+    f.features = probe_features(net, f.model, probed, f.spec.preprocess_config(), probe_layers(f.spec),
+                                views=s.views if f.augment else None, seed=s.seed, cache_dir=s.cache_dir,
+                                use_cache=s.use_cache, batch_size=s.batch_size, workers=s.workers)
+    weights = class_weights(f.counts) if resolve_balance(s.balance, f.counts) == "loss" else None
+    f.candidates = score_probes(f.features, weights, s.seed)
+
+
+def _prior(f: Findings) -> None:
+    """The similarity score (separability by depth from the evidence) and the quadrant rule's strategy."""
+    assert f.measured is not None
+    last = f.spec.stages[-1]
+    by_layer = {c.layer or last: c.accuracy for c in f.candidates if c.strategy in ("head", "svm")}
+    f.measured.stage_accuracy = {st: by_layer[st] for st in f.spec.stages if st in by_layer}
+    f.similarity, f.components = similarity_score(f.measured)
+    similar = f.similarity >= SIMILARITY_THRESHOLD
+    f.quadrant, f.prior = QUADRANTS[(f.size, "similar" if similar else "dissimilar")]
+
+
+def _run_pilots(f: Findings, s: AdviseSettings) -> None:
+    """Fine-tuning pilots where they can change the decision, within the budget."""
+    assert f.features is not None
+    best = max(c.accuracy for c in f.candidates)
+    budget = 60.0 * s.budget_minutes
+    if f.size == "small" and best >= PILOT_BELOW:
+        f.pilot_reason = f"none: the best frozen-feature candidate reached {100 * best:.1f}% (at least " \
+                         f"{100 * PILOT_BELOW:.0f}%)"
+        return
+    if budget <= 0:
+        f.pilot_reason = "none: --budget is 0"
+        return
+    seen = len(f.features.labels) * f.features.views
+    rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 else 30.0
+    setup = PilotSetup(f.model, f.spec, len(f.data.classes), f.spec.preprocess_config(), s.seed, f.augment,
+                       s.batch_size, s.workers, rate)
+    names = ["partial"] if f.size == "small" else ["partial", "full"]
+    f.pilots = [p for name in names if (p := run_pilot(name, f.records, budget / len(names), setup)) is not None]
+    f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s, on part of the training split"
+                      + ("" if f.size == "small" else "; each trains on a subset for a few epochs, so the full run "
+                         "should score above its pilot (an extrapolation, not a measurement)"))
+
+
+def _decide(f: Findings) -> None:
+    if f.size == "large":  # short pilots of partial and full decide between Q1 and Q2
+        if f.pilots:
+            f.pick, f.reason = choose(f.pilots, f.prior)
+        else:
+            named = [c for c in f.candidates if c.strategy == f.prior]
+            f.pick = named[0] if named else Candidate(f.prior, None, 0.0, 0.0, 0.0, "the quadrant rule")
+            f.reason = f"no pilot could run within the budget: the quadrant rule's {f.prior}"
+        return
+    f.pick, f.reason = choose(f.candidates, f.prior)
+    for pilot in f.pilots:
+        if pilot.accuracy > f.pick.accuracy + TIE:
+            f.reason = (f"the {pilot.strategy} pilot scored {100 * pilot.accuracy:.1f}% held out, above the best "
+                        f"frozen-feature candidate ({100 * f.pick.accuracy:.1f}%)")
+            f.pick = pilot
+
+
+def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_lite0",
+           settings: AdviseSettings | None = None, **overrides: Any) -> Advice:
+    """Measure the dataset, score candidates on its training split, pick the best measured strategy."""
+    tick = time.perf_counter()
+    s = replace(settings or AdviseSettings(), **overrides)
+    data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(
+        data_dir, val_fraction=s.val_fraction, seed=s.seed)
+    counts = list(data.class_counts("train").values())
+    size = "small" if is_small(len(data.train), s.size_threshold) else "large"
+    f = Findings(model, get_spec(model), data, counts, size, size == "small" if s.augment is None else s.augment)
+    net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
+    _measure_similarity(f, net, s)
+    _score_cheap_candidates(f, net, s)
+    _prior(f)
+    _run_pilots(f, s)
+    _decide(f)
+    return _advice(f, s, time.perf_counter() - tick)
+
+
+def _reasons(f: Findings, s: AdviseSettings, lr_head: float, lr_backbone: float, balance: str) -> dict[str, str]:
+    assert f.pick is not None
+    strategy, similar = f.pick.strategy, f.similarity >= SIMILARITY_THRESHOLD
     rates = ("none: scikit-learn fits the classifier, its regularisation C chosen by cross-validation"
              if strategy == "svm" else f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
              + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)"))
     return {
-        "size": f"{n} training images {'>' if size == 'large' else '<='} the threshold of {size_threshold}: {size}",
-        "similarity": f"score {score:.2f} {'>=' if similar else '<'} {SIMILARITY_THRESHOLD} "
+        "size": f"{f.images} training images {'>' if f.size == 'large' else '<='} the threshold of "
+                f"{s.size_threshold}: {f.size}",
+        "similarity": f"score {f.similarity:.2f} {'>=' if similar else '<'} {SIMILARITY_THRESHOLD} "
                       f"(BatchNorm statistics, source-classifier confidence, separability by depth): "
                       f"{'similar' if similar else 'dissimilar'} to the pretraining data",
-        "strategy": STRATEGY_REASONS[strategy].format(layer=layer),
+        "prior": f"the quadrant rule says {f.quadrant} -> {f.prior}: "
+                 f"{STRATEGY_REASONS[f.prior].format(layer='an earlier stage')}",
+        "evidence": f.reason,
+        "pilots": f.pilot_reason,
         "learning_rates": rates,
-        "augmentation": "on: small data needs more views" if size == "small" else
-                        "off: enough real variation in the data",
-        "balance": (f"classes are skewed {imbalance:.1f}:1 (at least {IMBALANCE_THRESHOLD:g}:1), so weight the loss"
-                    if balance == "auto" else f"classes are balanced enough ({imbalance:.1f}:1)"),
+        "augmentation": "on: small data needs more views" if f.augment else "off: enough real variation in the data",
+        "balance": (f"classes are skewed {f.imbalance:.1f}:1 (at least {IMBALANCE_THRESHOLD:g}:1), so weight the loss"
+                    if balance == "auto" else f"classes are balanced enough ({f.imbalance:.1f}:1)"),
     }
 
 
-def _measure(data: ImageFolderData, model: str, per_class: int, max_images: int, seed: int) -> Probe:
-    spec = get_spec(model)
-    per_class = max(2, min(per_class, max_images // len(data.classes)))
-    net = create_model(model, num_classes=None, pretrained=True)
-    measured = probe(net, not spec.notes, probe_sample(data, per_class, seed), spec.preprocess_config(), seed)
-    if measured.unreadable:
-        log.warning(f"{len(measured.unreadable)} unreadable image(s) skipped, e.g. {measured.unreadable[0]}")
-    return measured
-
-
-def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_lite0",
-           size_threshold: int = SIZE_THRESHOLD, per_class: int = 30, max_images: int = 300,
-           seed: int = 0) -> Advice:
-    data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(data_dir, seed=seed)
-    spec = get_spec(model)
-    counts = list(data.class_counts("train").values())
-    n = len(data.train)
-    imbalance = max(counts) / max(min(counts), 1)
-    measured = _measure(data, model, per_class, max_images, seed)
-    score, components = similarity_score(measured)
-    size = "small" if is_small(n, size_threshold) else "large"
-    similar = score >= SIMILARITY_THRESHOLD
-    quadrant, strategy = QUADRANTS[(size, "similar" if similar else "dissimilar")]
-    layer = best_earlier_layer(measured.stage_accuracy, list(spec.stages)) if strategy == "svm" else None
-    # The strategy's own defaults, which `--strategy auto` then uses: one recipe, measured by
-    # benchmarks/strategies.py. For svm the "rate" is scikit-learn's C, chosen by cross-validation.
+def _advice(f: Findings, s: AdviseSettings, seconds: float) -> Advice:
+    assert f.pick is not None and f.measured is not None and f.features is not None
+    strategy = f.pick.strategy
+    # The strategy's own defaults, which `--strategy auto` then uses; svm's "rate" is scikit-learn's C.
     lr_head = get_strategy(strategy).default_lr if strategy != "svm" else 0.0
     lr_backbone = lr_head * BACKBONE_LR_FACTOR if strategy in ("full", "partial") else 0.0
-    balance = "auto" if is_skewed(counts) else "none"
-    reasons = _reasons(n, size, size_threshold, score, similar, strategy, layer, lr_head, lr_backbone, imbalance,
-                       balance)
-    return Advice(model=model, images=n, classes=len(data.classes), smallest_class=min(counts),
-                  largest_class=max(counts), imbalance_ratio=round(imbalance, 3), size=size,
-                  size_threshold=size_threshold, similarity=round(score, 4), similar=similar, components=components,
-                  stage_accuracy={k: round(v, 4) for k, v in measured.stage_accuracy.items()}, quadrant=quadrant,
-                  strategy=strategy, freeze_until=spec.default_freeze_until if strategy == "partial" else None,
-                  layer=layer, lr_backbone=lr_backbone, lr_head=lr_head, augment=size == "small", balance=balance,
-                  reasons=reasons, unreadable=measured.unreadable)
+    balance = "auto" if is_skewed(f.counts) else "none"
+    measured = f.candidates + f.pilots
+    evidence = {"pick": f.pick.to_json(), "reason": f.reason, "prior": {"quadrant": f.quadrant, "strategy": f.prior},
+                "validation_split": "not used: candidates are scored on held-out parts of the training split",
+                "budget_minutes": s.budget_minutes, "views": f.features.views,
+                "seconds": {"features": round(f.features.seconds, 2), "features_from_cache": f.features.from_cache,
+                            "candidates": round(sum(c.seconds for c in f.candidates), 2),
+                            "pilots": round(sum(c.seconds for c in f.pilots), 2), "total": round(seconds, 2)}}
+    return Advice(model=f.model, images=f.images, classes=len(f.data.classes), smallest_class=min(f.counts),
+                  largest_class=max(f.counts), imbalance_ratio=round(f.imbalance, 3), size=f.size,
+                  size_threshold=s.size_threshold, similarity=round(f.similarity, 4),
+                  similar=f.similarity >= SIMILARITY_THRESHOLD, components=f.components,
+                  stage_accuracy={k: round(v, 4) for k, v in f.measured.stage_accuracy.items()},
+                  quadrant=f.quadrant, strategy=strategy,
+                  freeze_until=f.spec.default_freeze_until if strategy == "partial" else None,
+                  layer=f.pick.layer if strategy == "svm" else None, lr_backbone=lr_backbone, lr_head=lr_head,
+                  augment=f.augment, balance=balance, reasons=_reasons(f, s, lr_head, lr_backbone, balance),
+                  unreadable=f.measured.unreadable, prior_strategy=f.prior,
+                  candidates=[c.to_json() for c in sorted(measured, key=lambda c: -c.accuracy)], evidence=evidence)

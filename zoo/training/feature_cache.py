@@ -33,7 +33,7 @@ from zoo.training.strategies import Plan
 
 log = get_logger(__name__)
 
-FEATURE_VERSION = 1  # bump when the way features are computed changes
+FEATURE_VERSION = 2  # bump when the way features (or their keys) are computed changes
 
 
 def default_cache_dir() -> Path:
@@ -52,9 +52,13 @@ def tensors_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def weights_fingerprint(model: ZooModel) -> str:
-    """The backbone's weights and BatchNorm statistics, without the (new, trained) classifier."""
-    return tensors_fingerprint({k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")})
+def weights_fingerprint(model: ZooModel, layer: str | None = None) -> str:
+    """The weights and BatchNorm statistics that the features at `layer` depend on (None: the bottleneck,
+    after pre_logits), never the new classifier. A model truncated at `layer` gives the same fingerprint
+    as the whole model, so `auto`'s evidence and the `svm` strategy share cache entries."""
+    names = model.stage_names if layer is None else model.stage_names[: model.stage_names.index(layer) + 1]
+    prefixes = tuple(f"stages.{n}." for n in names) + (("pre_logits.",) if layer is None else ())
+    return tensors_fingerprint({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
 
 
 def dataset_fingerprint(records: Sequence[ImageRecord]) -> str:
@@ -93,45 +97,84 @@ class FeatureCache:
                                                            metadata=metadata))
 
 
+Layer = str | None  # a stage name, or None for the bottleneck
+
+
+def pooled_activations(model: ZooModel, x: torch.Tensor, layers: Sequence[Layer]) -> dict[Layer, torch.Tensor]:
+    """Globally pooled activations at every requested stage (None: the bottleneck), from one forward pass
+    that stops at the deepest one."""
+    names = model.stage_names
+    deepest = len(names) - 1 if None in layers else max(names.index(layer) for layer in layers if layer is not None)
+    out: dict[Layer, torch.Tensor] = {}
+    for name in names[: deepest + 1]:
+        x = model.stages[name](x)
+        if name in layers:
+            out[name] = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+    if None in layers:  # exactly forward_features: pre_logits on the pooled last stage
+        out[None] = model.pre_logits(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+    return out
+
+
 @torch.no_grad()
-def extract_features(model: ZooModel, dataset: ImageViews, layer: str | None, batch_size: int, workers: int,
-                     description: str) -> torch.Tensor:
-    """Pooled activations (the bottleneck when layer is None) of every item, in dataset order."""
+def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Layer], batch_size: int, workers: int,
+                     description: str) -> dict[Layer, torch.Tensor]:
+    """Pooled activations of every item at every layer, in dataset order: one forward pass per batch."""
     was_training = model.training
     model.eval()
     # Several processes: each runs every world_size-th batch (the same batches one process runs), then all gather.
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
-    chunks: list[tuple[list[int], torch.Tensor]] = []
+    chunks: dict[Layer, list[tuple[list[int], torch.Tensor]]] = {layer: [] for layer in layers}
     device = next(model.parameters()).device
     bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches))
     for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
-        x = x.to(device)
-        f = model.forward_features(x) if layer is None else model.forward_pooled(x, layer)
-        chunks.append((idx, f.float().cpu()))
+        for layer, f in pooled_activations(model, x.to(device), layers).items():
+            chunks[layer].append((idx, f.float().cpu()))
     model.train(was_training)
-    chunks = distributed.gather_chunks(chunks)
-    out = torch.empty(len(dataset), chunks[0][1].shape[1] if chunks else 0)
-    for idx, f in chunks:
-        out[idx] = f
+    out = {}
+    for layer, parts in chunks.items():
+        parts = distributed.gather_chunks(parts)
+        out[layer] = torch.empty(len(dataset), parts[0][1].shape[1] if parts else 0)
+        for idx, f in parts:
+            out[layer][idx] = f
     return out
 
 
-def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *, model_name: str,
-                    weights: str, layer: str | None, view: int | None, seed: int, cache: FeatureCache | None,
-                    batch_size: int, workers: int, description: str) -> tuple[torch.Tensor, bool]:
-    """(features, True when read from the cache) for one view of `records`."""
+def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *,
+                          model_name: str, layers: Sequence[Layer], view: int | None, seed: int,
+                          cache: FeatureCache | None, batch_size: int, workers: int,
+                          description: str) -> tuple[dict[Layer, torch.Tensor], int]:
+    """Features of one view of `records` at every layer, and how many layers came from the cache.
+
+    The layers the cache lacks are computed together, in one pass of the backbone.
+    """
     name = view_name(view, seed)
-    key = cache.key(dataset=dataset_fingerprint(records), model=model_name, weights=weights, layer=layer,
-                    view=name, preprocess=cfg) if cache else ""
+    data_key = dataset_fingerprint(records)
+    keys = {layer: cache.key(dataset=data_key, model=model_name, weights=weights_fingerprint(model, layer),
+                             layer=layer, view=name, preprocess=cfg) if cache else "" for layer in layers}
+    found: dict[Layer, torch.Tensor] = {}
     if cache is not None:
-        hit = distributed.from_main(lambda: cache.load(key, len(records)))  # rank 0's cache speaks for the run
-        if hit is not None:
-            return hit, True
-    seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
-    features = extract_features(model, ImageViews(records, cfg, seeds), layer, batch_size, workers, description)
-    if cache is not None and distributed.world().is_main:
-        cache.save(key, features, {"model": model_name, "layer": layer, "view": name, "images": len(records)})
-    return features, False
+        loaded = distributed.from_main(lambda: {layer: cache.load(keys[layer], len(records)) for layer in layers})
+        found = {layer: f for layer, f in loaded.items() if f is not None}  # rank 0's cache speaks for the run
+    missing = [layer for layer in layers if layer not in found]
+    if missing:
+        seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
+        computed = extract_features(model, ImageViews(records, cfg, seeds), missing, batch_size, workers, description)
+        if cache is not None and distributed.world().is_main:
+            for layer, features in computed.items():
+                cache.save(keys[layer], features, {"model": model_name, "layer": layer, "view": name,
+                                                   "images": len(records)})
+        found.update(computed)
+    return {layer: found[layer] for layer in layers}, len(layers) - len(missing)
+
+
+def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *, model_name: str,
+                    layer: Layer, view: int | None, seed: int, cache: FeatureCache | None, batch_size: int,
+                    workers: int, description: str) -> tuple[torch.Tensor, bool]:
+    """(features, True when read from the cache) for one view of `records` at one layer."""
+    features, hits = cached_layer_features(model, records, cfg, model_name=model_name, layers=[layer], view=view,
+                                           seed=seed, cache=cache, batch_size=batch_size, workers=workers,
+                                           description=description)
+    return features[layer], hits == 1
 
 
 def bottleneck_views(plan: Plan, model_name: str, train: Sequence[ImageRecord], val: Sequence[ImageRecord],
@@ -141,8 +184,8 @@ def bottleneck_views(plan: Plan, model_name: str, train: Sequence[ImageRecord], 
     the validation images, from the cache when possible; and a report of what came from where."""
     tick = time.time()
     cache = FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
-    common: dict[str, Any] = dict(model_name=model_name, weights=weights_fingerprint(plan.model), layer=plan.layer,
-                                  seed=seed, cache=cache, batch_size=batch_size, workers=workers)
+    common: dict[str, Any] = dict(model_name=model_name, layer=plan.layer, seed=seed, cache=cache,
+                                  batch_size=batch_size, workers=workers)
     train_views: list[int | None] = list(range(views)) if views else [None]
     train_feats, hits = [], 0
     for v in train_views:

@@ -4,7 +4,7 @@ Standardised features, multinomial logistic regression (a linear classifier whos
 probabilities serving needs), the inverse regularisation C chosen by cross-validation on the
 training split; augmented views of one image always fall in the same fold, so the score is not
 flattered by near-duplicates. The fitted model is folded into one nn.Linear, so export and serving
-see an ordinary ZooModel.
+see an ordinary ZooModel. `auto` scores its candidates with the same `cross_validate`.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+MAX_FOLDS = 5
 
 
 @dataclass
@@ -32,31 +33,94 @@ class LinearProbe:
             layer.bias.copy_(torch.from_numpy(self.bias).float())
 
 
-def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weights: list[float] | None = None,
-                     seed: int = 0, c_grid: tuple[float, ...] = C_GRID) -> LinearProbe:
-    """views: one [N, D] tensor per augmentation view of the same N training images."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+@dataclass(frozen=True)
+class CrossValidation:
+    """Accuracy of every fold for every C; the best C by mean accuracy (the smaller C on ties)."""
 
+    fold_accuracy: dict[float, list[float]]
+
+    @property
+    def mean(self) -> dict[float, float]:
+        return {c: float(np.mean(a)) for c, a in self.fold_accuracy.items()}
+
+    @property
+    def best_c(self) -> float:
+        means = self.mean
+        return max(means, key=lambda c: (means[c], -c))
+
+    @property
+    def accuracy(self) -> float:
+        return self.mean[self.best_c]
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.fold_accuracy[self.best_c]))
+
+
+def _stack(views: list[torch.Tensor], labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = torch.cat(views).double().numpy()
     y = np.tile(labels.numpy(), len(views))
     groups = np.tile(np.arange(len(labels)), len(views))  # an image's views stay together
+    return x, y, groups
+
+
+def _classifier(c: float, class_weights: list[float] | None, warm: bool = False):
+    from sklearn.linear_model import LogisticRegression
+
     weights = None if class_weights is None else dict(enumerate(class_weights))
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight=weights))
-    folds = int(min(5, np.bincount(labels.numpy()).min()))
+    return LogisticRegression(C=c, max_iter=3000, class_weight=weights, warm_start=warm)
+
+
+def folds_for(labels: torch.Tensor) -> int:
+    """As many folds as the smallest class allows, at most five."""
+    return int(min(MAX_FOLDS, np.bincount(labels.numpy()).min()))
+
+
+def cross_validate(views: list[torch.Tensor], labels: torch.Tensor, class_weights: list[float] | None = None,
+                   seed: int = 0, c_grid: tuple[float, ...] = C_GRID) -> CrossValidation | None:
+    """Grouped, stratified k-fold accuracy of the standardised logistic regression at every C.
+
+    Written out rather than with GridSearchCV so that each fold walks the C grid from strong to weak
+    regularisation with warm starts: the solver starts near the next optimum, several times faster,
+    and converges to the same (convex) solution. None when a class has a single image.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    folds = folds_for(labels)
+    if folds < 2:
+        return None
+    x, y, groups = _stack(views, labels)
+    scores: dict[float, list[float]] = {float(c): [] for c in c_grid}
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter at tiny C
-        if folds >= 2:
-            search = GridSearchCV(pipe, {"logisticregression__C": list(c_grid)},
-                                  cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-            search.fit(x, y, groups=groups)
-            best = search.best_estimator_
-            cv = {float(c): float(s) for c, s in zip(c_grid, search.cv_results_["mean_test_score"], strict=True)}
-        else:  # a class with one image: nothing to cross-validate, keep a middle value
-            best = pipe.set_params(logisticregression__C=0.1).fit(x, y)
-            cv = {}
+        for train, test in splitter.split(x, y, groups):
+            scaler = StandardScaler().fit(x[train])
+            xt, xv = scaler.transform(x[train]), scaler.transform(x[test])
+            clf = _classifier(min(c_grid), class_weights, warm=True)
+            for c in sorted(c_grid):
+                clf.set_params(C=c).fit(xt, y[train])
+                scores[float(c)].append(float(clf.score(xv, y[test])))
+    return CrossValidation(scores)
+
+
+def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weights: list[float] | None = None,
+                     seed: int = 0, c_grid: tuple[float, ...] = C_GRID,
+                     cv: CrossValidation | None = None) -> LinearProbe:
+    """views: one [N, D] tensor per augmentation view of the same N training images.
+
+    `cv`: a cross-validation already run on these very features (auto's evidence), reused as is.
+    """
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cv = cv or cross_validate(views, labels, class_weights, seed, c_grid)
+    c = cv.best_c if cv is not None else 0.1  # a class with one image: nothing to cross-validate
+    x, y, _ = _stack(views, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = make_pipeline(StandardScaler(), _classifier(c, class_weights)).fit(x, y)
     scaler, clf = best.named_steps["standardscaler"], best.named_steps["logisticregression"]
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # sklearn keeps one row for two classes; a softmax needs both
@@ -64,4 +128,4 @@ def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weig
     # standardise then linear  ==  one linear layer: W (x - mu) / s + b
     weight = coef / scaler.scale_
     bias = intercept - weight @ scaler.mean_
-    return LinearProbe(weight, bias, float(clf.C), cv, float(best.score(x, y)))
+    return LinearProbe(weight, bias, float(c), cv.mean if cv is not None else {}, float(best.score(x, y)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -32,11 +33,12 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]], optimizer: torch.optim.Optimizer,
                        loss_fn: nn.Module, base_lrs: list[float], epoch: int, epochs: int, workers: int,
-                       parallel: DataParallel | None = None) -> tuple[float, float]:
+                       parallel: DataParallel | None = None, deadline: float | None = None) -> tuple[float, float]:
     """Mean loss and accuracy over the epoch's batches; the backbone runs on every batch.
 
     With `parallel` (several processes), `batches` are the global batches: this rank runs its share
-    of each through DDP, and the figures are summed over the ranks.
+    of each through DDP, and the figures are summed over the ranks. With `deadline` (time.monotonic(),
+    one process only: auto's pilots) the epoch stops after the batch that passes it.
     """
     train_mode(plan)
     total_loss, correct, seen = 0.0, 0.0, 0.0
@@ -49,6 +51,8 @@ def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]]
         net, shares = parallel.ddp, parallel.shares(batches, [r.label for r in dataset.records], class_weights)
     data = loader(dataset, batches if shares is None else [s.indices for s in shares], workers)
     for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches))):
+        if deadline is not None and seen and time.monotonic() > deadline:
+            break
         set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
         x, y = x.to(device), y.to(device)
         if shares is None or parallel is None:

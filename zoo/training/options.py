@@ -49,6 +49,7 @@ class FinetuneOptions:
     cache: bool = True
     cache_dir: Path | None = None
     workers: int | None = None  # data-loading processes (default: default_workers())
+    budget: float | None = None  # auto: minutes for fine-tuning pilots (default: the advisor's)
 
     @property
     def run_dir(self) -> Path:
@@ -108,6 +109,8 @@ def check_options(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) ->
             raise ZooError(f"{name} must be greater than 0: give a learning rate such as 0.001.")
     if not 0 < o.val_fraction < 1:
         raise ZooError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
+    if o.budget is not None and o.budget < 0:
+        raise ZooError("--budget must be 0 or more minutes: give e.g. 5, or 0 for no fine-tuning pilots.")
     if o.resume and o.force:
         raise ZooError("--resume and --force contradict each other: pass --resume to continue a run, "
                        "or --force to start it over.")
@@ -131,15 +134,23 @@ def run_dir_state(out: Path, resume: bool, force: bool) -> str:
     return "resume"
 
 
-def _ask_advisor(o: FinetuneOptions, state: str) -> dict[str, Any]:
-    """The advice a run started with (when resuming), else a fresh one; rank 0 asks, every rank follows."""
-    from zoo.advisor import advise
+def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool) -> dict[str, Any]:
+    """The advice a run started with (when resuming), else a fresh one; rank 0 asks, every rank follows.
+
+    The advisor extracts its evidence with this run's seed, split, views and cache, so the strategy
+    it picks reads those features back instead of running the backbone again.
+    """
+    from zoo.advisor.recommend import DEFAULT_BUDGET_MINUTES, AdviseSettings, advise
 
     advice = None
     if state == "resume":
         advice = distributed.from_main(lambda: read_json(o.run_dir / CONFIG).get("advice"))
     if advice is None:
-        advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, seed=o.seed).to_json())
+        budget = (DEFAULT_BUDGET_MINUTES if o.budget is None else o.budget) if pilots else 0.0
+        settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
+                                  budget_minutes=budget, cache_dir=o.cache_dir, use_cache=o.cache,
+                                  batch_size=o.batch_size, workers=workers, balance=o.balance)
+        advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, settings=settings).to_json())
     return advice
 
 
@@ -174,7 +185,7 @@ def resolve(options: FinetuneOptions) -> Resolved:
     if state == "complete":  # nothing left to decide: the run says what it was
         strategy = strategy or get_strategy(distributed.from_main(lambda: read_json(o.run_dir / CONFIG))["strategy"])
     elif strategy is None or (strategy.takes_layer and o.layer is None):
-        advice = _ask_advisor(o, state)
+        advice = _ask_advisor(o, state, workers, pilots=strategy is None)
         o, strategy = _follow_advice(o, strategy, advice, spec)
         check_options(o, strategy, spec)
     return Resolved(o, strategy, spec, state, options.strategy, advice, workers)

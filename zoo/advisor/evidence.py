@@ -1,0 +1,130 @@
+"""Evidence for `auto`: candidate classifiers scored by grouped cross-validation on the training split.
+
+Every cheap candidate is a linear classifier on pooled activations of the frozen pretrained backbone:
+the new head on the bottleneck (what `head` trains) and a linear probe on each earlier stage (what
+`svm` fits). One pass of the backbone over the training images, in the very views the strategies
+train on, yields all of them, and the features are stored under the strategies' own cache keys: the
+strategy `auto` picks reads them back instead of running the backbone again. Augmented views of one
+image always fall in the same fold. The validation split is never read here: it only reports.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.backbones import BackboneSpec, ZooModel
+from zoo.preprocess import PreprocessConfig
+from zoo.training.datasets import ImageRecord
+from zoo.training.feature_cache import FeatureCache, Layer, cached_layer_features, default_cache_dir
+from zoo.training.linear_probe import cross_validate
+
+# Two candidates whose scores differ by less than this are a tie, which the quadrant rule breaks:
+# half a point is below the fold-to-fold spread of every dataset measured (benchmarks/strategies.py).
+TIE = 0.005
+# On large data the probes are scored on a subset: their ranking is settled long before the
+# classifier has seen every image, and a CV fit on 4,000 x 4 views would cost more than a pilot.
+MAX_PROBE_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to train, and how well it did on held-out training images."""
+
+    strategy: str  # head, svm, partial or full
+    layer: str | None  # svm: the tapped stage
+    accuracy: float  # mean held-out accuracy on the training split
+    std: float  # across folds (a pilot's single split: the binomial standard error)
+    seconds: float  # what measuring it cost
+    how: str  # "5-fold grouped CV, C=0.1" or "pilot: ..."
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_layers(spec: BackboneSpec) -> list[Layer]:
+    """Every earlier stage (svm candidates) and the bottleneck (the head candidate)."""
+    return [*spec.stages[:-1], None]
+
+
+@dataclass
+class ProbeFeatures:
+    features: dict[Layer, list[torch.Tensor]]  # one [N, D] tensor per view, per layer
+    labels: torch.Tensor
+    views: int
+    from_cache: int  # layer-view entries read back instead of computed
+    seconds: float
+
+
+def probe_features(model: ZooModel, model_name: str, records: list[ImageRecord], cfg: PreprocessConfig,
+                   layers: list[Layer], *, views: int | None, seed: int, cache_dir: Path | None, use_cache: bool,
+                   batch_size: int, workers: int) -> ProbeFeatures:
+    """Pooled activations at every layer for each training view the strategies will use, cached."""
+    tick = time.perf_counter()
+    cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
+    per_view: list[int | None] = list(range(views)) if views else [None]
+    features: dict[Layer, list[torch.Tensor]] = {layer: [] for layer in layers}
+    hits = 0
+    for v in per_view:
+        what = "evidence: train features" + ("" if v is None else f", view {v + 1}/{views}")
+        found, hit = cached_layer_features(model, records, cfg, model_name=model_name, layers=layers, view=v,
+                                           seed=seed, cache=cache, batch_size=batch_size, workers=workers,
+                                           description=what)
+        hits += hit
+        for layer, f in found.items():
+            features[layer].append(f)
+    return ProbeFeatures(features, torch.tensor([r.label for r in records]), len(per_view), hits,
+                         time.perf_counter() - tick)
+
+
+def stratified_subset(labels: list[int], n: int, seed: int) -> list[int]:
+    """At most about n indices, every class kept in proportion (at least two each), seeded, in order."""
+    if len(labels) <= n:
+        return list(range(len(labels)))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked: list[int] = []
+    for c in sorted(set(labels)):
+        mine = [i for i in order if labels[i] == c]
+        picked += mine[: max(2, round(n * len(mine) / len(labels)))]
+    return sorted(picked)
+
+
+def score_probes(probe: ProbeFeatures, class_weights: list[float] | None, seed: int) -> list[Candidate]:
+    """Each layer's linear classifier, cross-validated (C chosen per layer, as the svm strategy does)."""
+    keep = torch.tensor(stratified_subset(probe.labels.tolist(), MAX_PROBE_IMAGES, seed))
+    labels = probe.labels[keep]
+    out = []
+    for layer, views in probe.features.items():
+        tick = time.perf_counter()
+        cv = cross_validate([v[keep] for v in views], labels, class_weights, seed)
+        if cv is None:  # a class with a single image: nothing can be held out
+            continue
+        folds = len(next(iter(cv.fold_accuracy.values())))
+        how = f"{folds}-fold grouped CV on {len(keep)} images x {probe.views} view(s), C={cv.best_c:g}"
+        out.append(Candidate("head" if layer is None else "svm", layer, cv.accuracy, cv.std,
+                             time.perf_counter() - tick, how))
+    return out
+
+
+def choose(candidates: list[Candidate], prior: str) -> tuple[Candidate, str]:
+    """The most accurate candidate. Within TIE of it, the quadrant rule's strategy wins; otherwise the more
+    accurate, then the earlier listed (an earlier stage: a smaller model to serve)."""
+    best = max(c.accuracy for c in candidates)
+    near = [c for c in candidates if c.accuracy >= best - TIE]
+    preferred = [c for c in near if c.strategy == prior]
+    pick = max(preferred or near, key=lambda c: c.accuracy)
+    where = f" on {pick.layer}" if pick.layer else ""
+    others = len(near) - 1
+    if others and preferred:
+        return pick, (f"{pick.strategy}{where} scored {100 * pick.accuracy:.1f}%; {others} other candidate(s) came "
+                      f"within {100 * TIE:.1f} points, a tie the quadrant rule breaks in favour of {prior}")
+    if others:
+        return pick, (f"{pick.strategy}{where} scored {100 * pick.accuracy:.1f}%; {others} other candidate(s) came "
+                      f"within {100 * TIE:.1f} points, none of them the quadrant rule's {prior}: the most accurate "
+                      "is kept, the earliest stage on equal scores (the smallest model to serve)")
+    runner_up = max((c.accuracy for c in candidates if c is not pick), default=None)
+    lead = f", {100 * (pick.accuracy - runner_up):.1f} points ahead of the next" if runner_up is not None else ""
+    return pick, f"{pick.strategy}{where} scored best ({100 * pick.accuracy:.1f}% held out{lead})"

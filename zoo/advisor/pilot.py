@@ -1,0 +1,110 @@
+"""Short fine-tuning pilots for `auto`: a strategy trained on part of the training split, scored on the rest.
+
+A pilot tells whether training the backbone beats the cheap linear candidates on this data. It fits a
+hard time budget: the number of images it trains on is sized from the throughput the evidence pass
+measured, and the epoch loop stops at a deadline whatever happened. Only training images are used
+(an inner split, stratified, seeded); the validation split is never read.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.advisor.evidence import Candidate
+from zoo.backbones import BackboneSpec, create_model
+from zoo.log import get_logger
+from zoo.preprocess import PreprocessConfig
+from zoo.training.augment import item_seed
+from zoo.training.batchnorm import recalibrate
+from zoo.training.datasets import ImageRecord, ImageViews, epoch_order, shape_batches
+from zoo.training.loop import predict_images, train_images_epoch
+from zoo.training.strategies import BACKBONE_LR_FACTOR, apply_freeze, get_strategy, param_groups
+
+log = get_logger(__name__)
+PILOT_EPOCHS = 3  # enough for the pretrained layers to move; the cosine schedule spans these
+HELD_OUT = 0.2  # share of each class's training images the pilot is scored on
+TRAIN_COST = 3.0  # a training step costs about three forward passes (forward, backward, update)
+CALIBRATION = 128  # images the trainable BatchNorm statistics are recomputed on before scoring
+
+
+@dataclass(frozen=True)
+class PilotSetup:
+    model: str
+    spec: BackboneSpec
+    classes: int
+    preprocess: PreprocessConfig
+    seed: int
+    augment: bool
+    batch_size: int
+    workers: int
+    forward_images_per_s: float  # measured by the evidence pass
+
+
+def inner_split(records: list[ImageRecord], seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(pilot train, pilot held-out): HELD_OUT of every class held out, at least one image each."""
+    rng = random.Random(item_seed(seed, "pilot-split"))
+    train, held = [], []
+    for label in sorted({r.label for r in records}):
+        mine = [r for r in records if r.label == label]
+        rng.shuffle(mine)
+        n = max(1, round(len(mine) * HELD_OUT)) if len(mine) > 1 else 0
+        held += mine[:n]
+        train += mine[n:]
+    return train, held
+
+
+def _affordable(train: list[ImageRecord], held: int, budget_s: float, setup: PilotSetup,
+                seed: int) -> list[ImageRecord]:
+    """As many training images as PILOT_EPOCHS epochs can see within the budget (after scoring time)."""
+    scoring_s = (held + CALIBRATION) / setup.forward_images_per_s
+    per_image_s = TRAIN_COST / setup.forward_images_per_s
+    n = int((budget_s - scoring_s) / (per_image_s * PILOT_EPOCHS))
+    if n >= len(train):
+        return train
+    rng = random.Random(item_seed(seed, "pilot-subset"))
+    return sorted(rng.sample(train, max(0, n)), key=lambda r: str(r.path))
+
+
+def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, setup: PilotSetup) -> Candidate | None:
+    """Train `strategy_name` on the inner split within budget_s; None when the budget cannot buy one epoch."""
+    tick = time.perf_counter()
+    deadline = time.monotonic() + budget_s
+    train, held = inner_split(records, setup.seed)
+    train = _affordable(train, len(held), budget_s, setup, setup.seed)
+    if len(train) < 2 * setup.classes or not held:
+        log.info(f"pilot {strategy_name}: a budget of {budget_s:.0f} s buys too few images; skipped")
+        return None
+    strategy = get_strategy(strategy_name)
+    torch.manual_seed(setup.seed)
+    plan = strategy.plan(create_model(setup.model, num_classes=setup.classes, pretrained=True), setup.spec, None)
+    apply_freeze(plan)
+    optimizer = torch.optim.AdamW(param_groups(plan.model, strategy.default_lr,
+                                               strategy.default_lr * BACKBONE_LR_FACTOR), weight_decay=1e-4)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    scoring_s = (len(held) + CALIBRATION) / setup.forward_images_per_s
+    labels = [r.label for r in train]
+    epochs = 0
+    for epoch in range(PILOT_EPOCHS):
+        if time.monotonic() > deadline - scoring_s:
+            break
+        generator = torch.Generator().manual_seed(item_seed(setup.seed, "pilot", epoch))
+        seeds = [item_seed(setup.seed, "pilot-view", epoch, i) for i in range(len(train))] if setup.augment else None
+        views = ImageViews(train, setup.preprocess, seeds)
+        order = epoch_order(labels, generator, balanced_sampling=False)
+        batches = shape_batches(order, views.shapes(), setup.batch_size, generator)
+        train_images_epoch(plan, views, batches, optimizer, nn.CrossEntropyLoss(), base_lrs, epoch, PILOT_EPOCHS,
+                           setup.workers, deadline=deadline - scoring_s)
+        epochs += 1
+    recalibrate(plan, ImageViews(train[:CALIBRATION], setup.preprocess), setup.batch_size, setup.workers)
+    logits = predict_images(plan.model, ImageViews(held, setup.preprocess), setup.batch_size, setup.workers,
+                            f"pilot {strategy_name}: scoring")
+    accuracy = float((logits.argmax(1) == torch.tensor([r.label for r in held])).float().mean())
+    return Candidate(strategy_name, None, accuracy, math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(held)),
+                     time.perf_counter() - tick,
+                     f"pilot: {epochs} epoch(s) on {len(train)} training images, scored on {len(held)} held-out "
+                     f"training images")
