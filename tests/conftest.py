@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,19 @@ def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "digits"
     write_sample("digits", out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_textures(tmp_path_factory) -> Path:
+    """15 train and 6 val crops of the brick, grass and gravel textures, of varied sizes."""
+    from zoo.data.samples import write_sample
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    write_sample("textures", out, seed=0, limit=20)
+    return out
+
+
+@pytest.fixture
+def tiny_copy(tiny_textures, tmp_path) -> Path:
+    """A private copy a test may damage."""
+    return Path(shutil.copytree(tiny_textures, tmp_path / "data"))

@@ -122,3 +122,37 @@ def test_advise_bad_folders_end_in_one_sentence(tmp_path, runner, digits_tiny):
     result = runner.invoke(app, ["advise", str(few_bad), "--per-class", "100"])
     assert result.exit_code == 0, result.output
     assert "Warning: 1 unreadable image(s) skipped" in result.output
+
+
+def _evidence(advice) -> tuple:
+    """The pick and every candidate's score, without the timings (which vary from run to run)."""
+    return (advice.strategy, advice.layer, advice.stage_accuracy,
+            [(c["strategy"], c["layer"], c["accuracy"], c["std"], c["how"]) for c in advice.candidates])
+
+
+def test_the_pick_never_looks_at_the_validation_split(tiny_textures, tmp_path):
+    shuffled = shutil.copytree(tiny_textures, tmp_path / "shuffled")
+    val = sorted((shuffled / "val").glob("*/*.png"))
+    classes = sorted(p.name for p in (shuffled / "val").iterdir())
+    moves = []
+    for i, path in enumerate(val):  # every val image moves to the next class folder: each label is now wrong
+        target = shuffled / "val" / classes[(classes.index(path.parent.name) + 1) % len(classes)]
+        path.rename(target / f"moved-{i}-{path.name}")
+        moves.append((path.parent.name, target.name))
+    assert moves and all(before != after for before, after in moves)
+    common = {"views": 1, "budget_minutes": 0, "cache_dir": tmp_path / "cache"}
+    original, relabelled = advise(tiny_textures, **common), advise(shuffled, **common)
+    assert _evidence(original) == _evidence(relabelled)
+    assert "not used" in original.evidence["validation_split"]
+
+
+def test_pilots_keep_to_the_budget(tiny_textures, tmp_path):
+    # A size threshold below the data makes it "large": partial and full pilots share the budget.
+    budget_minutes = 0.2
+    advice = advise(tiny_textures, size_threshold=5, views=1, budget_minutes=budget_minutes,
+                    cache_dir=tmp_path / "cache")
+    pilots = [c for c in advice.candidates if c["how"].startswith("pilot")]
+    assert {c["strategy"] for c in pilots} <= {"partial", "full"}
+    spent = advice.evidence["seconds"]["pilots"]
+    assert spent <= 1.2 * 60 * budget_minutes, advice.evidence
+    assert advice.strategy in ("partial", "full") and advice.size == "large"

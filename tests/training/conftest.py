@@ -4,7 +4,6 @@ The models are real (EfficientNet-Lite0 with its packaged ImageNet weights) and 
 the data is small so that the whole engine runs in seconds per test on a CPU.
 """
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,3 @@ def feature_cache_dir(tmp_path_factory) -> Path:
         os.environ.pop("ZOO_CACHE_DIR", None)
     else:
         os.environ["ZOO_CACHE_DIR"] = old
-
-
-@pytest.fixture(scope="session")
-def tiny_textures(tmp_path_factory) -> Path:
-    """15 train and 6 val crops of the brick, grass and gravel textures, of varied sizes."""
-    from zoo.data.samples import write_sample
-
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    write_sample("textures", out, seed=0, limit=20)
-    return out
-
-
-@pytest.fixture
-def tiny_copy(tiny_textures, tmp_path) -> Path:
-    """A private copy a test may damage."""
-    return Path(shutil.copytree(tiny_textures, tmp_path / "data"))

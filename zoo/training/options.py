@@ -50,6 +50,7 @@ class FinetuneOptions:
     cache_dir: Path | None = None
     workers: int | None = None  # data-loading processes (default: default_workers())
     budget: float | None = None  # auto: minutes for fine-tuning pilots (default: the advisor's)
+    max_latency_ms: float | None = None  # model "auto": the slowest acceptable ONNX Runtime latency, batch 1
 
     @property
     def run_dir(self) -> Path:
@@ -172,10 +173,29 @@ def _follow_advice(o: FinetuneOptions, strategy: Strategy | None, advice: dict[s
     return replace(o, layer=layer), strategy
 
 
+def _choose_backbone(o: FinetuneOptions, workers: int) -> tuple[FinetuneOptions, dict[str, Any]]:
+    """`--model auto`: every backbone with weights here, ranked on this data; the best within the latency budget."""
+    from zoo.advisor.backbones import available_backbones, pick_backbone, rank_backbones
+    from zoo.advisor.recommend import AdviseSettings
+
+    settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
+                              cache_dir=o.cache_dir, use_cache=o.cache, batch_size=o.batch_size, workers=workers,
+                              balance=o.balance)
+    ranked = distributed.from_main(lambda: rank_backbones(o.data_dir, available_backbones(), settings))
+    pick = pick_backbone(ranked, o.max_latency_ms)
+    log.info(f"--model auto: {pick.model} (probe score {100 * pick.score:.1f}%, "
+             f"{pick.latency_ms[1]:.1f} ms at batch 1)")
+    return replace(o, model=pick.model), {"ranking": [b.to_json() for b in ranked], "pick": pick.model,
+                                          "max_latency_ms": o.max_latency_ms}
+
+
 def resolve(options: FinetuneOptions) -> Resolved:
     """Check the options, settle the run directory, and make the choices left to the advisor."""
-    spec = get_spec(options.model)
     o = replace(options, data_dir=Path(options.data_dir), out=options.run_dir)
+    backbones = None
+    if o.model == "auto":
+        o, backbones = _choose_backbone(o, default_workers() if o.workers is None else o.workers)
+    spec = get_spec(o.model)
     strategy = get_strategy(o.strategy) if o.strategy != "auto" else None
     if strategy is not None:
         check_options(o, strategy, spec)
@@ -188,4 +208,6 @@ def resolve(options: FinetuneOptions) -> Resolved:
         advice = _ask_advisor(o, state, workers, pilots=strategy is None)
         o, strategy = _follow_advice(o, strategy, advice, spec)
         check_options(o, strategy, spec)
+    if backbones is not None:
+        advice = {**(advice or {}), "backbones": backbones}
     return Resolved(o, strategy, spec, state, options.strategy, advice, workers)
