@@ -40,6 +40,8 @@ class Candidate:
     std: float  # across folds (a pilot's single split: the binomial standard error)
     seconds: float  # what measuring it cost
     how: str  # "5-fold grouped CV, C=0.1" or "pilot: ..."
+    c: float | None = None  # probes: the cross-validated C, which the svm strategy then reuses
+    cv_accuracy: dict[float, float] | None = None  # probes: mean held-out accuracy per C
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +107,7 @@ def score_probes(probe: ProbeFeatures, class_weights: list[float] | None, seed: 
         folds = len(next(iter(cv.fold_accuracy.values())))
         how = f"{folds}-fold grouped CV on {len(keep)} images x {probe.views} view(s), C={cv.best_c:g}"
         out.append(Candidate("head" if layer is None else "svm", layer, cv.accuracy, cv.std,
-                             time.perf_counter() - tick, how))
+                             time.perf_counter() - tick, how, cv.best_c, cv.mean))
     return out
 
 

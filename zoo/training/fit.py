@@ -100,7 +100,8 @@ def fit_linear_classifier(run: Resolved, data: TrainingData, plan: Plan, recipe:
 
     assert inputs.train_features is not None and inputs.val_features is not None
     tick = time.time()
-    probe = fit_linear_probe(inputs.train_features, inputs.train_y, recipe.class_weights, run.options.seed)
+    probe = fit_linear_probe(inputs.train_features, inputs.train_y, recipe.class_weights, run.options.seed,
+                             chosen=_advised_c(run, plan))
     probe.fold_into(plan.model.classifier)
     val_logits = predict_features(plan.model, inputs.val_features)
     report = classification_report(val_logits, inputs.val_y, data.classes)
@@ -116,6 +117,14 @@ def fit_linear_classifier(run: Resolved, data: TrainingData, plan: Plan, recipe:
     log.info(f"svm on {plan.layer}: C={probe.c:g} (cross-validated), train acc {probe.train_accuracy:.3f}, "
              f"val acc {report['accuracy']:.3f}")
     return history, val_logits
+
+
+def _advised_c(run: Resolved, plan: Plan) -> tuple[float, dict[float, float]] | None:
+    """auto picked svm on this layer: the advisor already cross-validated C on these very features."""
+    pick = (run.advice or {}).get("evidence", {}).get("pick", {})
+    if pick.get("strategy") != "svm" or pick.get("layer") != plan.layer or pick.get("c") is None:
+        return None
+    return float(pick["c"]), {float(c): a for c, a in (pick.get("cv_accuracy") or {}).items()}
 
 
 @dataclass

@@ -8,6 +8,7 @@ see an ordinary ZooModel. `auto` scores its candidates with the same `cross_vali
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -76,47 +77,68 @@ def folds_for(labels: torch.Tensor) -> int:
     return int(min(MAX_FOLDS, np.bincount(labels.numpy()).min()))
 
 
+def _fold_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                 class_weights: list[float] | None, c_grid: tuple[float, ...]) -> dict[float, float]:
+    """One fold: the held-out accuracy at every C, walking the grid from strong to weak regularisation
+    with warm starts. Once a C classifies the held-out images perfectly, weaker regularisation cannot
+    score higher, so the rest of the grid is given that score without fitting (the pick prefers the
+    smaller C on ties, so it is unchanged)."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x[train])
+    xt, xv = scaler.transform(x[train]), scaler.transform(x[test])
+    clf = _classifier(min(c_grid), class_weights, warm=True)
+    out: dict[float, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter at tiny C
+        for c in sorted(c_grid):
+            if out and max(out.values()) == 1.0:
+                out[float(c)] = 1.0
+                continue
+            clf.set_params(C=c).fit(xt, y[train])
+            out[float(c)] = float(clf.score(xv, y[test]))
+    return out
+
+
 def cross_validate(views: list[torch.Tensor], labels: torch.Tensor, class_weights: list[float] | None = None,
                    seed: int = 0, c_grid: tuple[float, ...] = C_GRID) -> CrossValidation | None:
     """Grouped, stratified k-fold accuracy of the standardised logistic regression at every C.
 
-    Written out rather than with GridSearchCV so that each fold walks the C grid from strong to weak
-    regularisation with warm starts: the solver starts near the next optimum, several times faster,
-    and converges to the same (convex) solution. None when a class has a single image.
+    Written out rather than with GridSearchCV so that each fold walks the C grid with warm starts (the
+    solver starts near the next optimum and converges to the same convex solution, several times
+    faster) and the folds run in parallel. None when a class has a single image.
     """
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.preprocessing import StandardScaler
 
     folds = folds_for(labels)
     if folds < 2:
         return None
     x, y, groups = _stack(views, labels)
-    scores: dict[float, list[float]] = {float(c): [] for c in c_grid}
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter at tiny C
-        for train, test in splitter.split(x, y, groups):
-            scaler = StandardScaler().fit(x[train])
-            xt, xv = scaler.transform(x[train]), scaler.transform(x[test])
-            clf = _classifier(min(c_grid), class_weights, warm=True)
-            for c in sorted(c_grid):
-                clf.set_params(C=c).fit(xt, y[train])
-                scores[float(c)].append(float(clf.score(xv, y[test])))
-    return CrossValidation(scores)
+    splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
+    jobs = max(1, min(folds, os.cpu_count() or 1))
+    per_fold = Parallel(n_jobs=jobs, prefer="threads")(
+        delayed(_fold_scores)(x, y, train, test, class_weights, c_grid) for train, test in splits)
+    return CrossValidation({float(c): [scores[float(c)] for scores in per_fold] for c in c_grid})
 
 
 def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weights: list[float] | None = None,
                      seed: int = 0, c_grid: tuple[float, ...] = C_GRID,
-                     cv: CrossValidation | None = None) -> LinearProbe:
+                     chosen: tuple[float, dict[float, float]] | None = None) -> LinearProbe:
     """views: one [N, D] tensor per augmentation view of the same N training images.
 
-    `cv`: a cross-validation already run on these very features (auto's evidence), reused as is.
+    `chosen`: (C, mean CV accuracy per C) from a cross-validation already run on these very features
+    with these folds (auto's evidence), reused instead of running it again.
     """
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    cv = cv or cross_validate(views, labels, class_weights, seed, c_grid)
-    c = cv.best_c if cv is not None else 0.1  # a class with one image: nothing to cross-validate
+    if chosen is not None:
+        c, cv_means = chosen
+    else:
+        cv = cross_validate(views, labels, class_weights, seed, c_grid)
+        c = cv.best_c if cv is not None else 0.1  # a class with one image: nothing to cross-validate
+        cv_means = cv.mean if cv is not None else {}
     x, y, _ = _stack(views, labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -128,4 +150,4 @@ def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weig
     # standardise then linear  ==  one linear layer: W (x - mu) / s + b
     weight = coef / scaler.scale_
     bias = intercept - weight @ scaler.mean_
-    return LinearProbe(weight, bias, float(c), cv.mean if cv is not None else {}, float(best.score(x, y)))
+    return LinearProbe(weight, bias, float(c), cv_means, float(best.score(x, y)))
