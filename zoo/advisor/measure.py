@@ -49,16 +49,22 @@ def probe_sample(data: ImageFolderData, per_class: int, seed: int) -> list[Sampl
     return picked
 
 
-class _BatchNormInputStats:
-    """Forward hooks that accumulate per-channel mean and variance of every BatchNorm's input."""
+class BatchNormInputStats:
+    """Forward hooks that accumulate per-channel mean and variance of every BatchNorm's input, over the
+    first `max_images` images that pass (all of them when None)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, max_images: int | None = None):
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         self.sums: list[tuple[torch.Tensor, torch.Tensor, int] | None] = [None] * len(self.layers)
+        self.images = [0] * len(self.layers)
+        self.max_images = max_images
         self.handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.layers)]
 
     def _hook(self, i: int):
         def hook(module, inputs, output):
+            if self.max_images is not None and self.images[i] >= self.max_images:
+                return
+            self.images[i] += inputs[0].shape[0]
             x = inputs[0].detach()
             # float64 accumulators, without copying the whole activation to float64
             s = (x.sum((0, 2, 3), dtype=torch.float64), (x * x).sum((0, 2, 3), dtype=torch.float64),
@@ -107,7 +113,7 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
           batch_size: int = 16, separability_by_stage: bool = True) -> Probe:
     """One forward pass per sampled image collects all three measurements."""
     model.eval()
-    bn_stats = _BatchNormInputStats(model)
+    bn_stats = BatchNormInputStats(model)
     features: dict[str, list[np.ndarray]] = defaultdict(list)
     labels, confidence, unreadable = [], [], []
     arrays, kept = [], []

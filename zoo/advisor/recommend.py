@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from zoo.advisor.evidence import (
     MAX_PROBE_IMAGES,
     TIE,
@@ -24,7 +26,7 @@ from zoo.advisor.evidence import (
     score_probes,
     stratified_subset,
 )
-from zoo.advisor.measure import Probe, probe, probe_sample
+from zoo.advisor.measure import BatchNormInputStats, Probe, probe, probe_sample
 from zoo.advisor.pilot import PilotSetup, run_pilot
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
@@ -178,17 +180,20 @@ class Findings:
 
 
 def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
-    """BatchNorm shift and source confidence on a class-balanced sample (separability comes from the evidence)."""
+    """BatchNorm shift and source confidence on a class-balanced sample (separability comes from the evidence).
+
+    Only needed when the evidence pass found its features in the cache and so ran no forward pass."""
     per_class = max(2, min(s.per_class, s.max_images // len(f.data.classes)))
     f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.spec.preprocess_config(),
                        s.seed, separability_by_stage=False)
-    if f.measured.unreadable:
-        log.warning(f"{len(f.measured.unreadable)} unreadable image(s) skipped, e.g. {f.measured.unreadable[0]}")
 
 
 def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
     """Every frozen-feature candidate, cross-validated on the training split."""
-    records, _ = scan_images(f.data.train, f.spec.preprocess_config(), "evidence: checking train images")
+    records, skipped = scan_images(f.data.train, f.spec.preprocess_config(), "evidence: checking train images")
+    unreadable = [f"{bad['path']}: {bad['reason']}" for bad in skipped]
+    if unreadable:
+        log.warning(f"{len(unreadable)} unreadable image(s) skipped, e.g. {unreadable[0]}")
     if len({r.label for r in records}) < len(f.data.classes):
         raise ZooError("Some class has no readable training image: check the files with `zoo data inspect`.")
     probed = records
@@ -196,11 +201,32 @@ def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> No
         keep = stratified_subset([r.label for r in records], MAX_PROBE_IMAGES, s.seed)
         probed = [records[i] for i in keep]
     f.records = records
-    f.features = probe_features(net, f.model, probed, f.spec.preprocess_config(), probe_layers(f.spec),
-                                views=s.views if f.augment else None, seed=s.seed, cache_dir=s.cache_dir,
-                                use_cache=s.use_cache, batch_size=s.batch_size, workers=s.workers)
+    # The similarity measurements ride along the evidence pass: BatchNorm input statistics over one view
+    # of every image, and the source classifier's confidence on the bottleneck features.
+    stats = BatchNormInputStats(net, max_images=len(probed))
+    try:
+        f.features = probe_features(net, f.model, probed, f.spec.preprocess_config(), probe_layers(f.spec),
+                                    views=s.views if f.augment else None, seed=s.seed, cache_dir=s.cache_dir,
+                                    use_cache=s.use_cache, batch_size=s.batch_size, workers=s.workers)
+    finally:
+        kl = stats.mean_kl()
+    if kl is None:  # everything came from the cache: measure on a sample instead
+        _measure_similarity(f, net, s)
+    else:
+        f.measured = Probe(images=len(probed), unreadable=[], bn_kl=kl,
+                           source_confidence=_source_confidence(net, f.features.features[None][0], f.spec))
+    assert f.measured is not None
+    f.measured.unreadable = unreadable
     weights = class_weights(f.counts) if resolve_balance(s.balance, f.counts) == "loss" else None
     f.candidates = score_probes(f.features, weights, s.seed)
+
+
+@torch.no_grad()
+def _source_confidence(net: ZooModel, bottleneck: torch.Tensor, spec: BackboneSpec) -> float | None:
+    """Mean top-1 probability of the source (ImageNet) classifier, which `net` still has."""
+    if spec.notes:  # no pretrained source classifier
+        return None
+    return float(net.eval().forward_head(bottleneck).softmax(1).max(1).values.mean())
 
 
 def _prior(f: Findings) -> None:
@@ -265,7 +291,6 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     size = "small" if is_small(len(data.train), s.size_threshold) else "large"
     f = Findings(model, get_spec(model), data, counts, size, size == "small" if s.augment is None else s.augment)
     net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
-    _measure_similarity(f, net, s)
     _score_cheap_candidates(f, net, s)
     _prior(f)
     _run_pilots(f, s)
