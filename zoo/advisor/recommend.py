@@ -194,8 +194,12 @@ def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> No
     unreadable = [f"{bad['path']}: {bad['reason']}" for bad in skipped]
     if unreadable:
         log.warning(f"{len(unreadable)} unreadable image(s) skipped, e.g. {unreadable[0]}")
-    if len({r.label for r in records}) < len(f.data.classes):
-        raise ZooError("Some class has no readable training image: check the files with `zoo data inspect`.")
+    if not records:
+        raise ZooError("None of the training images could be read: check the files with `zoo data inspect`.")
+    missing = sorted(set(range(len(f.data.classes))) - {r.label for r in records})
+    if missing:
+        raise ZooError(f"Class {f.data.classes[missing[0]]!r} has no readable training image: add images to it or "
+                       "check the files with `zoo data inspect`.")
     probed = records
     if f.size == "large":  # the pilots decide there; the probes only need a fair sample
         keep = stratified_subset([r.label for r in records], MAX_PROBE_IMAGES, s.seed)
