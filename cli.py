@@ -222,6 +222,8 @@ def advise_command(
     = 30,
     seed: Annotated[int, typer.Option(help="Seed for the sample and the split.")] = 0,
     budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
+    views: Annotated[int, typer.Option(help="Augmented views per image the evidence uses (as finetune's --views).",
+                                       min=1)] = 4,
     models: Annotated[str | None, typer.Option(help=HELP["models"])] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -230,7 +232,7 @@ def advise_command(
     from zoo.advisor.report import advice_lines
 
     json_mode(as_json)
-    settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed,
+    settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed, views=views,
                               budget_minutes=DEFAULT_BUDGET_MINUTES if budget is None else budget)
     if models:
         from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines

@@ -61,7 +61,7 @@ def inner_split(records: list[ImageRecord], seed: int) -> tuple[list[ImageRecord
 def _affordable(train: list[ImageRecord], held: int, budget_s: float, setup: PilotSetup,
                 seed: int) -> list[ImageRecord]:
     """As many training images as PILOT_EPOCHS epochs can see within the budget (after scoring time)."""
-    scoring_s = (held + CALIBRATION) / setup.forward_images_per_s
+    scoring_s = (held + min(CALIBRATION, len(train))) / setup.forward_images_per_s
     per_image_s = TRAIN_COST / setup.forward_images_per_s
     n = int((budget_s - scoring_s) / (per_image_s * PILOT_EPOCHS))
     if n >= len(train):
@@ -86,7 +86,7 @@ def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, s
     optimizer = torch.optim.AdamW(param_groups(plan.model, strategy.default_lr,
                                                strategy.default_lr * BACKBONE_LR_FACTOR), weight_decay=1e-4)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scoring_s = (len(held) + CALIBRATION) / setup.forward_images_per_s
+    scoring_s = (len(held) + min(CALIBRATION, len(train))) / setup.forward_images_per_s
     labels = [r.label for r in train]
     epochs = 0
     for epoch in range(PILOT_EPOCHS):

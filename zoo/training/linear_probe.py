@@ -106,7 +106,7 @@ def cross_validate(views: list[torch.Tensor], labels: torch.Tensor, class_weight
 
     Written out rather than with GridSearchCV so that each fold walks the C grid with warm starts (the
     solver starts near the next optimum and converges to the same convex solution, several times
-    faster) and the folds run in parallel. None when a class has a single image.
+    faster) and the folds run in parallel processes. None when a class has a single image.
     """
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedGroupKFold
@@ -117,7 +117,9 @@ def cross_validate(views: list[torch.Tensor], labels: torch.Tensor, class_weight
     x, y, groups = _stack(views, labels)
     splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups))
     jobs = max(1, min(folds, os.cpu_count() or 1))
-    per_fold = Parallel(n_jobs=jobs, prefer="threads")(
+    # Processes, not threads: scikit-learn's solver holds the GIL between small BLAS calls, and threads
+    # measured 7x slower than processes here (digits, 400 images, three layers: 20.6 s vs 3.1 s).
+    per_fold = Parallel(n_jobs=jobs, prefer="processes")(
         delayed(_fold_scores)(x, y, train, test, class_weights, c_grid) for train, test in splits)
     return CrossValidation({float(c): [scores[float(c)] for scores in per_fold] for c in c_grid})
 
