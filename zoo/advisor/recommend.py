@@ -7,7 +7,6 @@ measured candidate; the quadrant rule breaks ties and explains. docs/architectur
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from zoo.advisor.evidence import (
 )
 from zoo.advisor.measure import BatchNormInputStats, Probe, probe, probe_sample
 from zoo.advisor.pilot import PilotSetup, run_pilot
+from zoo.advisor.similarity import SIMILARITY_THRESHOLD, similarity_score
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
 from zoo.errors import ZooError
@@ -38,14 +38,6 @@ from zoo.training.datasets import ImageRecord, scan_images
 from zoo.training.strategies import BACKBONE_LR_FACTOR, get_strategy
 
 log = get_logger(__name__)
-
-# Scales of the similarity components. They were set so that real ImageNet validation photos score
-# near 1 (BatchNorm KL 0.09, confidence 0.71 with efficientnet_lite0) and the components fall as data
-# moves away from natural photos; see the README's quadrant guide for measured examples.
-BN_KL_SCALE = 0.5          # score = exp(-KL / scale)
-CONFIDENCE_REFERENCE = 0.7  # score = min(1, confidence / reference)
-WEIGHTS = {"batchnorm": 0.4, "confidence": 0.3, "depth": 0.3}
-SIMILARITY_THRESHOLD = 0.5
 
 QUADRANTS = {
     ("large", "dissimilar"): ("Q1", "full"),
@@ -85,32 +77,6 @@ class Advice:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def similarity_score(p: Probe) -> tuple[float, dict[str, float | None]]:
-    """Weighted mean of the available components, each in [0, 1]."""
-    comp: dict[str, float | None] = {"batchnorm_kl": p.bn_kl, "source_confidence": p.source_confidence}
-    scores: dict[str, float] = {}
-    if p.bn_kl is not None:
-        scores["batchnorm"] = math.exp(-p.bn_kl / BN_KL_SCALE)
-    if p.source_confidence is not None:
-        scores["confidence"] = min(1.0, p.source_confidence / CONFIDENCE_REFERENCE)
-    if p.stage_accuracy:
-        last = list(p.stage_accuracy.values())[-1]
-        scores["depth"] = last / max(max(p.stage_accuracy.values()), 1e-9)
-    for k, v in scores.items():
-        comp[f"{k}_score"] = round(v, 4)
-    total = sum(WEIGHTS[k] for k in scores)
-    if not total:
-        return 0.5, comp
-    return sum(WEIGHTS[k] * v for k, v in scores.items()) / total, comp
-
-
-def best_earlier_layer(stage_accuracy: dict[str, float], stages: list[str]) -> str:
-    """The stage whose pooled activations separate the classes best, preferring earlier on ties."""
-    candidates = [s for s in stages[:-1] if s in stage_accuracy] or stages
-    best = max(stage_accuracy.get(s, 0.0) for s in candidates)
-    return next(s for s in candidates if stage_accuracy.get(s, 0.0) >= best - 0.005)
 
 
 STRATEGY_REASONS = {

@@ -167,7 +167,7 @@ def _follow_advice(o: FinetuneOptions, strategy: Strategy | None, advice: dict[s
         log.info(f"auto: the advisor chose {advice['quadrant']} -> {strategy.name}")
     layer = o.layer or (advice["layer"] if strategy.takes_layer else None)
     if strategy.takes_layer and layer is None:
-        from zoo.advisor.recommend import best_earlier_layer
+        from zoo.advisor.similarity import best_earlier_layer
 
         layer = best_earlier_layer(advice["stage_accuracy"], list(spec.stages))
     return replace(o, layer=layer), strategy
