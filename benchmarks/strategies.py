@@ -110,12 +110,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = ap.parse_args()
+    results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
-        results = [run(d, Path(tmp), args.model, args.seed) for d in args.datasets]
-    print_table(results)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")
+        for d in args.datasets:
+            results.append(run(d, Path(tmp), args.model, args.seed))
+            if args.out:  # after every dataset: a long run that is stopped keeps what it measured
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")
+            print_table(results)
 
 
 if __name__ == "__main__":
