@@ -94,9 +94,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 @app.callback()
-def main_options() -> None:
+def main_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr: no progress "
+                                        "bars, no info lines.")] = False,
+) -> None:
     """zoo: from a folder of labelled images to a served, edge-ready image classifier."""
-    configure(logging.INFO)  # progress and log lines on stderr; --json commands lower it to warnings
+    # Progress and log lines go to stderr; --quiet, and every --json command, lower them to warnings.
+    configure(logging.WARNING if quiet else logging.INFO)
 
 
 def json_mode(as_json: bool) -> None:
@@ -207,7 +211,7 @@ def data_inspect(
     console = _console()
     console.print(report_table(report))
     for line in report_lines(report):
-        console.print(line, markup=True, highlight=False)
+        console.print(line, markup=True, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- advise
