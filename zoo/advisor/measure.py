@@ -1,17 +1,15 @@
-"""Measurements the advisor uses, taken from the images and the pretrained network in one pass.
+"""Measurements the advisor uses, taken from a sample of the images and the pretrained network.
 
 - BatchNorm shift: how far the target images' activation statistics sit from the running
   statistics every BatchNorm layer learned on the source data (mean per-channel KL divergence
   between the two Gaussians; 0 when the data looks like the source).
 - Source confidence: the mean top-1 probability of the source (ImageNet) classifier.
-- Separability by depth: cross-validated accuracy of a standardised logistic regression on the
-  globally pooled activations of every stage. Deep features that separate the classes as well as
-  any earlier stage mean the source's high-level features transfer.
+Separability by depth, the third component, comes from the evidence (zoo.advisor.evidence): the
+held-out accuracy of a linear classifier on each stage's pooled activations.
 """
 from __future__ import annotations
 
 import random
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -88,33 +86,12 @@ class BatchNormInputStats:
         return float(np.mean(kls)) if kls else None
 
 
-def separability(features: dict[str, list[np.ndarray]], labels: list[int], seed: int) -> dict[str, float]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    y = np.asarray(labels)
-    folds = int(min(3, np.bincount(y).min()))
-    if folds < 2:
-        return {}
-    out = {}
-    for stage, rows in features.items():
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-            out[stage] = float(cross_val_score(clf, np.stack(rows), y, cv=cv).mean())
-    return out
-
-
 @torch.no_grad()
 def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: PreprocessConfig, seed: int = 0,
-          batch_size: int = 16, separability_by_stage: bool = True) -> Probe:
+          batch_size: int = 16) -> Probe:
     """One forward pass per sampled image collects all three measurements."""
     model.eval()
     bn_stats = BatchNormInputStats(model)
-    features: dict[str, list[np.ndarray]] = defaultdict(list)
     labels, confidence, unreadable = [], [], []
     arrays, kept = [], []
     for sample in samples:
@@ -131,9 +108,8 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
     try:
         for idx in progress_bar(batches, "measuring similarity"):
             x = torch.from_numpy(np.stack([arrays[i] for i in idx]))
-            for name, stage in model.stages.items():
+            for stage in model.stages.values():
                 x = stage(x)
-                features[name] += list(x.mean((2, 3)).numpy())
             if has_source_head:
                 logits = model.forward_head(model.pre_logits(x.mean((2, 3))))
                 confidence += logits.softmax(1).max(1).values.tolist()
@@ -144,4 +120,4 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
         raise ZooError("None of the sampled images could be read: check the files with `zoo data inspect`.")
     return Probe(images=len(labels), unreadable=unreadable, bn_kl=kl if labels else None,
                  source_confidence=float(np.mean(confidence)) if confidence else None,
-                 stage_accuracy=separability(features, labels, seed) if separability_by_stage else {})
+                 stage_accuracy={})  # filled from the evidence's held-out scores

@@ -151,7 +151,7 @@ def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
     Only needed when the evidence pass found its features in the cache and so ran no forward pass."""
     per_class = max(2, min(s.per_class, s.max_images // len(f.data.classes)))
     f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.spec.preprocess_config(),
-                       s.seed, separability_by_stage=False)
+                       s.seed)
 
 
 def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
