@@ -8,6 +8,8 @@ from PIL import Image
 
 from cli import app
 from zoo.advisor import advise
+from zoo.advisor.recommend import measure_similarity
+from zoo.advisor.similarity import SIMILARITY_THRESHOLD
 from zoo.data.samples import write_sample
 from zoo.run_dir import load_run
 
@@ -54,7 +56,8 @@ def test_size_threshold_is_an_option(digits_tiny, runner):
     assert result.exit_code == 0, result.output
     advice = json.loads(result.output)
     assert advice["size"] == "large" and advice["size_threshold"] == 50
-    expected = {"batchnorm_kl", "source_confidence", "batchnorm_score", "confidence_score", "depth_score"}
+    expected = {"batchnorm_kl", "source_confidence", "batchnorm_score", "confidence_score", "textured_pixels",
+                "pixels_score"}
     assert expected <= set(advice["components"])
 
 
@@ -157,3 +160,20 @@ def test_pilots_keep_to_the_budget(tiny_textures, tmp_path):
     spent = advice.evidence["seconds"]["pilots"]
     assert spent <= 1.2 * 60 * budget_minutes, advice.evidence
     assert advice.strategy in ("partial", "full") and advice.size == "large"
+
+
+@pytest.mark.slow
+def test_similarity_puts_photographs_above_symbols_on_six_packaged_sets(tmp_path_factory):
+    """Natural photographs (colour textures and crops, grey faces) score above symbolic or synthetic
+    images (digits, animal silhouettes, emoji), on small versions of six sets shipped in packages; the
+    strategies benchmark checks the same order on the full-sized sets."""
+    root = tmp_path_factory.mktemp("similarity")
+    natural, symbolic = ("textures", "photos", "faces"), ("digits", "silhouettes", "emoji")
+    scores = {}
+    for name in natural + symbolic:
+        write_sample(name, root / name, limit=120)
+        scores[name], components = measure_similarity(root / name, per_class=6)
+        assert {"batchnorm_score", "confidence_score", "pixels_score"} <= set(components)
+    assert min(scores[n] for n in natural) > max(scores[s] for s in symbolic), scores
+    assert all(scores[n] >= SIMILARITY_THRESHOLD for n in natural), scores
+    assert all(scores[s] < SIMILARITY_THRESHOLD for s in symbolic), scores

@@ -9,11 +9,13 @@ image always fall in the same fold. The validation split is never read here: it 
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from zoo.backbones import BackboneSpec, ZooModel
@@ -22,8 +24,11 @@ from zoo.training.datasets import ImageRecord
 from zoo.training.feature_cache import FeatureCache, Layer, cached_layer_features, default_cache_dir
 from zoo.training.linear_probe import cross_validate
 
-# Two candidates whose scores differ by less than this are a tie, which the quadrant rule breaks:
-# half a point is below the fold-to-fold spread of every dataset measured (benchmarks/strategies.py).
+# Two candidates are a tie, which the quadrant rule breaks, when the gap between their held-out scores
+# is within Z standard errors of that gap: the usual two-sided 5% level. The best of many candidates is
+# chosen on the same images it is scored on (a winner's curse), so a gap the data cannot tell from
+# noise is no reason to overrule the prior. TIE is the floor: half a point is never worth overruling it.
+Z = 1.96
 TIE = 0.005
 # On large data the probes are scored on a subset: their ranking is settled long before the
 # classifier has seen every image, and a CV fit on 4,000 x 4 views would cost more than a pilot.
@@ -42,9 +47,27 @@ class Candidate:
     how: str  # "5-fold grouped CV, C=0.1" or "pilot: ..."
     c: float | None = None  # probes: the cross-validated C, which the svm strategy then reuses
     cv_accuracy: dict[float, float] | None = None  # probes: mean held-out accuracy per C
+    se: float | None = None  # standard error of `accuracy` (default: std, as for a pilot)
+    # probes: each image's held-out correctness, for paired comparisons; not reported
+    held_out: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("held_out")
+        return out
+
+
+def gap_margin(a: Candidate, b: Candidate) -> float:
+    """How far apart two candidates' scores must be to count as different.
+
+    Scored on the same images, the gap's standard error comes from the per-image differences (a paired
+    comparison, much tighter than the folds' spread); otherwise the two errors add."""
+    if a.held_out is not None and b.held_out is not None and len(a.held_out) == len(b.held_out) > 1:
+        d = np.asarray(a.held_out) - np.asarray(b.held_out)
+        se = float(d.std(ddof=1)) / math.sqrt(len(d))
+    else:
+        se = math.hypot(a.std if a.se is None else a.se, b.std if b.se is None else b.se)
+    return max(TIE, Z * se)
 
 
 def probe_layers(spec: BackboneSpec) -> list[Layer]:
@@ -107,26 +130,30 @@ def score_probes(probe: ProbeFeatures, class_weights: list[float] | None, seed: 
         folds = len(next(iter(cv.fold_accuracy.values())))
         how = f"{folds}-fold grouped CV on {len(keep)} images x {probe.views} view(s), C={cv.best_c:g}"
         out.append(Candidate("head" if layer is None else "svm", layer, cv.accuracy, cv.std,
-                             time.perf_counter() - tick, how, cv.best_c, cv.mean))
+                             time.perf_counter() - tick, how, cv.best_c, cv.mean, se=cv.std / math.sqrt(folds),
+                             held_out=tuple(cv.best_correct.tolist())))
     return out
 
 
 def choose(candidates: list[Candidate], prior: str) -> tuple[Candidate, str]:
-    """The most accurate candidate. Within TIE of it, the quadrant rule's strategy wins; otherwise the more
-    accurate, then the earlier listed (an earlier stage: a smaller model to serve)."""
-    best = max(c.accuracy for c in candidates)
-    near = [c for c in candidates if c.accuracy >= best - TIE]
+    """The most accurate candidate. Those whose gap to it is within the noise (gap_margin) tie with it: among
+    them the quadrant rule's strategy wins; otherwise the more accurate, then the earlier listed (an earlier
+    stage: a smaller model to serve)."""
+    top = max(candidates, key=lambda c: c.accuracy)
+    near = [c for c in candidates if top.accuracy - c.accuracy <= gap_margin(top, c)]
     preferred = [c for c in near if c.strategy == prior]
     pick = max(preferred or near, key=lambda c: c.accuracy)
     where = f" on {pick.layer}" if pick.layer else ""
     others = len(near) - 1
+    tied = (f"{others} other candidate(s) came within the noise of the best ({100 * top.accuracy:.1f}%: a gap under "
+            f"{Z:g} standard errors of the per-image differences, or under {100 * TIE:.1f} points)")
     if others and preferred:
-        return pick, (f"{pick.strategy}{where} scored {100 * pick.accuracy:.1f}%; {others} other candidate(s) came "
-                      f"within {100 * TIE:.1f} points, a tie the quadrant rule breaks in favour of {prior}")
+        return pick, (f"{pick.strategy}{where} scored {100 * pick.accuracy:.1f}%; {tied}, a tie the quadrant rule "
+                      f"breaks in favour of {prior}")
     if others:
-        return pick, (f"{pick.strategy}{where} scored {100 * pick.accuracy:.1f}%; {others} other candidate(s) came "
-                      f"within {100 * TIE:.1f} points, none of them the quadrant rule's {prior}: the most accurate "
-                      "is kept, the earliest stage on equal scores (the smallest model to serve)")
+        return pick, (f"{pick.strategy}{where} scored {100 * pick.accuracy:.1f}%; {tied}, none of them the quadrant "
+                      f"rule's {prior}: the most accurate is kept, the earliest stage on equal scores (the smallest "
+                      "model to serve)")
     runner_up = max((c.accuracy for c in candidates if c is not pick), default=None)
     lead = f", {100 * (pick.accuracy - runner_up):.1f} points ahead of the next" if runner_up is not None else ""
-    return pick, f"{pick.strategy}{where} scored best ({100 * pick.accuracy:.1f}% held out{lead})"
+    return pick, f"{pick.strategy}{where} scored best ({100 * pick.accuracy:.1f}% held out{lead}, beyond the noise)"

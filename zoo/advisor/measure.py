@@ -4,8 +4,9 @@
   statistics every BatchNorm layer learned on the source data (mean per-channel KL divergence
   between the two Gaussians; 0 when the data looks like the source).
 - Source confidence: the mean top-1 probability of the source (ImageNet) classifier.
-Separability by depth, the third component, comes from the evidence (zoo.advisor.evidence): the
-held-out accuracy of a linear classifier on each stage's pooled activations.
+The third component, the share of textured pixels, needs no network (zoo.advisor.pixels). Separability by
+depth, reported beside them, comes from the evidence (zoo.advisor.evidence): the held-out accuracy of a
+linear classifier on each stage's pooled activations.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Probe:
     bn_kl: float | None  # mean over BatchNorm layers; None for backbones without BatchNorm
     source_confidence: float | None  # None when the backbone has no pretrained source classifier
     stage_accuracy: dict[str, float] = field(default_factory=dict)
+    textured_pixels: float | None = None  # zoo.advisor.pixels: mean share of pixels that are not flat fill
 
 
 def probe_sample(data: ImageFolderData, per_class: int, seed: int) -> list[Sample]:
@@ -47,13 +49,25 @@ def probe_sample(data: ImageFolderData, per_class: int, seed: int) -> list[Sampl
     return picked
 
 
+Moments = tuple[int, torch.Tensor, torch.Tensor]  # count, per-channel mean, per-channel (population) variance
+
+
+def _merge(a: Moments, b: Moments) -> Moments:
+    """Mean and variance of two groups together (Chan et al.'s parallel update)."""
+    n = a[0] + b[0]
+    delta = b[1] - a[1]
+    mean = a[1] + delta * (b[0] / n)
+    var = (a[0] * a[2] + b[0] * b[2] + delta * delta * (a[0] * b[0] / n)) / n
+    return n, mean, var
+
+
 class BatchNormInputStats:
     """Forward hooks that accumulate per-channel mean and variance of every BatchNorm's input, over the
     first `max_images` images that pass (all of them when None)."""
 
     def __init__(self, model: nn.Module, max_images: int | None = None):
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        self.sums: list[tuple[torch.Tensor, torch.Tensor, int] | None] = [None] * len(self.layers)
+        self.sums: list[Moments | None] = [None] * len(self.layers)
         self.images = [0] * len(self.layers)
         self.max_images = max_images
         self.handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.layers)]
@@ -64,11 +78,11 @@ class BatchNormInputStats:
                 return
             self.images[i] += inputs[0].shape[0]
             x = inputs[0].detach()
-            # float64 accumulators, without copying the whole activation to float64
-            s = (x.sum((0, 2, 3), dtype=torch.float64), (x * x).sum((0, 2, 3), dtype=torch.float64),
-                 x.shape[0] * x.shape[2] * x.shape[3])
-            before = self.sums[i]
-            self.sums[i] = s if before is None else (before[0] + s[0], before[1] + s[1], before[2] + s[2])
+            # One fused pass in the activation's own precision (a float64 sum of x*x cost as much as the
+            # forward pass itself); batches are then merged in float64 with Chan's pairwise formula.
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            s = (x.shape[0] * x.shape[2] * x.shape[3], mean.double(), var.double())
+            self.sums[i] = s if (before := self.sums[i]) is None else _merge(before, s)
         return hook
 
     def mean_kl(self) -> float | None:
@@ -78,8 +92,8 @@ class BatchNormInputStats:
         for bn, s in zip(self.layers, self.sums, strict=True):
             if s is None or bn.running_var is None or bn.running_mean is None:
                 continue
-            mean = s[0] / s[2]
-            var = (s[1] / s[2] - mean * mean).clamp_min(1e-8)
+            _, mean, var = s
+            var = var.clamp_min(1e-8)
             source_var = bn.running_var.double() + bn.eps
             kl = 0.5 * (torch.log(source_var / var) + (var + (mean - bn.running_mean.double()) ** 2) / source_var - 1)
             kls.append(kl.mean().item())

@@ -16,10 +16,10 @@ import torch
 
 from zoo.advisor.evidence import (
     MAX_PROBE_IMAGES,
-    TIE,
     Candidate,
     ProbeFeatures,
     choose,
+    gap_margin,
     probe_features,
     probe_layers,
     score_probes,
@@ -27,6 +27,7 @@ from zoo.advisor.evidence import (
 )
 from zoo.advisor.measure import BatchNormInputStats, Probe, probe, probe_sample
 from zoo.advisor.pilot import PilotSetup, run_pilot
+from zoo.advisor.pixels import mean_textured_fraction
 from zoo.advisor.similarity import SIMILARITY_THRESHOLD, similarity_score
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
@@ -154,6 +155,19 @@ def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
                        s.seed)
 
 
+def measure_similarity(data_dir: Path | str, model: str = "efficientnet_lite0", per_class: int = 30,
+                       seed: int = 0) -> tuple[float, dict[str, float | None]]:
+    """The similarity score and its components alone, on a class-balanced sample of the training images:
+    what `advise` computes on its way (there from every training image), without the evidence."""
+    data = load_image_folder(data_dir, seed=seed)
+    spec = get_spec(model)
+    sample = probe_sample(data, per_class, seed)
+    measured = probe(create_model(model, num_classes=None, pretrained=True), not spec.notes, sample,
+                     spec.preprocess_config(), seed)
+    measured.textured_pixels = mean_textured_fraction([x.path for x in sample])
+    return similarity_score(measured)
+
+
 def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
     """Every frozen-feature candidate, cross-validated on the training split."""
     records, skipped = scan_images(f.data.train, f.spec.preprocess_config(), "evidence: checking train images")
@@ -199,9 +213,12 @@ def _source_confidence(net: ZooModel, bottleneck: torch.Tensor, spec: BackboneSp
     return float(net.eval().forward_head(bottleneck).softmax(1).max(1).values.mean())
 
 
-def _prior(f: Findings) -> None:
-    """The similarity score (separability by depth from the evidence) and the quadrant rule's strategy."""
+def _prior(f: Findings, s: AdviseSettings) -> None:
+    """The similarity score (pixel statistics on a class-balanced sample of the training images; separability
+    by depth, reported beside it, from the evidence) and the quadrant rule's strategy."""
     assert f.measured is not None
+    sample = stratified_subset([r.label for r in f.records], s.max_images, s.seed)
+    f.measured.textured_pixels = mean_textured_fraction([f.records[i].path for i in sample])
     last = f.spec.stages[-1]
     by_layer = {c.layer or last: c.accuracy for c in f.candidates if c.strategy in ("head", "svm")}
     f.measured.stage_accuracy = {st: by_layer[st] for st in f.spec.stages if st in by_layer}
@@ -244,7 +261,7 @@ def _decide(f: Findings) -> None:
         return
     f.pick, f.reason = choose(f.candidates, f.prior)
     for pilot in f.pilots:
-        if pilot.accuracy > f.pick.accuracy + TIE:
+        if pilot.accuracy - f.pick.accuracy > gap_margin(pilot, f.pick):
             f.reason = (f"the {pilot.strategy} pilot scored {100 * pilot.accuracy:.1f}% held out, above the best "
                         f"frozen-feature candidate ({100 * f.pick.accuracy:.1f}%)")
             f.pick = pilot
@@ -262,7 +279,7 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     f = Findings(model, get_spec(model), data, counts, size, size == "small" if s.augment is None else s.augment)
     net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
     _score_cheap_candidates(f, net, s)
-    _prior(f)
+    _prior(f, s)
     _run_pilots(f, s)
     _decide(f)
     return _advice(f, s, time.perf_counter() - tick)
@@ -278,7 +295,7 @@ def _reasons(f: Findings, s: AdviseSettings, lr_head: float, lr_backbone: float,
         "size": f"{f.images} training images {'>' if f.size == 'large' else '<='} the threshold of "
                 f"{s.size_threshold}: {f.size}",
         "similarity": f"score {f.similarity:.2f} {'>=' if similar else '<'} {SIMILARITY_THRESHOLD} "
-                      f"(BatchNorm statistics, source-classifier confidence, separability by depth): "
+                      f"(BatchNorm statistics, source-classifier confidence, share of textured pixels): "
                       f"{'similar' if similar else 'dissimilar'} to the pretraining data",
         "prior": f"the quadrant rule says {f.quadrant} -> {f.prior}: "
                  f"{STRATEGY_REASONS[f.prior].format(layer='an earlier stage')}",

@@ -31,10 +31,12 @@ def advice_lines(a: Advice) -> list[str]:
     if c.get("source_confidence") is not None:
         lines.append(f"  source classifier confidence: {c['source_confidence']:.3f} "
                      f"-> score {c['confidence_score']:.2f}")
+    if (textured := c.get("textured_pixels")) is not None:
+        lines.append(f"  textured pixels (not flat fill): {100 * textured:.0f}% "
+                     f"-> score {c['pixels_score']:.2f}")
     if a.stage_accuracy:
         accs = ", ".join(f"{k} {v:.2f}" for k, v in a.stage_accuracy.items())
-        lines.append(f"  linear separability by stage (held-out accuracy): {accs}")
-        lines.append(f"  -> depth score {c.get('depth_score', 0):.2f} (last stage vs the best stage)")
+        lines.append(f"  linear separability by stage (held-out accuracy, reported, not scored): {accs}")
     lines.append(f"Quadrant (the prior): {a.quadrant} ({a.size}, {'similar' if a.similar else 'dissimilar'}) "
                  f"-> {a.prior_strategy}")
     lines.append("Candidates, scored on held-out parts of the training split (the validation split is not used):")

@@ -1,0 +1,60 @@
+"""auto's pick among measured candidates: a gap the held-out images cannot tell from noise is a tie, which
+the quadrant rule breaks; a clear gap overrules the rule."""
+import numpy as np
+import torch
+
+from zoo.advisor.evidence import Candidate, choose, gap_margin
+from zoo.training.linear_probe import cross_validate
+
+
+def _candidate(strategy, layer, right, folds=5):
+    right = np.asarray(right, dtype=float)
+    acc = float(right.mean())
+    return Candidate(strategy, layer, acc, 0.01, 0.0, "test", se=0.01 / np.sqrt(folds), held_out=tuple(right))
+
+
+def test_a_gap_of_a_few_images_is_a_tie_the_prior_breaks():
+    n = 400
+    head = np.ones(n)
+    head[:8] = 0  # 98.0%
+    svm = np.ones(n)
+    svm[3:8] = 0  # 98.75%: right on 3 images head gets wrong, nothing else differs
+    a, b = _candidate("svm", "stage6", svm), _candidate("head", None, head)
+    assert a.accuracy - b.accuracy < gap_margin(a, b)  # 3 discordant images: within noise
+    pick, reason = choose([a, b], prior="head")
+    assert pick is b and "quadrant rule breaks" in reason
+
+
+def test_a_clear_gap_overrules_the_prior():
+    n = 400
+    head = np.ones(n)
+    head[:60] = 0  # 85%
+    svm = np.ones(n)
+    svm[:4] = 0  # 99%
+    a, b = _candidate("svm", "stage6", svm), _candidate("head", None, head)
+    pick, reason = choose([a, b], prior="head")
+    assert pick is a and "beyond the noise" in reason
+
+
+def test_the_margin_never_falls_below_half_a_point():
+    same = np.ones(1000)
+    same[:10] = 0
+    a, b = _candidate("svm", "stage5", same), _candidate("head", None, same)
+    assert gap_margin(a, b) == 0.005
+
+
+def test_unpaired_candidates_add_their_errors():
+    pilot = Candidate("partial", None, 0.9, 0.03, 1.0, "pilot")  # a pilot: its std is the binomial error
+    probe = Candidate("svm", "stage6", 0.8, 0.02, 1.0, "cv", se=0.01)
+    assert abs(gap_margin(pilot, probe) - 1.96 * np.hypot(0.03, 0.01)) < 1e-12
+
+
+def test_cross_validation_reports_each_images_held_out_correctness():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(20)
+    views = [torch.randn(60, 8, generator=g) + 3 * torch.nn.functional.one_hot(labels, 8) for _ in range(2)]
+    cv = cross_validate(views, labels, seed=0)
+    assert cv is not None
+    right = cv.best_correct
+    assert right.shape == (60,) and set(np.unique(right)) <= {0.0, 0.5, 1.0}  # two views per image
+    assert abs(right.mean() - cv.accuracy) < 1e-9  # equal folds of whole images: the same mean
