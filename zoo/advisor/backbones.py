@@ -24,7 +24,7 @@ from zoo.log import get_logger
 
 log = get_logger(__name__)
 LATENCY_BATCHES = (1, 8)
-LATENCY_RUNS = 10
+LATENCY_RUNS = {1: 40, 8: 10}  # runs per batch size; the median is kept
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class BackboneScore:
     input_size: int
     latency_ms: dict[int, float]  # median ONNX Runtime latency per batch size
     provider: str
+    head_score: float | None = None  # the head candidate's held-out accuracy (the bottleneck's linear classifier)
     pareto: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -57,30 +58,36 @@ def parse_models(text: str) -> list[str]:
     return names
 
 
-def onnx_latency_ms(model_name: str) -> tuple[dict[int, float], str]:
-    """Median latency of the backbone's classifier graph per batch size, and the provider that ran it."""
+def onnx_latency_ms(model_names: list[str]) -> dict[str, tuple[dict[int, float], str]]:
+    """Median latency of each backbone's classifier graph per batch size, and the provider that ran it.
+
+    The backbones are timed in interleaved rounds (A B C, A B C, ...), so that a change in the machine's
+    load during the measurement falls on all of them alike instead of on whichever ran then."""
     from export.onnx_export import classifier_graph
     from zoo.inference import open_session
 
-    spec = get_spec(model_name)
-    graph = classifier_graph(create_model(model_name, num_classes=10, pretrained=False))
-    size = spec.pretrained_cfg.input_size
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "classifier.onnx"
-        path.write_bytes(graph.SerializeToString())
-        session = open_session(path)
-        out = {}
+        sessions, inputs = {}, {}
+        for name in model_names:
+            spec = get_spec(name)
+            graph = classifier_graph(create_model(name, num_classes=10, pretrained=False))
+            path = Path(tmp) / f"{name}.onnx"
+            path.write_bytes(graph.SerializeToString())
+            sessions[name] = open_session(path)
+            size = spec.pretrained_cfg.input_size
+            inputs[name] = {b: np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32)
+                            for b in LATENCY_BATCHES}
+        times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in LATENCY_BATCHES} for n in model_names}
         for batch in LATENCY_BATCHES:
-            x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-            for _ in range(2):  # warm-up
-                session.run(None, {"image": x})
-            times = []
-            for _ in range(LATENCY_RUNS):
-                t = time.perf_counter()
-                session.run(None, {"image": x})
-                times.append(1000 * (time.perf_counter() - t))
-            out[batch] = round(statistics.median(times), 2)
-        return out, session.get_providers()[0]
+            for name in model_names:  # warm-up
+                sessions[name].run(None, {"image": inputs[name][batch]})
+            for _ in range(LATENCY_RUNS[batch]):
+                for name in model_names:
+                    t = time.perf_counter()
+                    sessions[name].run(None, {"image": inputs[name][batch]})
+                    times[name][batch].append(1000 * (time.perf_counter() - t))
+        return {n: ({b: round(statistics.median(t), 2) for b, t in per.items()}, sessions[n].get_providers()[0])
+                for n, per in times.items()}
 
 
 def _mark_pareto(scores: list[BackboneScore]) -> list[BackboneScore]:
@@ -96,15 +103,20 @@ def rank_backbones(data_dir: Path | str, models: list[str],
                    settings: AdviseSettings | None = None) -> list[BackboneScore]:
     """Every backbone's probe score and latency, most accurate first, the Pareto front marked."""
     s = replace(settings or AdviseSettings(), budget_minutes=0.0)  # the cheap candidates only: comparable, fast
-    scores = []
+    advice = {}
     for name in models:
         log.info(f"ranking backbones: {name}")
-        advice = advise(data_dir, model=name, settings=s)
-        best = advice.candidates[0]
-        latency, provider = onnx_latency_ms(name)
+        advice[name] = advise(data_dir, model=name, settings=s)
+    log.info("ranking backbones: ONNX Runtime latency")
+    latency = onnx_latency_ms(models)
+    scores = []
+    for name in models:
+        best = advice[name].candidates[0]
         scores.append(BackboneScore(name, best["accuracy"], best["std"],
                                     best["strategy"] + (f" on {best['layer']}" if best["layer"] else ""),
-                                    get_spec(name).pretrained_cfg.input_size, latency, provider))
+                                    get_spec(name).pretrained_cfg.input_size, latency[name][0], latency[name][1],
+                                    head_score=next((c["accuracy"] for c in advice[name].candidates
+                                                     if c["strategy"] == "head"), None)))
     return sorted(_mark_pareto(scores), key=lambda b: (-b.score, b.latency_ms[1]))
 
 
