@@ -88,7 +88,8 @@ HELP = {
     "max_latency_ms": "With --model auto: the slowest acceptable ONNX Runtime latency at batch 1, in ms, on this "
                       "machine (default: no limit).",
     "budget": "auto: minutes for short fine-tuning pilots, run when the cheap candidates leave headroom or the data "
-              "is large (default: 5; 0: none).",
+              "is large (default: 5 on large data; on small data half of what scoring the cheap candidates cost; "
+              "0: none).",
     "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
               "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
     "precision": "auto (bf16 autocast on a GPU that has it, else fp16 with loss scaling; fp32 on the CPU), fp32, "
@@ -240,14 +241,13 @@ def advise_command(
     as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
-    from zoo.advisor.recommend import DEFAULT_BUDGET_MINUTES, AdviseSettings, advise
+    from zoo.advisor.recommend import AdviseSettings, advise
     from zoo.advisor.report import advice_lines
     from zoo.hardware import Compute
 
     json_mode(as_json)
     settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed, views=views,
-                              budget_minutes=DEFAULT_BUDGET_MINUTES if budget is None else budget,
-                              compute=Compute.resolve(device, precision))
+                              budget_minutes=budget, compute=Compute.resolve(device, precision))
     if models:
         from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines
 

@@ -58,3 +58,19 @@ def test_cross_validation_reports_each_images_held_out_correctness():
     right = cv.best_correct
     assert right.shape == (60,) and set(np.unique(right)) <= {0.0, 0.5, 1.0}  # two views per image
     assert abs(right.mean() - cv.accuracy) < 1e-9  # equal folds of whole images: the same mean
+
+
+def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass():
+    from zoo.advisor.evidence import ProbeFeatures
+    from zoo.advisor.recommend import DEFAULT_BUDGET_MINUTES, AdviseSettings, Findings, _pilot_budget
+    from zoo.backbones import get_spec
+
+    features = ProbeFeatures({}, torch.zeros(100, dtype=torch.long), views=4, from_cache=0, seconds=40.0)
+    small = Findings("efficientnet_lite0", get_spec("efficientnet_lite0"), None, [50, 50], "small", True,
+                     features=features)
+    budget, why = _pilot_budget(small, AdviseSettings())
+    assert budget == 20.0 and "--budget" in why  # the reason says how to give pilots more
+    assert _pilot_budget(small, AdviseSettings(budget_minutes=2))[0] == 120.0  # an explicit budget is kept
+    large = Findings("efficientnet_lite0", get_spec("efficientnet_lite0"), None, [800, 800], "large", False,
+                     features=features)
+    assert _pilot_budget(large, AdviseSettings())[0] == 60 * DEFAULT_BUDGET_MINUTES

@@ -88,7 +88,12 @@ STRATEGY_REASONS = {
            "overfit, so a linear classifier on {layer} activations",
     "head": "few images like the source: the pretrained features already fit, train only a new classifier",
 }
-DEFAULT_BUDGET_MINUTES = 5.0  # for fine-tuning pilots; the cheap candidates are always scored
+DEFAULT_BUDGET_MINUTES = 5.0  # for fine-tuning pilots on large data; the cheap candidates are always scored
+# On small data the default pilot budget is this share of what the evidence pass cost, which is about
+# what the cheap strategy auto would otherwise run costs: a pilot that loses then leaves auto within
+# 1.5x of that strategy. A pilot with five minutes cost 1.6x on the emoji set and lost there
+# (benchmarks/strategies.py). --budget gives pilots more.
+SMALL_PILOT_SHARE = 0.5
 # Small data gets a fine-tuning pilot only when the best frozen-feature candidate leaves more than
 # 15 points of held-out error: above that, training the backbone on a few hundred images has not
 # beaten the linear candidates on any dataset measured (benchmarks/strategies.py), and a pilot that
@@ -107,7 +112,7 @@ class AdviseSettings:
     val_fraction: float = 0.2
     augment: bool | None = None  # default: on for small data, as finetune decides
     views: int = 4  # augmented views per image, as finetune caches them
-    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    budget_minutes: float | None = None  # None: DEFAULT_BUDGET_MINUTES on large data, SMALL_PILOT_SHARE on small
     cache_dir: Path | None = None
     use_cache: bool = True
     batch_size: int = 32
@@ -136,6 +141,7 @@ class Findings:
     records: list[ImageRecord] = field(default_factory=list)
     pilots: list[Candidate] = field(default_factory=list)
     pilot_reason: str = ""
+    budget_s: float = 0.0  # what the pilots were given
     pick: Candidate | None = None
     reason: str = ""
 
@@ -230,25 +236,40 @@ def _prior(f: Findings, s: AdviseSettings) -> None:
     f.quadrant, f.prior = QUADRANTS[(f.size, "similar" if similar else "dissimilar")]
 
 
+def _pilot_budget(f: Findings, s: AdviseSettings) -> tuple[float, str]:
+    """Seconds for pilots, and where the figure comes from."""
+    if s.budget_minutes is not None:
+        return 60.0 * s.budget_minutes, "--budget"
+    if f.size == "large":
+        return 60.0 * DEFAULT_BUDGET_MINUTES, "the default for large data"
+    assert f.features is not None
+    # From the cache the pass cost nothing to measure: estimate it at the CPU rate pilots also assume.
+    spent = f.features.seconds if f.features.from_cache == 0 else len(f.features.labels) * f.features.views / 30.0
+    default = min(60.0 * DEFAULT_BUDGET_MINUTES, SMALL_PILOT_SHARE * spent)
+    return default, (f"half of what the evidence pass cost, the default on small data so that auto stays within "
+                     f"{1 + SMALL_PILOT_SHARE:g}x of the cheap strategy; pass --budget to give pilots more")
+
+
 def _run_pilots(f: Findings, s: AdviseSettings) -> None:
     """Fine-tuning pilots where they can change the decision, within the budget."""
     assert f.features is not None
     best = max(c.accuracy for c in f.candidates)
-    budget = 60.0 * s.budget_minutes
+    budget, given = _pilot_budget(f, s)
     if f.size == "small" and best >= PILOT_BELOW:
         f.pilot_reason = f"none: the best frozen-feature candidate reached {100 * best:.1f}% (at least " \
                          f"{100 * PILOT_BELOW:.0f}%)"
         return
     if budget <= 0:
-        f.pilot_reason = "none: --budget is 0"
+        f.pilot_reason = f"none: a budget of 0 ({given})"
         return
+    f.budget_s = budget
     seen = len(f.features.labels) * f.features.views
     rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 else 30.0
     setup = PilotSetup(f.model, f.spec, len(f.data.classes), f.spec.preprocess_config(), s.seed, f.augment,
                        s.batch_size, s.workers, rate, s.compute)
     names = ["partial"] if f.size == "small" else ["partial", "full"]
     f.pilots = [p for name in names if (p := run_pilot(name, f.records, budget / len(names), setup)) is not None]
-    f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s, on part of the training split"
+    f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
                       + ("" if f.size == "small" else "; each trains on a subset for a few epochs, so the full run "
                          "should score above its pilot (an extrapolation, not a measurement)"))
 
@@ -322,7 +343,7 @@ def _advice(f: Findings, s: AdviseSettings, seconds: float) -> Advice:
     measured = f.candidates + f.pilots
     evidence = {"pick": f.pick.to_json(), "reason": f.reason, "prior": {"quadrant": f.quadrant, "strategy": f.prior},
                 "validation_split": "not used: candidates are scored on held-out parts of the training split",
-                "budget_minutes": s.budget_minutes, "views": f.features.views,
+                "budget_minutes": round(f.budget_s / 60, 3), "views": f.features.views,
                 "seconds": {"features": round(f.features.seconds, 2), "features_from_cache": f.features.from_cache,
                             "candidates": round(sum(c.seconds for c in f.candidates), 2),
                             "pilots": round(sum(c.seconds for c in f.pilots), 2), "total": round(seconds, 2)}}

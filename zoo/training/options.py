@@ -145,13 +145,13 @@ def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool, com
     The advisor extracts its evidence with this run's seed, split, views and cache, so the strategy
     it picks reads those features back instead of running the backbone again.
     """
-    from zoo.advisor.recommend import DEFAULT_BUDGET_MINUTES, AdviseSettings, advise
+    from zoo.advisor.recommend import AdviseSettings, advise
 
     advice = None
     if state == "resume":
         advice = distributed.from_main(lambda: read_json(o.run_dir / CONFIG).get("advice"))
     if advice is None:
-        budget = (DEFAULT_BUDGET_MINUTES if o.budget is None else o.budget) if pilots else 0.0
+        budget = o.budget if pilots else 0.0  # None: the advisor's default
         settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
                                   budget_minutes=budget, cache_dir=o.cache_dir, use_cache=o.cache,
                                   batch_size=o.batch_size, workers=workers, balance=o.balance, compute=compute)
