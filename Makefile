@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ZOO := $(VENV)/bin/zoo
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# On a machine with a CUDA GPU: AMP training, export parity on ONNX Runtime's CUDA provider, a served archive
+# on it (tests/test_gpu.py; every test skips without CUDA). Under 5 minutes on one GPU.
+gpu-check: setup
+	$(PY) -m pytest -q -s -m cuda tests/test_gpu.py
 
 clean:
 	rm -rf $(VENV) demo-data demo-out runs

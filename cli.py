@@ -90,7 +90,13 @@ HELP = {
     "budget": "auto: minutes for short fine-tuning pilots, run when the cheap candidates leave headroom or the data "
               "is large (default: 5 on large data; on small data half of what scoring the cheap candidates cost; "
               "0: none).",
+    "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
+              "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
+    "precision": "auto (bf16 autocast on a GPU that has it, else fp16 with loss scaling; fp32 on the CPU), fp32, "
+                 "bf16 or fp16.",
 }
+DeviceOption = Annotated[str, typer.Option(help=HELP["device"])]
+PrecisionOption = Annotated[str, typer.Option(help=HELP["precision"])]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -230,15 +236,18 @@ def advise_command(
     views: Annotated[int, typer.Option(help="Augmented views per image the evidence uses (as finetune's --views).",
                                        min=1)] = 4,
     models: Annotated[str | None, typer.Option(help=HELP["models"])] = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
     from zoo.advisor.recommend import AdviseSettings, advise
     from zoo.advisor.report import advice_lines
+    from zoo.hardware import Compute
 
     json_mode(as_json)
     settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed, views=views,
-                              budget_minutes=budget)
+                              budget_minutes=budget, compute=Compute.resolve(device, precision))
     if models:
         from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines
 
@@ -300,6 +309,8 @@ def finetune_command(
     nproc: Annotated[int, typer.Option(help=HELP["nproc"], min=1)] = 1,
     budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help=HELP["max_latency_ms"], min=0.0)] = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
     from zoo.training import distributed

@@ -165,6 +165,7 @@ class OnnxRuntimeModel:
             device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
         self.input = self.session.get_inputs()[0].name
         self.output = output
+        self.where = self.session.get_providers()[0]  # logged at start: which provider really runs
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: batch})[0]
@@ -182,6 +183,7 @@ class TorchProgramModel:
         self.device = torch.device(f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu")
         self.module = torch.export.load(str(path)).module().to(self.device)
         self.output = int(output)
+        self.where = str(self.device)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -209,8 +211,8 @@ class ZooImageHandler:
         runtime = RUNTIMES[self.settings["runtime"]]
         self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
         self.initialized = True
-        logger.info("zoo %s handler ready: %s runtime, %d labels", self.settings["kind"], self.settings["runtime"],
-                    len(self.labels))
+        logger.info("zoo %s handler ready: %s runtime on %s, %d labels", self.settings["kind"],
+                    self.settings["runtime"], self.model.where, len(self.labels))
 
     def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
         """The JSON answer of one request from the model output of each of its images."""

@@ -121,7 +121,7 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
     batches = [idx[j:j + batch_size] for idx in by_shape.values() for j in range(0, len(idx), batch_size)]
     try:
         for idx in progress_bar(batches, "measuring similarity"):
-            x = torch.from_numpy(np.stack([arrays[i] for i in idx]))
+            x = torch.from_numpy(np.stack([arrays[i] for i in idx])).to(next(model.parameters()).device)
             for stage in model.stages.values():
                 x = stage(x)
             if has_source_head:

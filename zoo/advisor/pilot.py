@@ -17,6 +17,7 @@ from torch import nn
 
 from zoo.advisor.evidence import Candidate
 from zoo.backbones import BackboneSpec, create_model
+from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.training.augment import item_seed
@@ -43,6 +44,7 @@ class PilotSetup:
     batch_size: int
     workers: int
     forward_images_per_s: float  # measured by the evidence pass
+    compute: Compute = CPU_FP32  # the run's device and precision
 
 
 def inner_split(records: list[ImageRecord], seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -83,6 +85,8 @@ def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, s
     torch.manual_seed(setup.seed)
     plan = strategy.plan(create_model(setup.model, num_classes=setup.classes, pretrained=True), setup.spec, None)
     apply_freeze(plan)
+    setup.compute.prepare(plan.model)
+    scaler = setup.compute.grad_scaler()
     optimizer = torch.optim.AdamW(param_groups(plan.model, strategy.default_lr,
                                                strategy.default_lr * BACKBONE_LR_FACTOR), weight_decay=1e-4)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -98,11 +102,11 @@ def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, s
         order = epoch_order(labels, generator, balanced_sampling=False)
         batches = shape_batches(order, views.shapes(), setup.batch_size, generator)
         train_images_epoch(plan, views, batches, optimizer, nn.CrossEntropyLoss(), base_lrs, epoch, PILOT_EPOCHS,
-                           setup.workers, deadline=deadline - scoring_s)
+                           setup.workers, deadline=deadline - scoring_s, compute=setup.compute, scaler=scaler)
         epochs += 1
     recalibrate(plan, ImageViews(train[:CALIBRATION], setup.preprocess), setup.batch_size, setup.workers)
     logits = predict_images(plan.model, ImageViews(held, setup.preprocess), setup.batch_size, setup.workers,
-                            f"pilot {strategy_name}: scoring")
+                            f"pilot {strategy_name}: scoring", setup.compute)
     accuracy = float((logits.argmax(1) == torch.tensor([r.label for r in held])).float().mean())
     return Candidate(strategy_name, None, accuracy, math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / len(held)),
                      time.perf_counter() - tick,

@@ -32,6 +32,7 @@ from zoo.advisor.similarity import SIMILARITY_THRESHOLD, similarity_score
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
 from zoo.data.folder import ImageFolderData, load_image_folder
 from zoo.errors import ZooError
+from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
 from zoo.training.balance import class_weights, resolve_balance
@@ -117,6 +118,7 @@ class AdviseSettings:
     batch_size: int = 32
     workers: int = 0
     balance: str = "auto"
+    compute: Compute = CPU_FP32  # where the evidence pass and the pilots run (finetune passes its own)
 
 
 @dataclass
@@ -216,7 +218,8 @@ def _source_confidence(net: ZooModel, bottleneck: torch.Tensor, spec: BackboneSp
     """Mean top-1 probability of the source (ImageNet) classifier, which `net` still has."""
     if spec.notes:  # no pretrained source classifier
         return None
-    return float(net.eval().forward_head(bottleneck).softmax(1).max(1).values.mean())
+    device = next(net.parameters()).device
+    return float(net.eval().forward_head(bottleneck.to(device)).softmax(1).max(1).values.mean())
 
 
 def _prior(f: Findings, s: AdviseSettings) -> None:
@@ -263,7 +266,7 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
     seen = len(f.features.labels) * f.features.views
     rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 else 30.0
     setup = PilotSetup(f.model, f.spec, len(f.data.classes), f.spec.preprocess_config(), s.seed, f.augment,
-                       s.batch_size, s.workers, rate)
+                       s.batch_size, s.workers, rate, s.compute)
     names = ["partial"] if f.size == "small" else ["partial", "full"]
     f.pilots = [p for name in names if (p := run_pilot(name, f.records, budget / len(names), setup)) is not None]
     f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
@@ -299,6 +302,7 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     size = "small" if is_small(len(data.train), s.size_threshold) else "large"
     f = Findings(model, get_spec(model), data, counts, size, size == "small" if s.augment is None else s.augment)
     net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
+    net.to(s.compute.device)
     _score_cheap_candidates(f, net, s)
     _prior(f, s)
     _run_pilots(f, s)

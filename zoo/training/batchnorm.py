@@ -54,12 +54,12 @@ def recalibrate(plan: Plan, views: ImageViews, batch_size: int, workers: int) ->
     device = next(plan.model.parameters()).device
     batches = shape_batches(range(len(views)), views.shapes(), batch_size)
     seen = 0
-    for x, _ in loader(views, batches, workers):
+    for x, _ in loader(views, batches, workers, device.type == "cuda"):
         # An average weighted by batch size (PyTorch's momentum=None weights batches equally, and
         # images of an unusual shape form batches of one or two).
         for m in layers:
             m.momentum = len(x) / (seen + len(x))
-        plan.model(x.to(device))
+        plan.model(x.to(device, non_blocking=device.type == "cuda"))
         seen += len(x)
     for m, momentum in zip(layers, momenta, strict=True):
         m.momentum = momentum

@@ -105,5 +105,6 @@ def epoch_order(labels: Sequence[int], generator: torch.Generator, balanced_samp
     return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
 
 
-def loader(dataset: ImageViews, batches: list[list[int]], workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+def loader(dataset: ImageViews, batches: list[list[int]], workers: int, pin_memory: bool = False) -> DataLoader:
+    """Batches decoded by `workers` processes; page-locked when they go to a CUDA GPU (pin_memory)."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)

@@ -29,11 +29,12 @@ from zoo.progress import progress_bar
 from zoo.training import distributed
 from zoo.training.augment import AUGMENT_VERSION, item_seed
 from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
+from zoo.training.ort_features import ORT, TORCH, Extractor, extractor, forced_engines
 from zoo.training.strategies import Plan
 
 log = get_logger(__name__)
 
-FEATURE_VERSION = 2  # bump when the way features (or their keys) are computed changes
+FEATURE_VERSION = 3  # bump when the way features (or their keys) are computed changes
 
 
 def default_cache_dir() -> Path:
@@ -75,9 +76,10 @@ class FeatureCache:
     root: Path
 
     def key(self, *, dataset: str, model: str, weights: str, layer: str | None, view: str,
-            preprocess: PreprocessConfig) -> str:
+            preprocess: PreprocessConfig, engine: str = "torch") -> str:
+        """`engine` (torch or onnxruntime) is part of the key: features of the two never mix."""
         parts = {"dataset": dataset, "model": model, "weights": weights, "layer": layer, "view": view,
-                 "preprocess": preprocess.to_json(), "version": FEATURE_VERSION}
+                 "preprocess": preprocess.to_json(), "version": FEATURE_VERSION, "engine": engine}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str) -> Path:
@@ -117,17 +119,23 @@ def pooled_activations(model: ZooModel, x: torch.Tensor, layers: Sequence[Layer]
 
 @torch.no_grad()
 def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Layer], batch_size: int, workers: int,
-                     description: str) -> dict[Layer, torch.Tensor]:
-    """Pooled activations of every item at every layer, in dataset order: one forward pass per batch."""
+                     description: str, ort: Extractor | None = None) -> dict[Layer, torch.Tensor]:
+    """Pooled activations of every item at every layer, in dataset order: one forward pass per batch, on
+    ONNX Runtime when `ort` is given, else on torch."""
     was_training = model.training
     model.eval()
     # Several processes: each runs every world_size-th batch (the same batches one process runs), then all gather.
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks: dict[Layer, list[tuple[list[int], torch.Tensor]]] = {layer: [] for layer in layers}
+    # On the model's device, in fp32 whatever the training precision: cached features are reused by
+    # later runs, which must find the same numbers.
     device = next(model.parameters()).device
-    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches))
+    pin = device.type == "cuda"
+    bar = progress_bar(loader(dataset, batches, workers, pin), description, total=len(batches))
     for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
-        for layer, f in pooled_activations(model, x.to(device), layers).items():
+        found = ort(x, list(layers)) if ort is not None else pooled_activations(model, x.to(device, non_blocking=pin),
+                                                                                  layers)
+        for layer, f in found.items():
             chunks[layer].append((idx, f.float().cpu()))
     model.train(was_training)
     out = {}
@@ -149,20 +157,38 @@ def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: 
     """
     name = view_name(view, seed)
     data_key = dataset_fingerprint(records)
-    keys = {layer: cache.key(dataset=data_key, model=model_name, weights=weights_fingerprint(model, layer),
-                             layer=layer, view=name, preprocess=cfg) if cache else "" for layer in layers}
-    found: dict[Layer, torch.Tensor] = {}
-    if cache is not None:
+
+    def keys_for(engine: str) -> dict[Layer, str]:
+        return {layer: cache.key(dataset=data_key, model=model_name, weights=weights_fingerprint(model, layer),
+                                 layer=layer, view=name, preprocess=cfg, engine=engine) if cache else ""
+                for layer in layers}
+
+    def load(keys: dict[Layer, str]) -> dict[Layer, torch.Tensor]:
+        if cache is None:
+            return {}
         loaded = distributed.from_main(lambda: {layer: cache.load(keys[layer], len(records)) for layer in layers})
-        found = {layer: f for layer, f in loaded.items() if f is not None}  # rank 0's cache speaks for the run
+        return {layer: f for layer, f in loaded.items() if f is not None}  # rank 0's cache speaks for the run
+
+    # Entries that one engine made for every layer asked are used as they are, whichever engine it was
+    # (auto's evidence pass made them); otherwise the engine is chosen, and only its entries are read.
+    for engine in forced_engines():
+        found = load(keys_for(engine))
+        if len(found) == len(layers):
+            return {layer: found[layer] for layer in layers}, len(layers)
+    deepest = None if None in layers else max((x for x in layers if x is not None), key=model.stage_names.index)
+    ort = extractor(model, model_name, deepest if deepest is None else model.stage_names[-1], cfg.input_size)
+    engine = ORT if ort is not None else TORCH
+    keys = keys_for(engine)
+    found = load(keys)
     missing = [layer for layer in layers if layer not in found]
     if missing:
         seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
-        computed = extract_features(model, ImageViews(records, cfg, seeds), missing, batch_size, workers, description)
+        computed = extract_features(model, ImageViews(records, cfg, seeds), missing, batch_size, workers, description,
+                                    ort)
         if cache is not None and distributed.world().is_main:
             for layer, features in computed.items():
                 cache.save(keys[layer], features, {"model": model_name, "layer": layer, "view": name,
-                                                   "images": len(records)})
+                                                   "images": len(records), "engine": engine})
         found.update(computed)
     return {layer: found[layer] for layer in layers}, len(layers) - len(missing)
 

@@ -56,7 +56,7 @@ def finetune(data_dir: Path | str, options: FinetuneOptions | None = None, **ove
     log.info(f"{run.strategy.name}: {run.options.model} "
              f"({'pretrained' if run.options.pretrained else 'random weights'}), {len(data.train)} train / "
              f"{len(data.val)} val images, {len(data.classes)} classes, augment {'on' if recipe.augment else 'off'}, "
-             f"balance {recipe.balance} -> {run.out}")
+             f"balance {recipe.balance}, on {run.compute.describe()['name']} in {run.compute.precision} -> {run.out}")
     result = fit(run, data, plan, recipe, config)
     metrics = evaluate(data, plan, result, recipe.epochs, started)
     if distributed.world().is_main:

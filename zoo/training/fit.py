@@ -133,6 +133,7 @@ class Optimisation:
     base_lrs: list[float]  # the cosine schedule scales these
     loss_fn: nn.Module
     parallel: distributed.DataParallel | None  # DDP when several processes train on images
+    scaler: torch.amp.GradScaler  # fp16 loss scaling (disabled otherwise)
 
 
 def train_one_epoch(epoch: int, run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe,
@@ -154,10 +155,12 @@ def train_one_epoch(epoch: int, run: Resolved, data: TrainingData, plan: Plan, r
         views = ImageViews(data.train, data.preprocess, seeds)
         batches = shape_batches(order, views.shapes(), o.batch_size, generator)
         train_loss, train_acc = train_images_epoch(plan, views, batches, opt.optimizer, opt.loss_fn, opt.base_lrs,
-                                                   epoch, recipe.epochs, run.workers, opt.parallel)
+                                                   epoch, recipe.epochs, run.workers, opt.parallel,
+                                                   compute=run.compute, scaler=opt.scaler)
         if recalibrate(plan, inputs.calibration_views, o.batch_size, run.workers) and opt.parallel is not None:
             opt.parallel.sync_buffers()  # the ranks computed the same statistics; rank 0's make it exact
-        val_logits = predict_images(plan.model, inputs.val_views, o.batch_size, run.workers, "validating")
+        val_logits = predict_images(plan.model, inputs.val_views, o.batch_size, run.workers, "validating",
+                                    run.compute)
     report = classification_report(val_logits, inputs.val_y, data.classes)
     groups = opt.optimizer.param_groups
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": report["loss"],
@@ -174,7 +177,7 @@ def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: d
     optimizer = torch.optim.AdamW(param_groups(plan.model, recipe.lr, recipe.backbone_lr), weight_decay=WEIGHT_DECAY)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint restores decayed rates
     weights = torch.tensor(recipe.class_weights) if recipe.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights).to(distributed.world().device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights).to(run.compute.device)
     frozen_fp = tensors_fingerprint(frozen_state(plan))  # proves on resume that the frozen part is unchanged
     start, history = resume_point(run, plan, optimizer, frozen_fp)
     val_logits = None
@@ -185,7 +188,7 @@ def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: d
     # classifier on all of them (no communication; milliseconds per epoch).
     parallel = distributed.DataParallel(plan.model) if distributed.world().distributed and not recipe.on_features \
         else None
-    opt = Optimisation(optimizer, base_lrs, loss_fn, parallel)
+    opt = Optimisation(optimizer, base_lrs, loss_fn, parallel, run.compute.grad_scaler())
     for epoch in range(start, recipe.epochs):
         row, val_logits = train_one_epoch(epoch, run, data, plan, recipe, inputs, opt)
         history.append(row)
@@ -196,5 +199,6 @@ def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: d
             write_history(run.out / "history.csv", history)
     if val_logits is None:  # interrupted after the last checkpoint but before the run's files were written
         val_logits = (predict_features(plan.model, inputs.val_features) if inputs.val_features is not None else
-                      predict_images(plan.model, inputs.val_views, run.options.batch_size, run.workers, "validating"))
+                      predict_images(plan.model, inputs.val_views, run.options.batch_size, run.workers, "validating",
+                                     run.compute))
     return FitResult(history, val_logits, cache_report)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from zoo.backbones import ZooModel
+from zoo.hardware import CPU_FP32, Compute
 from zoo.progress import progress_bar
 from zoo.training import distributed
 from zoo.training.datasets import ImageViews, loader, shape_batches
@@ -25,49 +26,57 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], fraction: fl
         group["lr"] = base * cosine(fraction)
 
 
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()  # fp16: scaled so small gradients do not underflow, unscaled before the step
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]], optimizer: torch.optim.Optimizer,
                        loss_fn: nn.Module, base_lrs: list[float], epoch: int, epochs: int, workers: int,
-                       parallel: DataParallel | None = None, deadline: float | None = None) -> tuple[float, float]:
+                       parallel: DataParallel | None = None, deadline: float | None = None,
+                       compute: Compute = CPU_FP32, scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """Mean loss and accuracy over the epoch's batches; the backbone runs on every batch.
 
     With `parallel` (several processes), `batches` are the global batches: this rank runs its share
     of each through DDP, and the figures are summed over the ranks. With `deadline` (time.monotonic(),
-    one process only: auto's pilots) the epoch stops after the batch that passes it.
+    one process only: auto's pilots) the epoch stops after the batch that passes it. The forward pass
+    and the loss run under `compute`'s autocast; `scaler` scales fp16 losses.
     """
     train_mode(plan)
     total_loss, correct, seen = 0.0, 0.0, 0.0
-    device = _device(plan.model)
     net: nn.Module = plan.model
     shares: list[Share] | None = None
     if parallel is not None:
         weight: torch.Tensor | None = getattr(loss_fn, "weight", None)
         class_weights = weight.tolist() if weight is not None else None
         net, shares = parallel.ddp, parallel.shares(batches, [r.label for r in dataset.records], class_weights)
-    data = loader(dataset, batches if shares is None else [s.indices for s in shares], workers)
+    data = loader(dataset, batches if shares is None else [s.indices for s in shares], workers, compute.pin_memory)
     for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches))):
         if deadline is not None and seen and time.monotonic() > deadline:
             break
         set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
-        x, y = x.to(device), y.to(device)
+        x, y = compute.batch(x), y.to(compute.device, non_blocking=compute.pin_memory)
         if shares is None or parallel is None:
-            logits = net(x)
-            loss = loss_fn(logits, y)
-            _step(optimizer, loss)
+            with compute.autocast():
+                logits = net(x)
+                loss = loss_fn(logits, y)
+            _step(optimizer, loss, scaler)
             total_loss += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         else:
             share = shares[b]
             parallel.begin(share)
-            logits = net(x)
-            loss = loss_fn(logits, y)
-            _step(optimizer, loss * parallel.loss_scale(share))
+            with compute.autocast():
+                logits = net(x)
+                loss = loss_fn(logits, y)
+            _step(optimizer, loss * parallel.loss_scale(share), scaler)
             total_loss += loss.item() * share.fraction * share.size  # this rank's part of the batch's loss sum
             correct += int((logits.argmax(1) == y).sum()) if share.images else 0
             seen += share.images
@@ -80,7 +89,8 @@ def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]]
 def train_features_epoch(plan: Plan, features: torch.Tensor, labels: torch.Tensor, batches: list[list[int]],
                          optimizer: torch.optim.Optimizer, loss_fn: nn.Module, base_lrs: list[float], epoch: int,
                          epochs: int) -> tuple[float, float]:
-    """The same epoch on cached features: only the classifier runs, the backbone never does."""
+    """The same epoch on cached features: only the classifier runs, the backbone never does (one small
+    linear layer: fp32 on any device, where autocast would only add casts)."""
     train_mode(plan)  # the classifier's dropout is active, as it is when training on images
     total_loss, correct, device = 0.0, 0, _device(plan.model)
     for b, idx in enumerate(batches):
@@ -97,17 +107,19 @@ def train_features_epoch(plan: Plan, features: torch.Tensor, labels: torch.Tenso
 
 @torch.no_grad()
 def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, workers: int,
-                   description: str) -> torch.Tensor:
+                   description: str, compute: Compute | None = None) -> torch.Tensor:
     """Logits in dataset order; equal-shape batches, eval mode, so each prediction is the one serving makes.
 
     Several processes share the batches out and gather the logits, so every rank gets all of them.
     """
     model.eval()
+    compute = compute or Compute(_device(model), "fp32")
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
-    chunks, device = [], _device(model)
-    bar = progress_bar(loader(dataset, batches, workers), description, total=len(batches))
+    chunks = []
+    bar = progress_bar(loader(dataset, batches, workers, compute.pin_memory), description, total=len(batches))
     for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
-        chunks.append((idx, model(x.to(device)).cpu()))
+        with compute.autocast():
+            chunks.append((idx, model(compute.batch(x)).float().cpu()))
     out = torch.empty(len(dataset), model.num_classes)
     for idx, logits in distributed.gather_chunks(chunks):
         out[idx] = logits

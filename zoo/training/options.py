@@ -14,6 +14,7 @@ from typing import Any
 
 from zoo.backbones import BackboneSpec, get_spec
 from zoo.errors import ZooError
+from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
 from zoo.run_dir import CONFIG, METRICS, WEIGHTS, read_json
 from zoo.training import distributed
@@ -51,6 +52,8 @@ class FinetuneOptions:
     workers: int | None = None  # data-loading processes (default: default_workers())
     budget: float | None = None  # auto: minutes for fine-tuning pilots (default: the advisor's)
     max_latency_ms: float | None = None  # model "auto": the slowest acceptable ONNX Runtime latency, batch 1
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (zoo.hardware)
+    precision: str = "auto"  # auto, fp32, bf16 or fp16
 
     @property
     def run_dir(self) -> Path:
@@ -70,6 +73,7 @@ class Resolved:
     requested_strategy: str  # what the user asked for ("auto" stays visible in config.json)
     advice: dict[str, Any] | None  # the advisor's report, when it was asked
     workers: int
+    compute: Compute = CPU_FP32  # the device and precision everything runs on
 
     @property
     def out(self) -> Path:
@@ -135,7 +139,7 @@ def run_dir_state(out: Path, resume: bool, force: bool) -> str:
     return "resume"
 
 
-def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool) -> dict[str, Any]:
+def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool, compute: Compute) -> dict[str, Any]:
     """The advice a run started with (when resuming), else a fresh one; rank 0 asks, every rank follows.
 
     The advisor extracts its evidence with this run's seed, split, views and cache, so the strategy
@@ -150,7 +154,7 @@ def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool) -> 
         budget = o.budget if pilots else 0.0  # None: the advisor's default
         settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
                                   budget_minutes=budget, cache_dir=o.cache_dir, use_cache=o.cache,
-                                  batch_size=o.batch_size, workers=workers, balance=o.balance)
+                                  batch_size=o.batch_size, workers=workers, balance=o.balance, compute=compute)
         advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, settings=settings).to_json())
     return advice
 
@@ -173,14 +177,14 @@ def _follow_advice(o: FinetuneOptions, strategy: Strategy | None, advice: dict[s
     return replace(o, layer=layer), strategy
 
 
-def _choose_backbone(o: FinetuneOptions, workers: int) -> tuple[FinetuneOptions, dict[str, Any]]:
+def _choose_backbone(o: FinetuneOptions, workers: int, compute: Compute) -> tuple[FinetuneOptions, dict[str, Any]]:
     """`--model auto`: every backbone with weights here, ranked on this data; the best within the latency budget."""
     from zoo.advisor.backbones import available_backbones, pick_backbone, rank_backbones
     from zoo.advisor.recommend import AdviseSettings
 
     settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
                               cache_dir=o.cache_dir, use_cache=o.cache, batch_size=o.batch_size, workers=workers,
-                              balance=o.balance)
+                              balance=o.balance, compute=compute)
     ranked = distributed.from_main(lambda: rank_backbones(o.data_dir, available_backbones(), settings))
     pick = pick_backbone(ranked, o.max_latency_ms)
     log.info(f"--model auto: {pick.model} (probe score {100 * pick.score:.1f}%, "
@@ -192,9 +196,10 @@ def _choose_backbone(o: FinetuneOptions, workers: int) -> tuple[FinetuneOptions,
 def resolve(options: FinetuneOptions) -> Resolved:
     """Check the options, settle the run directory, and make the choices left to the advisor."""
     o = replace(options, data_dir=Path(options.data_dir), out=options.run_dir)
+    compute = Compute.resolve(o.device, o.precision)  # a device this machine lacks: one sentence, nothing written
     backbones = None
     if o.model == "auto":
-        o, backbones = _choose_backbone(o, default_workers() if o.workers is None else o.workers)
+        o, backbones = _choose_backbone(o, default_workers() if o.workers is None else o.workers, compute)
     spec = get_spec(o.model)
     strategy = get_strategy(o.strategy) if o.strategy != "auto" else None
     if strategy is not None:
@@ -205,9 +210,9 @@ def resolve(options: FinetuneOptions) -> Resolved:
     if state == "complete":  # nothing left to decide: the run says what it was
         strategy = strategy or get_strategy(distributed.from_main(lambda: read_json(o.run_dir / CONFIG))["strategy"])
     elif strategy is None or (strategy.takes_layer and o.layer is None):
-        advice = _ask_advisor(o, state, workers, pilots=strategy is None)
+        advice = _ask_advisor(o, state, workers, pilots=strategy is None, compute=compute)
         o, strategy = _follow_advice(o, strategy, advice, spec)
         check_options(o, strategy, spec)
     if backbones is not None:
         advice = {**(advice or {}), "backbones": backbones}
-    return Resolved(o, strategy, spec, state, options.strategy, advice, workers)
+    return Resolved(o, strategy, spec, state, options.strategy, advice, workers, compute)

@@ -92,7 +92,7 @@ def make_plan(run: Resolved, data: TrainingData) -> Plan:
     net = create_model(o.model, num_classes=len(data.classes), pretrained=o.pretrained)
     plan = run.strategy.plan(net, run.spec, o.layer if run.strategy.takes_layer else o.freeze_until)
     apply_freeze(plan)
-    plan.model.to(distributed.world().device)  # one GPU per process under torchrun with nccl; the CPU otherwise
+    run.compute.prepare(plan.model)  # --device (one GPU per process under torchrun with nccl)
     return plan
 
 
@@ -152,6 +152,7 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
         },
         "backbone": {"family": spec.family, "feature_dim": spec.feature_dim, "stages": list(spec.stages)},
         "versions": {"torch": torch.__version__},
+        "compute": run.compute.describe(),
         "requested_strategy": run.requested_strategy,
         "advice": run.advice,
     }

@@ -1,0 +1,91 @@
+"""--device and --precision: resolved once, checked against this machine, one sentence when it lacks them."""
+import pytest
+import torch
+
+from cli import app
+from zoo.errors import ZooError
+from zoo.hardware import CPU_FP32, Compute, resolve_device, resolve_precision
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers of a machine without CUDA")
+
+
+@no_cuda
+def test_auto_takes_the_cpu_without_a_gpu(monkeypatch):
+    monkeypatch.setattr("zoo.hardware._mps_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert Compute.resolve("auto", "auto") == CPU_FP32
+
+
+def test_precision_auto_is_fp32_on_the_cpu_and_explicit_choices_are_kept():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("FP32", cpu) == "fp32"
+    with pytest.raises(ZooError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ZooError, match="Unknown precision 'fp8': choose one of auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", cpu)
+
+
+def test_precision_auto_on_a_gpu_prefers_bf16(monkeypatch):
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", gpu) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", gpu) == "fp16"  # with a gradient scaler
+    with pytest.raises(ZooError, match="bf16 needs a GPU with bfloat16 support"):
+        resolve_precision("bf16", gpu)
+
+
+@no_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "CUDA:1"])
+def test_an_explicit_cuda_device_without_cuda_is_one_sentence(name):
+    with pytest.raises(ZooError) as e:
+        resolve_device(name)
+    message = str(e.value)
+    assert message.count(". ") == 0 and "needs a CUDA GPU" in message and "--device auto or cpu" in message
+
+
+def test_unknown_devices_are_refused():
+    for name in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(ZooError, match="Unknown device"):
+            resolve_device(name)
+
+
+def test_fp32_compute_changes_nothing():
+    x = torch.randn(2, 3, 8, 8)
+    assert CPU_FP32.batch(x) is x or torch.equal(CPU_FP32.batch(x), x)
+    assert not CPU_FP32.channels_last and not CPU_FP32.pin_memory
+    assert not CPU_FP32.grad_scaler().is_enabled()
+    with CPU_FP32.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_bf16_autocast_on_the_cpu_runs_matmuls_in_bf16():
+    with Compute(torch.device("cpu"), "bf16").autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+@no_cuda
+def test_finetune_with_cuda_on_a_cpu_machine_says_so_and_writes_nothing(tiny_textures, tmp_path, runner):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["finetune", str(tiny_textures), "--device", "cuda", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "needs a CUDA GPU" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@no_cuda
+def test_advise_with_cuda_on_a_cpu_machine_says_so(tiny_textures, runner):
+    result = runner.invoke(app, ["advise", str(tiny_textures), "--device", "cuda:0"])
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.output and "Traceback" not in result.output
+
+
+def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):
+    from zoo.run_dir import read_json
+    from zoo.training.finetune import finetune
+
+    out = tmp_path / "head"
+    finetune(tiny_textures, strategy="head", epochs=2, out=out, cache_dir=tmp_path / "cache", device="cpu")
+    compute = read_json(out / "config.json")["compute"]
+    assert compute["device"] == "cpu" and compute["precision"] == "fp32"

@@ -1,0 +1,84 @@
+"""Bottleneck and stage features on ONNX Runtime: checked against torch when the graph is made, cached
+per backbone and weights, and never mixed with torch's features in the cache."""
+import json
+import logging
+
+import pytest
+import torch
+
+from zoo.backbones import create_model, get_spec
+from zoo.data.folder import load_image_folder
+from zoo.training import ort_features
+from zoo.training.datasets import scan_images
+from zoo.training.feature_cache import FeatureCache, cached_layer_features
+
+LAYERS = ["stage3", None]
+
+
+@pytest.fixture(scope="module")
+def records(tiny_textures):
+    cfg = get_spec("efficientnet_lite0").preprocess_config()
+    found, _ = scan_images(load_image_folder(tiny_textures).train, cfg, "scan")
+    return found[:8], cfg
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "zoo-cache"))
+    monkeypatch.setattr(ort_features, "_LOADED", {})
+    return tmp_path / "zoo-cache"
+
+
+def _features(model, records, cache, engine, monkeypatch):
+    monkeypatch.setenv(ort_features.ENGINE_ENV, engine)
+    (recs, cfg) = records
+    return cached_layer_features(model, recs, cfg, model_name="efficientnet_lite0", layers=LAYERS, view=None,
+                                 seed=0, cache=cache, batch_size=4, workers=0, description=engine)
+
+
+def test_ort_features_match_torch_and_their_cache_entries_never_mix(records, cache_home, tmp_path, monkeypatch,
+                                                                     caplog):
+    model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    cache = FeatureCache(tmp_path / "features")
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        by_torch, hits = _features(model, records, cache, "torch", monkeypatch)
+        assert hits == 0
+        by_ort, hits = _features(model, records, cache, "onnxruntime", monkeypatch)
+    assert hits == 0, "ONNX Runtime must not be handed torch's entries"
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 2 * len(LAYERS)
+    for layer in LAYERS:
+        scale = max(1.0, float(by_torch[layer].abs().max()))
+        assert float((by_torch[layer] - by_ort[layer]).abs().max()) <= 1e-4 * scale
+    # parity was checked and reported when the graph was made
+    (report_file,) = (cache_home / "graphs").glob("*.json")
+    report = json.loads(report_file.read_text())
+    assert report["parity"]["ok"] and report["parity"]["max_relative_error"] <= 1e-4
+    assert set(report["ms_per_batch_of_8"]) == {"torch", "onnxruntime"}
+    assert any("feature graph for efficientnet_lite0" in r.getMessage() and "agrees with torch" in r.getMessage()
+               for r in caplog.records)
+    # both engines' entries now exist: each engine reads back its own
+    assert _features(model, records, cache, "torch", monkeypatch)[1] == len(LAYERS)
+    assert _features(model, records, cache, "onnxruntime", monkeypatch)[1] == len(LAYERS)
+
+
+def test_a_graph_is_made_once_and_reused_from_disk(records, cache_home, tmp_path, monkeypatch):
+    model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    _features(model, records, FeatureCache(tmp_path / "a"), "onnxruntime", monkeypatch)
+    monkeypatch.setattr(ort_features, "_LOADED", {})  # a new process
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the cached graph should have been used")
+
+    monkeypatch.setattr(ort_features, "_export", no_export)
+    _, hits = _features(model, records, FeatureCache(tmp_path / "b"), "onnxruntime", monkeypatch)
+    assert hits == 0 and len(list((cache_home / "graphs").glob("*.onnx"))) == 1
+
+
+def test_other_weights_get_another_graph_and_a_gpu_model_stays_on_torch(records, cache_home, monkeypatch):
+    model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    other = create_model("efficientnet_lite0", num_classes=None, pretrained=False).eval()
+    assert ort_features._graph_key("m", model, None) != ort_features._graph_key("m", other, None)
+    assert ort_features._graph_key("m", model, None) != ort_features._graph_key("m", model, "stage3")
+    monkeypatch.setattr(ort_features, "_device", lambda model: torch.device("cuda", 0))
+    monkeypatch.setenv(ort_features.ENGINE_ENV, "onnxruntime")
+    assert ort_features.extractor(model, "m", None, 224) is None

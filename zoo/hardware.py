@@ -1,0 +1,137 @@
+"""Where training and extraction run, and in which precision: `--device` and `--precision`, resolved once.
+
+`auto` takes the GPU when PyTorch sees one (CUDA, else Apple's MPS) and the CPU otherwise. Precision
+`auto` is bf16 autocast on a GPU that supports it, fp16 with a gradient scaler on one that does not,
+and fp32 on the CPU and MPS. Several processes under torchrun keep the GPU of their local rank,
+whatever `--device` says.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from zoo.errors import ZooError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """The device a flag names, checked against what this machine has; one sentence when it lacks it."""
+    name = (requested or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise ZooError("--device mps needs Apple's Metal backend, which PyTorch does not see here: use --device "
+                           "auto or cpu.")
+        return torch.device("mps")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise ZooError(f"Unknown device {requested!r}: choose {DEVICE_CHOICES}.")
+    if not torch.cuda.is_available():
+        raise ZooError(f"--device {requested} needs a CUDA GPU, and PyTorch sees none here (no GPU, no driver, or a "
+                       "CPU-only build of torch): use --device auto or cpu.")
+    index = int(match.group(1) or torch.cuda.current_device())
+    if index >= torch.cuda.device_count():
+        raise ZooError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered "
+                       f"from 0: choose one of them.")
+    return torch.device("cuda", index)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """fp32, bf16 or fp16 for this device."""
+    name = (requested or "auto").strip().lower()
+    if name not in PRECISIONS:
+        raise ZooError(f"Unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}.")
+    if device.type == "cuda":
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if name == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ZooError("--precision bf16 needs a GPU with bfloat16 support (Ampere or newer): use fp16 or auto.")
+        return name
+    if name == "fp16" and device.type == "cpu":
+        raise ZooError("--precision fp16 needs a GPU: on the CPU use bf16 or fp32 (auto).")
+    # The CPU and MPS stay in fp32 unless asked: bf16 autocast was not measured faster on the CPUs tried.
+    return "fp32" if name == "auto" else name
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The resolved device and precision, and what follows from them."""
+
+    device: torch.device
+    precision: str  # fp32, bf16 or fp16
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto") -> Compute:
+        from zoo.training import distributed
+
+        world = distributed.world()
+        chosen = world.device if world.distributed else resolve_device(device)  # torchrun: a GPU per rank
+        return cls(chosen, resolve_precision(precision, chosen))
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type in ("cuda", "mps")
+
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked batches copy to a CUDA GPU asynchronously, overlapping the next batch's decoding."""
+        return self.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        """NHWC activations: tensor cores take convolutions in that layout without transposes (CUDA with
+        autocast); on the CPU it measured no faster for these depthwise networks, so it stays off there."""
+        return self.device.type == "cuda" and self.precision != "fp32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES.get(self.precision, torch.float32)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Mixed precision for the forward pass (and the loss); a no-op in fp32."""
+        if self.precision == "fp32":
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            yield
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (a disabled scaler)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda")
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch on the device, in the model's memory layout."""
+        x = x.to(self.device, non_blocking=self.pin_memory)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def describe(self) -> dict[str, str]:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+        return {"device": str(self.device), "name": name, "precision": self.precision,
+                "channels_last": str(self.channels_last).lower()}
+
+
+CPU_FP32 = Compute(torch.device("cpu"), "fp32")
