@@ -62,7 +62,8 @@ def test_cross_validation_reports_each_images_held_out_correctness():
 
 def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass():
     from zoo.advisor.evidence import ProbeFeatures
-    from zoo.advisor.recommend import DEFAULT_BUDGET_MINUTES, AdviseSettings, Findings, _pilot_budget
+    from zoo.advisor.pilot import DEFAULT_BUDGET_MINUTES
+    from zoo.advisor.recommend import AdviseSettings, Findings, _pilot_budget
     from zoo.backbones import get_spec
 
     features = ProbeFeatures({}, torch.zeros(100, dtype=torch.long), views=4, from_cache=0, seconds=40.0)

@@ -31,6 +31,23 @@ PILOT_EPOCHS = 3  # enough for the pretrained layers to move; the cosine schedul
 HELD_OUT = 0.2  # share of each class's training images the pilot is scored on
 TRAIN_COST = 3.0  # a training step costs about three forward passes (forward, backward, update)
 CALIBRATION = 128  # images the trainable BatchNorm statistics are recomputed on before scoring
+DEFAULT_BUDGET_MINUTES = 5.0  # for pilots on large data, when --budget is not given
+# On small data the default budget is this share of what the evidence pass cost, which is about what
+# the cheap strategy auto would otherwise run costs: a pilot that loses then leaves auto within 1.5x of
+# that strategy. A pilot with five minutes cost 1.6x on the emoji set and lost there
+# (benchmarks/strategies.py). --budget gives pilots more.
+SMALL_PILOT_SHARE = 0.5
+
+
+def pilot_budget(size: str, evidence_seconds: float, budget_minutes: float | None) -> tuple[float, str]:
+    """Seconds for pilots, and where the figure comes from."""
+    if budget_minutes is not None:
+        return 60.0 * budget_minutes, "--budget"
+    if size == "large":
+        return 60.0 * DEFAULT_BUDGET_MINUTES, "the default for large data"
+    return min(60.0 * DEFAULT_BUDGET_MINUTES, SMALL_PILOT_SHARE * evidence_seconds), (
+        f"half of what the evidence pass cost, the default on small data so that auto stays within "
+        f"{1 + SMALL_PILOT_SHARE:g}x of the cheap strategy; pass --budget to give pilots more")
 
 
 @dataclass(frozen=True)

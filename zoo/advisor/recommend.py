@@ -26,7 +26,7 @@ from zoo.advisor.evidence import (
     stratified_subset,
 )
 from zoo.advisor.measure import BatchNormInputStats, Probe, probe, probe_sample
-from zoo.advisor.pilot import PilotSetup, run_pilot
+from zoo.advisor.pilot import PilotSetup, pilot_budget, run_pilot
 from zoo.advisor.pixels import mean_textured_fraction
 from zoo.advisor.similarity import SIMILARITY_THRESHOLD, similarity_score
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
@@ -88,12 +88,6 @@ STRATEGY_REASONS = {
            "overfit, so a linear classifier on {layer} activations",
     "head": "few images like the source: the pretrained features already fit, train only a new classifier",
 }
-DEFAULT_BUDGET_MINUTES = 5.0  # for fine-tuning pilots on large data; the cheap candidates are always scored
-# On small data the default pilot budget is this share of what the evidence pass cost, which is about
-# what the cheap strategy auto would otherwise run costs: a pilot that loses then leaves auto within
-# 1.5x of that strategy. A pilot with five minutes cost 1.6x on the emoji set and lost there
-# (benchmarks/strategies.py). --budget gives pilots more.
-SMALL_PILOT_SHARE = 0.5
 # Small data gets a fine-tuning pilot only when the best frozen-feature candidate leaves more than
 # 15 points of held-out error: above that, training the backbone on a few hundred images has not
 # beaten the linear candidates on any dataset measured (benchmarks/strategies.py), and a pilot that
@@ -237,17 +231,10 @@ def _prior(f: Findings, s: AdviseSettings) -> None:
 
 
 def _pilot_budget(f: Findings, s: AdviseSettings) -> tuple[float, str]:
-    """Seconds for pilots, and where the figure comes from."""
-    if s.budget_minutes is not None:
-        return 60.0 * s.budget_minutes, "--budget"
-    if f.size == "large":
-        return 60.0 * DEFAULT_BUDGET_MINUTES, "the default for large data"
     assert f.features is not None
     # From the cache the pass cost nothing to measure: estimate it at the CPU rate pilots also assume.
     spent = f.features.seconds if f.features.from_cache == 0 else len(f.features.labels) * f.features.views / 30.0
-    default = min(60.0 * DEFAULT_BUDGET_MINUTES, SMALL_PILOT_SHARE * spent)
-    return default, (f"half of what the evidence pass cost, the default on small data so that auto stays within "
-                     f"{1 + SMALL_PILOT_SHARE:g}x of the cheap strategy; pass --budget to give pilots more")
+    return pilot_budget(f.size, spent, s.budget_minutes)
 
 
 def _run_pilots(f: Findings, s: AdviseSettings) -> None:

@@ -10,6 +10,7 @@ disagrees or is slower. The feature cache's keys name the engine, so entries of 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -68,6 +69,16 @@ class _Pooled(nn.Module):
 
         found = pooled_activations(self.model, image, self.layers)
         return tuple(found[layer] for layer in self.layers)
+
+
+def _without_hooks(model: ZooModel) -> ZooModel:
+    """A copy for exporting and checking: the caller's forward hooks (the advisor's BatchNorm statistics)
+    must neither be traced into the graph nor count the random check inputs."""
+    clean = copy.deepcopy(model).eval()
+    for m in clean.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return clean
 
 
 def _export(model: ZooModel, layers: list[Layer]) -> bytes:
@@ -183,10 +194,11 @@ def extractor(model: ZooModel, model_name: str, deepest: Layer, input_size: int)
         else:
             tick = time.perf_counter()
             folder.mkdir(parents=True, exist_ok=True)
-            graph = _export(model.eval(), layers)
+            clean = _without_hooks(model)
+            graph = _export(clean, layers)
             atomic_write_bytes(path, graph)
             session = _session(path)
-            report = {**_check(model, session, layers, input_size), "model": model_name, "deepest": deepest,
+            report = {**_check(clean, session, layers, input_size), "model": model_name, "deepest": deepest,
                       "export_seconds": round(time.perf_counter() - tick, 1)}
             atomic_write_json(report_path, report)
             ext = Extractor(session, layers, report)
