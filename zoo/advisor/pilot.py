@@ -37,6 +37,8 @@ DEFAULT_BUDGET_MINUTES = 5.0  # for pilots on large data, when --budget is not g
 # that strategy. A pilot with five minutes cost 1.6x on the emoji set and lost there
 # (benchmarks/strategies.py). --budget gives pilots more.
 SMALL_PILOT_SHARE = 0.5
+# Forward images/s assumed when the evidence came from the cache and no pass was timed (lite0 on a small CPU).
+ASSUMED_FORWARD_RATE = 30.0
 
 
 def pilot_budget(size: str, evidence_seconds: float, budget_minutes: float | None) -> tuple[float, str]:

@@ -26,7 +26,7 @@ from zoo.advisor.evidence import (
     stratified_subset,
 )
 from zoo.advisor.measure import BatchNormInputStats, Probe, probe, probe_sample
-from zoo.advisor.pilot import PilotSetup, pilot_budget, run_pilot
+from zoo.advisor.pilot import ASSUMED_FORWARD_RATE, PilotSetup, pilot_budget, run_pilot
 from zoo.advisor.pixels import mean_textured_fraction
 from zoo.advisor.similarity import SIMILARITY_THRESHOLD, similarity_score
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
@@ -233,7 +233,8 @@ def _prior(f: Findings, s: AdviseSettings) -> None:
 def _pilot_budget(f: Findings, s: AdviseSettings) -> tuple[float, str]:
     assert f.features is not None
     # From the cache the pass cost nothing to measure: estimate it at the CPU rate pilots also assume.
-    spent = f.features.seconds if f.features.from_cache == 0 else len(f.features.labels) * f.features.views / 30.0
+    seen = len(f.features.labels) * f.features.views
+    spent = f.features.seconds if f.features.from_cache == 0 else seen / ASSUMED_FORWARD_RATE
     return pilot_budget(f.size, spent, s.budget_minutes)
 
 
@@ -251,7 +252,8 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
         return
     f.budget_s = budget
     seen = len(f.features.labels) * f.features.views
-    rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 else 30.0
+    rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 \
+        else ASSUMED_FORWARD_RATE
     setup = PilotSetup(f.model, f.spec, len(f.data.classes), f.spec.preprocess_config(), s.seed, f.augment,
                        s.batch_size, s.workers, rate, s.compute)
     names = ["partial"] if f.size == "small" else ["partial", "full"]

@@ -41,9 +41,13 @@ PARITY_TOLERANCE = 1e-4  # max |difference| relative to max(1, max |feature|), p
 TIMING_RUNS = 3
 
 
+def _wanted() -> str:
+    return os.environ.get(ENGINE_ENV, "auto").strip().lower()
+
+
 def forced_engines() -> tuple[str, ...]:
     """The engines whose cached features a run may read: the one ZOO_FEATURE_ENGINE forces, else both."""
-    wanted = os.environ.get(ENGINE_ENV, "auto").strip().lower()
+    wanted = _wanted()
     return (wanted,) if wanted in (TORCH, ORT) else (ORT, TORCH)
 
 
@@ -177,7 +181,7 @@ def extractor(model: ZooModel, model_name: str, deepest: Layer, input_size: int)
     The graph and its check are cached on disk; the first call in a process loads or makes them. Asked
     for with ZOO_FEATURE_ENGINE=onnxruntime, ONNX Runtime runs even when it measured slower (never
     when it disagrees with torch); with torch, it never runs."""
-    wanted = os.environ.get(ENGINE_ENV, "auto").strip().lower()
+    wanted = _wanted()
     if wanted == TORCH or _device(model).type != "cpu" or distributed.world().distributed:
         return None
     key = _graph_key(model_name, model, deepest)
