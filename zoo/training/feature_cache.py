@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -34,6 +34,7 @@ from zoo.training.strategies import Plan
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
 FEATURE_VERSION = 3  # bump when the way features (or their keys) are computed changes
 
 
@@ -117,6 +118,25 @@ def pooled_activations(model: ZooModel, x: torch.Tensor, layers: Sequence[Layer]
     return out
 
 
+# ONNX Runtime runs best back to back: decoding between every two runs held zoo's extractor to 0.52x raw
+# ONNX Runtime on 2 cores, against 0.82-0.86x in chunks (benchmarks/training_speed.py). So about this many
+# images are decoded, then run (80-160 MB at 224 px).
+ORT_CHUNK_IMAGES = 128
+
+
+def _decoded_ahead(decoded: Iterator[tuple[T, list[int]]], images: int) -> Iterator[tuple[T, list[int]]]:
+    """The same (batch, indices) items, each chunk of about `images` images decoded before the first is used."""
+    chunk: list[tuple[T, list[int]]] = []
+    held = 0
+    for item in decoded:
+        chunk.append(item)
+        held += len(item[1])
+        if held >= images:
+            yield from chunk
+            chunk, held = [], 0
+    yield from chunk
+
+
 @torch.no_grad()
 def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Layer], batch_size: int, workers: int,
                      description: str, ort: Extractor | None = None) -> dict[Layer, torch.Tensor]:
@@ -132,7 +152,8 @@ def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Laye
     device = next(model.parameters()).device
     pin = device.type == "cuda"
     bar = progress_bar(loader(dataset, batches, workers, pin), description, total=len(batches))
-    for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
+    decoded = zip(bar, batches, strict=True)  # the bar first, so it sees its last item finish
+    for (x, _), idx in (_decoded_ahead(decoded, ORT_CHUNK_IMAGES) if ort is not None else decoded):
         found = ort(x, list(layers)) if ort is not None else pooled_activations(model, x.to(device, non_blocking=pin),
                                                                                   layers)
         for layer, f in found.items():
