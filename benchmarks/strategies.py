@@ -46,9 +46,13 @@ def _finetune(data: Path, out: Path, cache: Path, seed: int, model: str, **optio
 
 def _auto(data: Path, work: Path, dataset: str, model: str, seed: int) -> tuple[dict, dict]:
     """The advisor, then its pick: what --strategy auto does, timed together, from a cold cache."""
+    from joblib.externals.loky import get_reusable_executor
+
     from zoo.advisor.recommend import AdviseSettings, advise
 
     cache = work / f"cache-{dataset}-auto"
+    # The svm row left scikit-learn's worker processes running; a fresh `zoo finetune` starts them cold.
+    get_reusable_executor().shutdown(wait=True)
     t0 = time.perf_counter()
     advice = advise(data, model=model, settings=AdviseSettings(seed=seed, cache_dir=cache))
     extra = {"epochs": EPOCHS[advice.size][advice.strategy]} if advice.strategy in ("full", "partial") else {}

@@ -58,9 +58,20 @@ def weights_fingerprint(model: ZooModel, layer: str | None = None) -> str:
     """The weights and BatchNorm statistics that the features at `layer` depend on (None: the bottleneck,
     after pre_logits), never the new classifier. A model truncated at `layer` gives the same fingerprint
     as the whole model, so `auto`'s evidence and the `svm` strategy share cache entries."""
-    names = model.stage_names if layer is None else model.stage_names[: model.stage_names.index(layer) + 1]
-    prefixes = tuple(f"stages.{n}." for n in names) + (("pre_logits.",) if layer is None else ())
-    return tensors_fingerprint({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
+    return weights_fingerprints(model, [layer])[layer]
+
+
+def weights_fingerprints(model: ZooModel, layers: Sequence[Layer]) -> dict[Layer, str]:
+    """`weights_fingerprint` of several layers, each stage's tensors hashed once (the advisor asks for
+    nine layers whose stages overlap)."""
+    state = model.state_dict()
+    parts = [f"stages.{n}." for n in model.stage_names] + ["pre_logits."]
+    hashes = [tensors_fingerprint({k: v for k, v in state.items() if k.startswith(p)}) for p in parts]
+    out = {}
+    for layer in layers:
+        upto = len(model.stage_names) + 1 if layer is None else model.stage_names.index(layer) + 1
+        out[layer] = hashlib.sha256("".join(hashes[:upto]).encode()).hexdigest()
+    return out
 
 
 def dataset_fingerprint(records: Sequence[ImageRecord]) -> str:
@@ -178,10 +189,11 @@ def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: 
     """
     name = view_name(view, seed)
     data_key = dataset_fingerprint(records)
+    prints = weights_fingerprints(model, layers) if cache else {}
 
     def keys_for(engine: str) -> dict[Layer, str]:
-        return {layer: cache.key(dataset=data_key, model=model_name, weights=weights_fingerprint(model, layer),
-                                 layer=layer, view=name, preprocess=cfg, engine=engine) if cache else ""
+        return {layer: cache.key(dataset=data_key, model=model_name, weights=prints[layer], layer=layer, view=name,
+                                 preprocess=cfg, engine=engine) if cache else ""
                 for layer in layers}
 
     def load(keys: dict[Layer, str]) -> dict[Layer, torch.Tensor]:
