@@ -91,8 +91,8 @@ HELP = {
               "is large (default: 5 on large data; on small data half of what scoring the cheap candidates cost; "
               "0: none).",
     "image_size": "Training and serving resolution (the shorter side, in pixels), or auto: the backbone's native "
-    "size, or less for small images (the median shorter side rounded up to a multiple of 32, at least 128 for "
-    "head and svm, 192 for full and partial).",
+    "size, except that full and partial train small images smaller (the median shorter side rounded up to a "
+    "multiple of 32, at least 192).",
     "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
               "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
     "precision": "auto (bf16 autocast on a GPU that has it, else fp16 with loss scaling; fp32 on the CPU), fp32, "

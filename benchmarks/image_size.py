@@ -1,5 +1,6 @@
 """What the training resolution costs in accuracy, side by side in one run: the evidence behind
-`--image-size auto`'s floors (zoo.training.image_size: FEATURES_FLOOR, FINETUNE_FLOOR).
+`--image-size auto` (zoo.training.image_size: native size for a frozen backbone, FINETUNE_FLOOR for
+one that learns).
 
 For each packaged dataset, the chosen strategies through `zoo.finetune` at each size, same seed and
 recipe, each from its own cold feature cache; it prints val accuracy and wall time per size, and the

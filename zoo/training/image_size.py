@@ -1,16 +1,15 @@
 """`--image-size N|auto`: the resolution a run trains and serves at.
 
-The pretrained weights were made at the backbone's native size (224 for efficientnet_lite0), and
-`auto` keeps it for images that are at least that large. Smaller images are not blown up all the
-way: a 28-px digit at 224 px costs 64 times its pixels. `auto` takes the median shorter side of the
-training images, rounds it up to a multiple of 32 (the backbones reduce by 32, so the last feature
-map stays whole) and keeps at least a floor, because a pretrained network's filters need an object
-a few dozen pixels wide. The floor depends on what learns, and is measured, not assumed
-(benchmarks/image_size.py, val accuracy against 224 px):
-- a frozen backbone (head, svm): 128. No set of six lost more than one val image at 128 px, two
-  gained; at 96 px emoji lost 6 points, at 64 px five sets lost 4 to 15.
-- a backbone that learns (full, partial): 192. Fine-tuning on 28-px digits lost 5 to 6 points at 128
-  px and 1 at 160, and gained 2 at 192.
+The pretrained weights were made at the backbone's native size (224 for efficientnet_lite0). `auto`
+keeps it wherever the backbone stays frozen (head, svm): those features are read as they were
+learned, and a smaller size measured worse (benchmarks/image_size.py, val accuracy against 224 px:
+svm lost 8 points on emoji and 3 on digits at 128 px, and 4 on emoji at 192). Where the backbone
+learns (full, partial), training time grows with the pixels of every epoch, and small images are not
+blown up all the way: `auto` takes the median shorter side of the training images, rounded up to a
+multiple of 32 (the backbones reduce by 32, so the last feature map stays whole), and at least
+FINETUNE_FLOOR. Fine-tuning on 28-px digits lost 5 to 6 points at 128 px and 1 at 160, and gained 2
+at 192, at 2.3 times the speed of 224 px; on emoji 192 px was 1 point above 224, on silhouettes 5
+below (one seed each: a val image is 1 point there).
 Global average pooling makes any size work; preprocess.json carries the choice to export, serving
 and the edge.
 """
@@ -25,8 +24,7 @@ from zoo.errors import ZooError
 from zoo.preprocess import PreprocessConfig
 
 SIZE_STEP = 32  # the backbones' total stride
-FEATURES_FLOOR = 128  # the smallest size `auto` picks for a frozen backbone (see the module docstring)
-FINETUNE_FLOOR = 192  # ... and for one that learns
+FINETUNE_FLOOR = 192  # the smallest size `auto` picks for a backbone that learns (see the module docstring)
 MIN_SIZE, MAX_SIZE = 32, 1024  # what an explicit --image-size may ask for
 
 
@@ -47,16 +45,16 @@ def parse_image_size(value: str | int) -> int | None:
 
 def auto_size(shorter_sides: Sequence[int], native: int, trains_backbone: bool = False) -> tuple[int, str]:
     """The size `auto` picks for images whose shorter sides (as stored) are given, and why."""
+    if not trains_backbone:
+        return native, f"a frozen backbone reads its features at its native {native} px"
     if not shorter_sides:
         return native, f"no images to measure: the backbone's native {native} px"
     median = statistics.median(shorter_sides)
     if median >= native:
         return native, f"the median shorter side is {median:g} px, at least the backbone's native {native} px"
-    floor = FINETUNE_FLOOR if trains_backbone else FEATURES_FLOOR
-    size = min(native, max(floor, SIZE_STEP * math.ceil(median / SIZE_STEP)))
-    what = "a backbone that learns" if trains_backbone else "a frozen backbone"
-    return size, (f"the median shorter side is {median:g} px: {size} px (a multiple of {SIZE_STEP}, at least "
-                  f"{floor} for {what}) instead of blowing the images up to the backbone's native {native} px")
+    size = min(native, max(FINETUNE_FLOOR, SIZE_STEP * math.ceil(median / SIZE_STEP)))
+    return size, (f"the median shorter side is {median:g} px: {size} px for fine-tuning (a multiple of {SIZE_STEP}, "
+                  f"at least {FINETUNE_FLOOR}) instead of blowing the images up to the backbone's native {native} px")
 
 
 def choose_preprocess(native: PreprocessConfig, requested: str | int, shorter_sides: Sequence[int],
