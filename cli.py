@@ -90,12 +90,16 @@ HELP = {
     "budget": "auto: minutes for short fine-tuning pilots, run when the cheap candidates leave headroom or the data "
               "is large (default: 5 on large data; on small data half of what scoring the cheap candidates cost; "
               "0: none).",
+    "image_size": "Training and serving resolution (the shorter side, in pixels), or auto: the backbone's native "
+    "size, except that full and partial train small images smaller (the median shorter side rounded up to a "
+    "multiple of 32, at least 192).",
     "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
               "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
     "precision": "auto (bf16 autocast on a GPU that has it, else fp16 with loss scaling; fp32 on the CPU), fp32, "
                  "bf16 or fp16.",
 }
 DeviceOption = Annotated[str, typer.Option(help=HELP["device"])]
+ImageSizeOption = Annotated[str, typer.Option(help=HELP["image_size"])]
 PrecisionOption = Annotated[str, typer.Option(help=HELP["precision"])]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -238,6 +242,7 @@ def advise_command(
     models: Annotated[str | None, typer.Option(help=HELP["models"])] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    image_size: ImageSizeOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
@@ -247,7 +252,8 @@ def advise_command(
 
     json_mode(as_json)
     settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed, views=views,
-                              budget_minutes=budget, compute=Compute.resolve(device, precision))
+                              budget_minutes=budget, compute=Compute.resolve(device, precision),
+                              image_size=image_size)
     if models:
         from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines
 
@@ -311,6 +317,7 @@ def finetune_command(
     max_latency_ms: Annotated[float | None, typer.Option(help=HELP["max_latency_ms"], min=0.0)] = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
+    image_size: ImageSizeOption = "auto",
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
     from zoo.training import distributed

@@ -9,6 +9,7 @@ shows each strategy's val accuracy and time, auto's pick, accuracy and time, its
 strategy and its time as a multiple of the picked strategy's; and the similarity score of each set.
 
     python benchmarks/strategies.py [--datasets textures digits500 ...] [--out benchmarks/results]
+        [--before benchmarks/results/strategies-before-issue13.json]
 """
 from __future__ import annotations
 
@@ -45,9 +46,13 @@ def _finetune(data: Path, out: Path, cache: Path, seed: int, model: str, **optio
 
 def _auto(data: Path, work: Path, dataset: str, model: str, seed: int) -> tuple[dict, dict]:
     """The advisor, then its pick: what --strategy auto does, timed together, from a cold cache."""
+    from joblib.externals.loky import get_reusable_executor
+
     from zoo.advisor.recommend import AdviseSettings, advise
 
     cache = work / f"cache-{dataset}-auto"
+    # The svm row left scikit-learn's worker processes running; a fresh `zoo finetune` starts them cold.
+    get_reusable_executor().shutdown(wait=True)
     t0 = time.perf_counter()
     advice = advise(data, model=model, settings=AdviseSettings(seed=seed, cache_dir=cache))
     extra = {"epochs": EPOCHS[advice.size][advice.strategy]} if advice.strategy in ("full", "partial") else {}
@@ -103,12 +108,29 @@ def print_table(results: list[dict]) -> None:
               f"{min(other):.2f}..{max(other):.2f}: the order natural > symbolic {verdict}")
 
 
+def print_against(results: list[dict], before: list[dict]) -> None:
+    """Each strategy's time and accuracy against an earlier run of this script (its --out JSON)."""
+    earlier = {r["dataset"]: r for r in before}
+    print("\n| data | " + " | ".join(STRATEGIES) + " | auto |")
+    print("| --- | " + " | ".join("---" for _ in STRATEGIES) + " | --- |")
+    for r in results:
+        if r["dataset"] not in earlier:
+            continue
+        old = earlier[r["dataset"]]
+        pairs = [(old["rows"][s], r["rows"][s]) for s in STRATEGIES] + [(old["auto"], r["auto"])]
+        cells = [f"{b['seconds']:.0f} -> {a['seconds']:.0f} s ({a['seconds'] / b['seconds']:.2f}x), "
+                 f"{100 * (a['accuracy'] - b['accuracy']):+.1f} pts" for b, a in pairs]
+        print(f"| {r['dataset']} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=[d for d in DATASETS if d != "digits"], choices=list(DATASETS))
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--before", type=Path, default=None, help="an earlier run's JSON: print times and accuracies "
+                    "against it")
     args = ap.parse_args()
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
@@ -118,6 +140,8 @@ def main() -> None:
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")
             print_table(results)
+            if args.before:
+                print_against(results, json.loads(args.before.read_text()))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ from PIL import Image
 
 from cli import app
 from zoo.advisor import advise
-from zoo.advisor.recommend import measure_similarity
-from zoo.advisor.similarity import SIMILARITY_THRESHOLD
+from zoo.advisor.similarity import SIMILARITY_THRESHOLD, measure_similarity
 from zoo.data.samples import write_sample
 from zoo.run_dir import load_run
 

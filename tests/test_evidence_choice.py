@@ -67,11 +67,12 @@ def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass():
     from zoo.backbones import get_spec
 
     features = ProbeFeatures({}, torch.zeros(100, dtype=torch.long), views=4, from_cache=0, seconds=40.0)
-    small = Findings("efficientnet_lite0", get_spec("efficientnet_lite0"), None, [50, 50], "small", True,
+    spec = get_spec("efficientnet_lite0")
+    small = Findings("efficientnet_lite0", spec, None, [50, 50], "small", True, spec.preprocess_config(),
                      features=features)
     budget, why = _pilot_budget(small, AdviseSettings())
     assert budget == 20.0 and "--budget" in why  # the reason says how to give pilots more
     assert _pilot_budget(small, AdviseSettings(budget_minutes=2))[0] == 120.0  # an explicit budget is kept
-    large = Findings("efficientnet_lite0", get_spec("efficientnet_lite0"), None, [800, 800], "large", False,
+    large = Findings("efficientnet_lite0", spec, None, [800, 800], "large", False, spec.preprocess_config(),
                      features=features)
     assert _pilot_budget(large, AdviseSettings())[0] == 60 * DEFAULT_BUDGET_MINUTES

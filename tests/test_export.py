@@ -65,6 +65,7 @@ def test_export_writes_the_contract_files(exported, trained_run):
     assert json.loads((out / "labels.json").read_text()) == json.loads((trained_run / "labels.json").read_text())
     config = json.loads((trained_run / "config.json").read_text())
     assert json.loads((out / "preprocess.json").read_text()) == config["preprocess"]
+    assert config["preprocess"]["input_size"] == config["image_size"]["size"]  # what --image-size chose
     assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(report))
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging files were left behind"
 

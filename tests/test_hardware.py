@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from cli import app
+from zoo import hardware
 from zoo.errors import ZooError
-from zoo.hardware import CPU_FP32, Compute, resolve_device, resolve_precision
+from zoo.hardware import CPU_FP32, Compute, cpu_has_native_bf16, resolve_device, resolve_precision
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers of a machine without CUDA")
 
@@ -13,12 +14,22 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answe
 def test_auto_takes_the_cpu_without_a_gpu(monkeypatch):
     monkeypatch.setattr("zoo.hardware._mps_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
-    assert Compute.resolve("auto", "auto") == CPU_FP32
+    assert Compute.resolve("auto", "fp32") == CPU_FP32
+    assert Compute.resolve("auto", "auto").device == torch.device("cpu")
 
 
-def test_precision_auto_is_fp32_on_the_cpu_and_explicit_choices_are_kept():
+def test_precision_auto_on_the_cpu_is_bf16_only_with_bf16_instructions(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert Compute(cpu, "bf16").for_evaluation.precision == "fp32"  # reported figures are fp32's
+
+
+def test_precision_explicit_choices_are_kept_on_the_cpu():
+    cpu = torch.device("cpu")
     assert resolve_precision("bf16", cpu) == "bf16"
     assert resolve_precision("FP32", cpu) == "fp32"
     with pytest.raises(ZooError, match="fp16 needs a GPU"):
@@ -52,10 +63,11 @@ def test_unknown_devices_are_refused():
             resolve_device(name)
 
 
-def test_fp32_compute_changes_nothing():
+def test_fp32_compute_changes_no_value():
     x = torch.randn(2, 3, 8, 8)
-    assert CPU_FP32.batch(x) is x or torch.equal(CPU_FP32.batch(x), x)
-    assert not CPU_FP32.channels_last and not CPU_FP32.pin_memory
+    assert torch.equal(CPU_FP32.batch(x), x)  # channels-last on the CPU: another layout, the same numbers
+    assert CPU_FP32.channels_last and CPU_FP32.batch(x).is_contiguous(memory_format=torch.channels_last)
+    assert not CPU_FP32.pin_memory
     assert not CPU_FP32.grad_scaler().is_enabled()
     with CPU_FP32.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
@@ -88,4 +100,5 @@ def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):
     out = tmp_path / "head"
     finetune(tiny_textures, strategy="head", epochs=2, out=out, cache_dir=tmp_path / "cache", device="cpu")
     compute = read_json(out / "config.json")["compute"]
-    assert compute["device"] == "cpu" and compute["precision"] == "fp32"
+    assert compute["device"] == "cpu" and compute["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert compute["channels_last"] == "true"

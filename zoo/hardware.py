@@ -2,8 +2,8 @@
 
 `auto` takes the GPU when PyTorch sees one (CUDA, else Apple's MPS) and the CPU otherwise. Precision
 `auto` is bf16 autocast on a GPU that supports it, fp16 with a gradient scaler on one that does not,
-and fp32 on the CPU and MPS. Several processes under torchrun keep the GPU of their local rank,
-whatever `--device` says.
+bf16 autocast on a CPU with bfloat16 instructions, and fp32 on other CPUs and MPS. Several processes
+under torchrun keep the GPU of their local rank, whatever `--device` says.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -66,8 +67,22 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         return name
     if name == "fp16" and device.type == "cpu":
         raise ZooError("--precision fp16 needs a GPU: on the CPU use bf16 or fp32 (auto).")
-    # The CPU and MPS stay in fp32 unless asked: bf16 autocast was not measured faster on the CPUs tried.
-    return "fp32" if name == "auto" else name
+    if name == "auto":
+        # bf16 autocast on a CPU with bfloat16 instructions: benchmarks/training_speed.py measured the
+        # full training step at 1.7x fp32 on one (AMD EPYC, AVX512-BF16). Without them bf16 is emulated,
+        # so fp32 stays; MPS stays in fp32 too.
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return name
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo (Linux);
+    torch has no public query for it, and elsewhere the answer is taken to be no."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", text) is not None
 
 
 @dataclass(frozen=True)
@@ -97,8 +112,14 @@ class Compute:
     @property
     def channels_last(self) -> bool:
         """NHWC activations: tensor cores take convolutions in that layout without transposes (CUDA with
-        autocast); on the CPU it measured no faster for these depthwise networks, so it stays off there."""
-        return self.device.type == "cuda" and self.precision != "fp32"
+        autocast), and oneDNN's CPU kernels run them faster too (the full training step measured 1.7x
+        contiguous fp32 in benchmarks/training_speed.py)."""
+        return self.device.type == "cpu" or (self.device.type == "cuda" and self.precision != "fp32")
+
+    @property
+    def for_evaluation(self) -> Compute:
+        """Validation runs in fp32, so the figures a run reports are those of the fp32 graphs export serves."""
+        return Compute(self.device, "fp32")
 
     @property
     def dtype(self) -> torch.dtype:

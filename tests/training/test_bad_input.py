@@ -56,8 +56,10 @@ def _one_class(data):
     (["--strategy", "partial", "--freeze-until", "stage9"], None, "'stage9' is not a stage of efficientnet_lite0"),
     (["--strategy", "head", "--freeze-until", "stage3"], None, "only applies to --strategy partial"),
     (["--resume", "--force"], None, "contradict"),
+    (["--image-size", "big"], None, "--image-size must be auto or a whole number"),
+    (["--image-size", "8"], None, "--image-size 8 is outside 32-1024 pixels"),
 ], ids=["empty-class", "one-class", "unknown-model", "unknown-strategy", "bad-freeze-point", "freeze-with-head",
-        "resume-and-force"])
+        "resume-and-force", "image-size-word", "image-size-too-small"])
 def test_mistakes_end_in_one_sentence_and_create_nothing(runner, tiny_copy, tmp_path, args, damage, message):
     if damage:
         damage(tiny_copy)

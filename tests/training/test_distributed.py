@@ -34,8 +34,10 @@ from zoo.training.distributed import ShardedDropout, shares
 ZOO = str(Path(sys.executable).parent / "zoo")
 COMMON = ["--seed", "3", "--batch-size", "7", "--workers", "0"]
 FAST = [*COMMON, "--model", "mobilenet_v3_small", "--no-pretrained"]
+# fp32: bf16 autocast (this CPU's default) rounds half-batches differently from whole ones, and the test is
+# about the distribution, not the precision.
 EQUIVALENCE = [*COMMON, "--strategy", "partial", "--freeze-until", "head_conv", "--no-augment", "--epochs", "2",
-               "--lr", "0.01"]
+               "--lr", "0.01", "--precision", "fp32"]
 TOLERANCE = 1e-6
 
 
@@ -142,7 +144,7 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch):
 @pytest.mark.slow
 def test_two_processes_end_with_the_single_process_weights(digits60, tmp_path):
     single = _single_process(digits60, tmp_path / "single", strategy="partial", freeze_until="head_conv",
-                             augment=False, epochs=2, lr=0.01)
+                             augment=False, epochs=2, lr=0.01, precision="fp32")
     run = _zoo("finetune", digits60, "--out", tmp_path / "ddp", *EQUIVALENCE, "--nproc", "2")
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

@@ -22,7 +22,7 @@ from zoo.backbones import BackboneSpec, ZooModel
 from zoo.preprocess import PreprocessConfig
 from zoo.training.datasets import ImageRecord
 from zoo.training.feature_cache import FeatureCache, Layer, cached_layer_features, default_cache_dir
-from zoo.training.linear_probe import cross_validate
+from zoo.training.linear_probe import cross_validate_many
 
 # Two candidates are a tie, which the quadrant rule breaks, when the gap between their held-out scores
 # is within Z standard errors of that gap: the usual two-sided 5% level. The best of many candidates is
@@ -118,20 +118,23 @@ def stratified_subset(labels: list[int], n: int, seed: int) -> list[int]:
 
 
 def score_probes(probe: ProbeFeatures, class_weights: list[float] | None, seed: int) -> list[Candidate]:
-    """Each layer's linear classifier, cross-validated (C chosen per layer, as the svm strategy does)."""
+    """Each layer's linear classifier, cross-validated (C chosen per layer, as the svm strategy does), all
+    on the same folds. A candidate's seconds are its share of the one parallel pass that scores them all."""
     keep = torch.tensor(stratified_subset(probe.labels.tolist(), MAX_PROBE_IMAGES, seed))
     labels = probe.labels[keep]
+    tick = time.perf_counter()
+    layers = list(probe.features)
+    scored = cross_validate_many([[v[keep] for v in probe.features[layer]] for layer in layers], labels,
+                                 class_weights, seed)
+    share = (time.perf_counter() - tick) / max(1, len(layers))
     out = []
-    for layer, views in probe.features.items():
-        tick = time.perf_counter()
-        cv = cross_validate([v[keep] for v in views], labels, class_weights, seed)
+    for layer, cv in zip(layers, scored, strict=True):
         if cv is None:  # a class with a single image: nothing can be held out
             continue
         folds = len(next(iter(cv.fold_accuracy.values())))
         how = f"{folds}-fold grouped CV on {len(keep)} images x {probe.views} view(s), C={cv.best_c:g}"
-        out.append(Candidate("head" if layer is None else "svm", layer, cv.accuracy, cv.std,
-                             time.perf_counter() - tick, how, cv.best_c, cv.mean, se=cv.std / math.sqrt(folds),
-                             held_out=tuple(cv.best_correct.tolist())))
+        out.append(Candidate("head" if layer is None else "svm", layer, cv.accuracy, cv.std, share, how, cv.best_c,
+                             cv.mean, se=cv.std / math.sqrt(folds), held_out=tuple(cv.best_correct.tolist())))
     return out
 
 

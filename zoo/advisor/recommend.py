@@ -34,9 +34,11 @@ from zoo.data.folder import ImageFolderData, load_image_folder
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
+from zoo.preprocess import PreprocessConfig
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
 from zoo.training.balance import class_weights, resolve_balance
-from zoo.training.datasets import ImageRecord, scan_images
+from zoo.training.datasets import ImageRecord, at_size, scan_images
+from zoo.training.image_size import choose_preprocess, parse_image_size
 from zoo.training.strategies import BACKBONE_LR_FACTOR, get_strategy
 
 log = get_logger(__name__)
@@ -76,6 +78,7 @@ class Advice:
     prior_strategy: str = ""  # what the quadrant rule alone would pick
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every measured candidate, best first
     evidence: dict[str, Any] = field(default_factory=dict)  # how the pick was made: reason, costs, budget
+    image_size: dict[str, Any] = field(default_factory=dict)  # the size the evidence was measured at, and why
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +116,7 @@ class AdviseSettings:
     workers: int = 0
     balance: str = "auto"
     compute: Compute = CPU_FP32  # where the evidence pass and the pilots run (finetune passes its own)
+    image_size: str = "auto"  # as finetune's --image-size, so the cached features fit the run
 
 
 @dataclass
@@ -125,6 +129,8 @@ class Findings:
     counts: list[int]
     size: str
     augment: bool
+    preprocess: PreprocessConfig
+    image_size: dict[str, Any] = field(default_factory=dict)
     measured: Probe | None = None
     similarity: float = 0.5
     components: dict[str, float | None] = field(default_factory=dict)
@@ -153,26 +159,12 @@ def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
 
     Only needed when the evidence pass found its features in the cache and so ran no forward pass."""
     per_class = max(2, min(s.per_class, s.max_images // len(f.data.classes)))
-    f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.spec.preprocess_config(),
-                       s.seed)
-
-
-def measure_similarity(data_dir: Path | str, model: str = "efficientnet_lite0", per_class: int = 30,
-                       seed: int = 0) -> tuple[float, dict[str, float | None]]:
-    """The similarity score and its components alone, on a class-balanced sample of the training images:
-    what `advise` computes on its way (there from every training image), without the evidence."""
-    data = load_image_folder(data_dir, seed=seed)
-    spec = get_spec(model)
-    sample = probe_sample(data, per_class, seed)
-    measured = probe(create_model(model, num_classes=None, pretrained=True), not spec.notes, sample,
-                     spec.preprocess_config(), seed)
-    measured.textured_pixels = mean_textured_fraction([x.path for x in sample])
-    return similarity_score(measured)
+    f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.preprocess, s.seed)
 
 
 def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
     """Every frozen-feature candidate, cross-validated on the training split."""
-    records, skipped = scan_images(f.data.train, f.spec.preprocess_config(), "evidence: checking train images")
+    records, skipped = scan_images(f.data.train, f.preprocess, "evidence: checking train images")
     unreadable = [f"{bad['path']}: {bad['reason']}" for bad in skipped]
     if unreadable:
         log.warning(f"{len(unreadable)} unreadable image(s) skipped, e.g. {unreadable[0]}")
@@ -182,7 +174,8 @@ def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> No
     if missing:
         raise ZooError(f"Class {f.data.classes[missing[0]]!r} has no readable training image: add images to it or "
                        "check the files with `zoo data inspect`.")
-    probed = records
+    f.preprocess, f.image_size = choose_preprocess(f.preprocess, s.image_size, [min(r.stored) for r in records])
+    records = probed = at_size(records, f.preprocess)
     if f.size == "large":  # the pilots decide there; the probes only need a fair sample
         keep = stratified_subset([r.label for r in records], MAX_PROBE_IMAGES, s.seed)
         probed = [records[i] for i in keep]
@@ -191,7 +184,7 @@ def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> No
     # of every image, and the source classifier's confidence on the bottleneck features.
     stats = BatchNormInputStats(net, max_images=len(probed))
     try:
-        f.features = probe_features(net, f.model, probed, f.spec.preprocess_config(), probe_layers(f.spec),
+        f.features = probe_features(net, f.model, probed, f.preprocess, probe_layers(f.spec),
                                     views=s.views if f.augment else None, seed=s.seed, cache_dir=s.cache_dir,
                                     use_cache=s.use_cache, batch_size=s.batch_size, workers=s.workers)
     finally:
@@ -254,10 +247,12 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
     seen = len(f.features.labels) * f.features.views
     rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 \
         else ASSUMED_FORWARD_RATE
-    setup = PilotSetup(f.model, f.spec, len(f.data.classes), f.spec.preprocess_config(), s.seed, f.augment,
-                       s.batch_size, s.workers, rate, s.compute)
-    names = ["partial"] if f.size == "small" else ["partial", "full"]
-    f.pilots = [p for name in names if (p := run_pilot(name, f.records, budget / len(names), setup)) is not None]
+    # The pilots train the backbone, so at the size such a run would train at (--image-size auto's floor differs).
+    cfg, _ = choose_preprocess(f.spec.preprocess_config(), s.image_size, [min(r.stored) for r in f.records], True)
+    setup = PilotSetup(f.model, f.spec, len(f.data.classes), cfg, s.seed, f.augment, s.batch_size, s.workers, rate,
+                       s.compute)
+    names, records = ["partial"] if f.size == "small" else ["partial", "full"], at_size(f.records, cfg)
+    f.pilots = [p for name in names if (p := run_pilot(name, records, budget / len(names), setup)) is not None]
     f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
                       + ("" if f.size == "small" else "; each trains on a subset for a few epochs, so the full run "
                          "should score above its pilot (an extrapolation, not a measurement)"))
@@ -285,11 +280,14 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     """Measure the dataset, score candidates on its training split, pick the best measured strategy."""
     tick = time.perf_counter()
     s = replace(settings or AdviseSettings(), **overrides)
+    parse_image_size(s.image_size)  # a bad value fails before any image is read
     data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(
         data_dir, val_fraction=s.val_fraction, seed=s.seed)
     counts = list(data.class_counts("train").values())
     size = "small" if is_small(len(data.train), s.size_threshold) else "large"
-    f = Findings(model, get_spec(model), data, counts, size, size == "small" if s.augment is None else s.augment)
+    spec = get_spec(model)
+    f = Findings(model, spec, data, counts, size, size == "small" if s.augment is None else s.augment,
+                 spec.preprocess_config())
     net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
     net.to(s.compute.device)
     _score_cheap_candidates(f, net, s)
@@ -346,4 +344,5 @@ def _advice(f: Findings, s: AdviseSettings, seconds: float) -> Advice:
                   layer=f.pick.layer if strategy == "svm" else None, lr_backbone=lr_backbone, lr_head=lr_head,
                   augment=f.augment, balance=balance, reasons=_reasons(f, s, lr_head, lr_backbone, balance),
                   unreadable=f.measured.unreadable, prior_strategy=f.prior,
-                  candidates=[c.to_json() for c in sorted(measured, key=lambda c: -c.accuracy)], evidence=evidence)
+                  candidates=[c.to_json() for c in sorted(measured, key=lambda c: -c.accuracy)], evidence=evidence,
+                  image_size=f.image_size)

@@ -26,6 +26,8 @@ def advice_lines(a: Advice) -> list[str]:
         f"largest {a.largest_class}, imbalance {a.imbalance_ratio:.2f}:1)",
         f"Similarity to {a.model}'s pretraining data: {a.similarity:.2f}",
     ]
+    if a.image_size:
+        lines.insert(1, f"Image size: {a.image_size['size']} px ({a.image_size['reason']})")
     if c.get("batchnorm_kl") is not None:
         lines.append(f"  BatchNorm statistics: mean KL {c['batchnorm_kl']:.3f} -> score {c['batchnorm_score']:.2f}")
     if c.get("source_confidence") is not None:

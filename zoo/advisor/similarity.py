@@ -16,6 +16,7 @@ strategies.py prints the score of every set).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from zoo.advisor.measure import Probe
 
@@ -52,3 +53,22 @@ def best_earlier_layer(stage_accuracy: dict[str, float], stages: list[str]) -> s
     candidates = [s for s in stages[:-1] if s in stage_accuracy] or stages
     best = max(stage_accuracy.get(s, 0.0) for s in candidates)
     return next(s for s in candidates if stage_accuracy.get(s, 0.0) >= best - 0.005)
+
+
+def measure_similarity(data_dir: Path | str, model: str = "efficientnet_lite0", per_class: int = 30,
+                       seed: int = 0) -> tuple[float, dict[str, float | None]]:
+    """The similarity score and its components alone, on a class-balanced sample of the training images at
+    the backbone's native size: what `advise` computes on its way (there from every training image, at the
+    run's --image-size), without the evidence."""
+    from zoo.advisor.measure import probe, probe_sample
+    from zoo.advisor.pixels import mean_textured_fraction
+    from zoo.backbones import create_model, get_spec
+    from zoo.data.folder import load_image_folder
+
+    data = load_image_folder(data_dir, seed=seed)
+    spec = get_spec(model)
+    sample = probe_sample(data, per_class, seed)
+    measured = probe(create_model(model, num_classes=None, pretrained=True), not spec.notes, sample,
+                     spec.preprocess_config(), seed)
+    measured.textured_pixels = mean_textured_fraction([x.path for x in sample])
+    return similarity_score(measured)

@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,13 +21,15 @@ from zoo.training.augment import augment
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """A readable image: its label, content hash (the cache key) and shape after the inference resize."""
+    """A readable image: its label, content hash (the cache key), shape after the inference resize and
+    size as stored (from which `at_size` derives the shape at another --image-size without decoding again)."""
 
     path: Path
     label: int
     sha256: str
     height: int
     width: int
+    stored: tuple[int, int] = (0, 0)  # (width, height) as decoded
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -41,7 +43,16 @@ def _check(sample: Sample, cfg: PreprocessConfig) -> ImageRecord | dict:
     except (ImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         return {"path": str(sample.path), "reason": str(e)}
     w, h = resized_shape(img.width, img.height, cfg)
-    return ImageRecord(sample.path, sample.label, hashlib.sha256(data).hexdigest(), h, w)
+    return ImageRecord(sample.path, sample.label, hashlib.sha256(data).hexdigest(), h, w, img.size)
+
+
+def at_size(records: Sequence[ImageRecord], cfg: PreprocessConfig) -> list[ImageRecord]:
+    """The records with their shapes after resizing for `cfg` (another input size than they were scanned at)."""
+    out = []
+    for r in records:
+        w, h = resized_shape(*r.stored, cfg)
+        out.append(replace(r, height=h, width=w))
+    return out
 
 
 def scan_images(samples: Sequence[Sample], cfg: PreprocessConfig, description: str = "checking images",

@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -34,6 +34,7 @@ from zoo.training.strategies import Plan
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
 FEATURE_VERSION = 3  # bump when the way features (or their keys) are computed changes
 
 
@@ -57,9 +58,20 @@ def weights_fingerprint(model: ZooModel, layer: str | None = None) -> str:
     """The weights and BatchNorm statistics that the features at `layer` depend on (None: the bottleneck,
     after pre_logits), never the new classifier. A model truncated at `layer` gives the same fingerprint
     as the whole model, so `auto`'s evidence and the `svm` strategy share cache entries."""
-    names = model.stage_names if layer is None else model.stage_names[: model.stage_names.index(layer) + 1]
-    prefixes = tuple(f"stages.{n}." for n in names) + (("pre_logits.",) if layer is None else ())
-    return tensors_fingerprint({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
+    return weights_fingerprints(model, [layer])[layer]
+
+
+def weights_fingerprints(model: ZooModel, layers: Sequence[Layer]) -> dict[Layer, str]:
+    """`weights_fingerprint` of several layers, each stage's tensors hashed once (the advisor asks for
+    nine layers whose stages overlap)."""
+    state = model.state_dict()
+    parts = [f"stages.{n}." for n in model.stage_names] + ["pre_logits."]
+    hashes = [tensors_fingerprint({k: v for k, v in state.items() if k.startswith(p)}) for p in parts]
+    out = {}
+    for layer in layers:
+        upto = len(model.stage_names) + 1 if layer is None else model.stage_names.index(layer) + 1
+        out[layer] = hashlib.sha256("".join(hashes[:upto]).encode()).hexdigest()
+    return out
 
 
 def dataset_fingerprint(records: Sequence[ImageRecord]) -> str:
@@ -117,6 +129,25 @@ def pooled_activations(model: ZooModel, x: torch.Tensor, layers: Sequence[Layer]
     return out
 
 
+# ONNX Runtime runs best back to back: decoding between every two runs held zoo's extractor to 0.52x raw
+# ONNX Runtime on 2 cores, against 0.82-0.86x in chunks (benchmarks/training_speed.py). So about this many
+# images are decoded, then run (80-160 MB at 224 px).
+ORT_CHUNK_IMAGES = 128
+
+
+def _decoded_ahead(decoded: Iterator[tuple[T, list[int]]], images: int) -> Iterator[tuple[T, list[int]]]:
+    """The same (batch, indices) items, each chunk of about `images` images decoded before the first is used."""
+    chunk: list[tuple[T, list[int]]] = []
+    held = 0
+    for item in decoded:
+        chunk.append(item)
+        held += len(item[1])
+        if held >= images:
+            yield from chunk
+            chunk, held = [], 0
+    yield from chunk
+
+
 @torch.no_grad()
 def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Layer], batch_size: int, workers: int,
                      description: str, ort: Extractor | None = None) -> dict[Layer, torch.Tensor]:
@@ -132,7 +163,8 @@ def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Laye
     device = next(model.parameters()).device
     pin = device.type == "cuda"
     bar = progress_bar(loader(dataset, batches, workers, pin), description, total=len(batches))
-    for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
+    decoded = zip(bar, batches, strict=True)  # the bar first, so it sees its last item finish
+    for (x, _), idx in (_decoded_ahead(decoded, ORT_CHUNK_IMAGES) if ort is not None else decoded):
         found = ort(x, list(layers)) if ort is not None else pooled_activations(model, x.to(device, non_blocking=pin),
                                                                                   layers)
         for layer, f in found.items():
@@ -157,10 +189,11 @@ def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: 
     """
     name = view_name(view, seed)
     data_key = dataset_fingerprint(records)
+    prints = weights_fingerprints(model, layers) if cache else {}
 
     def keys_for(engine: str) -> dict[Layer, str]:
-        return {layer: cache.key(dataset=data_key, model=model_name, weights=weights_fingerprint(model, layer),
-                                 layer=layer, view=name, preprocess=cfg, engine=engine) if cache else ""
+        return {layer: cache.key(dataset=data_key, model=model_name, weights=prints[layer], layer=layer, view=name,
+                                 preprocess=cfg, engine=engine) if cache else ""
                 for layer in layers}
 
     def load(keys: dict[Layer, str]) -> dict[Layer, torch.Tensor]:

@@ -108,12 +108,12 @@ def train_features_epoch(plan: Plan, features: torch.Tensor, labels: torch.Tenso
 @torch.no_grad()
 def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, workers: int,
                    description: str, compute: Compute | None = None) -> torch.Tensor:
-    """Logits in dataset order; equal-shape batches, eval mode, so each prediction is the one serving makes.
+    """Logits in dataset order; equal-shape batches, eval mode and fp32, so each prediction is the one serving makes.
 
     Several processes share the batches out and gather the logits, so every rank gets all of them.
     """
     model.eval()
-    compute = compute or Compute(_device(model), "fp32")
+    compute = (compute or Compute(_device(model), "fp32")).for_evaluation
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks = []
     bar = progress_bar(loader(dataset, batches, workers, compute.pin_memory), description, total=len(batches))

@@ -20,6 +20,7 @@ from zoo.run_dir import CONFIG, METRICS, WEIGHTS, read_json
 from zoo.training import distributed
 from zoo.training.balance import BALANCE_MODES
 from zoo.training.checkpoint import CHECKPOINT
+from zoo.training.image_size import parse_image_size
 from zoo.training.strategies import Strategy, get_strategy
 
 log = get_logger(__name__)
@@ -54,6 +55,7 @@ class FinetuneOptions:
     max_latency_ms: float | None = None  # model "auto": the slowest acceptable ONNX Runtime latency, batch 1
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (zoo.hardware)
     precision: str = "auto"  # auto, fp32, bf16 or fp16
+    image_size: str = "auto"  # auto or pixels (zoo.training.image_size)
 
     @property
     def run_dir(self) -> Path:
@@ -116,6 +118,7 @@ def check_options(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) ->
         raise ZooError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
     if o.budget is not None and o.budget < 0:
         raise ZooError("--budget must be 0 or more minutes: give e.g. 5, or 0 for no fine-tuning pilots.")
+    parse_image_size(o.image_size)
     if o.resume and o.force:
         raise ZooError("--resume and --force contradict each other: pass --resume to continue a run, "
                        "or --force to start it over.")
@@ -154,7 +157,8 @@ def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool, com
         budget = o.budget if pilots else 0.0  # None: the advisor's default
         settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
                                   budget_minutes=budget, cache_dir=o.cache_dir, use_cache=o.cache,
-                                  batch_size=o.batch_size, workers=workers, balance=o.balance, compute=compute)
+                                  batch_size=o.batch_size, workers=workers, balance=o.balance, compute=compute,
+                                  image_size=o.image_size)
         advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, settings=settings).to_json())
     return advice
 

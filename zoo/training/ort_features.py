@@ -163,9 +163,15 @@ def _check(model: ZooModel, session: Any, layers: list[Layer], input_size: int) 
 
 
 def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
     from zoo.inference import CPU, open_session
 
-    return open_session(path, [CPU])
+    options = ort.SessionOptions()
+    # Idle ONNX Runtime workers spin by default, taking the cores from the torch work between runs
+    # (decoding, torch.stack of the next batch, the advisor's probes): see benchmarks/training_speed.py.
+    options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("ZOO_ORT_SPIN", "0"))
+    return open_session(path, [CPU], options=options)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -22,8 +22,9 @@ from zoo.thresholds import is_small
 from zoo.training import distributed
 from zoo.training.balance import class_weights, resolve_balance
 from zoo.training.batchnorm import CALIBRATION_IMAGES, trainable_batchnorms
-from zoo.training.datasets import ImageRecord, scan_images
+from zoo.training.datasets import ImageRecord, at_size, scan_images
 from zoo.training.feature_cache import dataset_fingerprint
+from zoo.training.image_size import choose_preprocess
 from zoo.training.options import Resolved
 from zoo.training.strategies import BACKBONE_LR_FACTOR, Plan, apply_freeze, trainable_names
 
@@ -31,7 +32,8 @@ log = get_logger(__name__)
 WEIGHT_DECAY = 1e-4
 # Options that change the result: a resumed run must use the values it was started with.
 RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "layer", "epochs", "lr", "backbone_lr", "batch_size",
-               "augment", "augment_views", "balance", "seed", "val_fraction", "feature_cache", "num_classes")
+               "augment", "augment_views", "balance", "seed", "val_fraction", "feature_cache", "num_classes",
+               "preprocess")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class TrainingData:
     train: list[ImageRecord]
     val: list[ImageRecord]
     skipped: list[dict[str, str]]  # {path, reason} of every unreadable file
+    image_size: dict[str, Any] | None = None  # --image-size: asked, chosen and why
 
     @property
     def classes(self) -> list[str]:
@@ -67,14 +70,18 @@ class Recipe:
 def load_data(run: Resolved) -> TrainingData:
     o = run.options
     folder = load_image_folder(o.data_dir, val_fraction=o.val_fraction, seed=o.seed)
-    pre = run.spec.preprocess_config()
-    train, skipped = scan_images(folder.train, pre, "checking train images")
-    val, skipped_val = scan_images(folder.val, pre, "checking val images")
+    native = run.spec.preprocess_config()
+    train, skipped = scan_images(folder.train, native, "checking train images")
+    val, skipped_val = scan_images(folder.val, native, "checking val images")
     skipped += skipped_val
+    # The size is read off the training images only, like every other choice (the val split reports).
+    pre, image_size = choose_preprocess(native, o.image_size, [min(r.stored) for r in train],
+                                        run.strategy.trains_backbone)
+    train, val = at_size(train, pre), at_size(val, pre)
     if distributed.world().is_main:
         for bad in skipped:
             log.warning(f"skipping {bad['path']}: {bad['reason']}")
-    data = TrainingData(folder, pre, train, val, skipped)
+    data = TrainingData(folder, pre, train, val, skipped, image_size)
     counts = data.counts(train)
     if 0 in counts:
         raise ZooError(f"Class {data.classes[counts.index(0)]!r} has no readable training image: add images to its "
@@ -129,6 +136,7 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
     trainable = _trainable(plan)
     return {
         "model": o.model, "num_classes": len(classes), "layer": plan.layer, "preprocess": data.preprocess.to_json(),
+        "image_size": data.image_size,
         "strategy": run.strategy.name, "pretrained": o.pretrained, "freeze_until": plan.freeze_until,
         "frozen": list(plan.frozen), "lr": recipe.lr, "backbone_lr": recipe.backbone_lr, "optimizer": "AdamW",
         "weight_decay": WEIGHT_DECAY, "schedule": "cosine, per step",
@@ -161,6 +169,11 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
 def check_resumable(saved: dict[str, Any], config: dict[str, Any], out: Path) -> None:
     """A resumed run must be the run that was started: same options, same images."""
     for key in RESUME_KEYS:
+        if key == "preprocess" and saved.get(key) != config.get(key):
+            size = (saved.get(key) or {}).get("input_size")
+            raise ZooError(f"{out} was started at {size} px, and these options train at "
+                           f"{config[key]['input_size']} px: resume with --image-size {size}, or pass --force to "
+                           "start over.")
         if saved.get(key) != config.get(key):
             raise ZooError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume with the "
                            "options it was started with, or pass --force to start over.")

@@ -46,6 +46,7 @@ class Strategy:
     default_lr: float  # for the new classifier; pretrained weights get a tenth of it
     takes_freeze_until: bool = False
     takes_layer: bool = False  # the plan's third argument is the tapped layer, not a freeze point
+    trains_backbone: bool = False  # pretrained weights learn from images (the choice of --image-size auto)
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -96,9 +97,10 @@ def _svm(model: ZooModel, spec: BackboneSpec, layer: str | None) -> Plan:
 
 
 register_strategy(Strategy("full", "train the whole network (pretrained part at a smaller learning rate)",
-                           _full, default_epochs=10, default_lr=1e-3))
+                           _full, default_epochs=10, default_lr=1e-3, trains_backbone=True))
 register_strategy(Strategy("partial", "freeze the early stages, train the later stages and a new classifier",
-                           _partial, default_epochs=10, default_lr=1e-3, takes_freeze_until=True))
+                           _partial, default_epochs=10, default_lr=1e-3, takes_freeze_until=True,
+                           trains_backbone=True))
 register_strategy(Strategy("head", "freeze the whole base, train a new classifier on cached bottleneck features",
                            _head, default_epochs=30, default_lr=3e-3))
 register_strategy(Strategy("svm", "a linear classifier (scikit-learn, C by cross-validation) on an earlier stage's "

@@ -1,0 +1,69 @@
+"""`--image-size N|auto`: the resolution a run trains and serves at.
+
+The pretrained weights were made at the backbone's native size (224 for efficientnet_lite0). `auto`
+keeps it wherever the backbone stays frozen (head, svm): those features are read as they were
+learned, and a smaller size measured worse (benchmarks/image_size.py, val accuracy against 224 px:
+svm lost 8 points on emoji and 3 on digits at 128 px, and 4 on emoji at 192). Where the backbone
+learns (full, partial), training time grows with the pixels of every epoch, and small images are not
+blown up all the way: `auto` takes the median shorter side of the training images, rounded up to a
+multiple of 32 (the backbones reduce by 32, so the last feature map stays whole), and at least
+FINETUNE_FLOOR. Fine-tuning on 28-px digits lost 5 to 6 points at 128 px and 1 at 160, and gained 2
+at 192, at 2.3 times the speed of 224 px; on emoji 192 px was 1 point above 224, on silhouettes 5
+below (one seed each: a val image is 1 point there).
+Global average pooling makes any size work; preprocess.json carries the choice to export, serving
+and the edge.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+
+from zoo.errors import ZooError
+from zoo.preprocess import PreprocessConfig
+
+SIZE_STEP = 32  # the backbones' total stride
+FINETUNE_FLOOR = 192  # the smallest size `auto` picks for a backbone that learns (see the module docstring)
+MIN_SIZE, MAX_SIZE = 32, 1024  # what an explicit --image-size may ask for
+
+
+def parse_image_size(value: str | int) -> int | None:
+    """None for "auto", else the explicit size, checked; a bad value is one sentence."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ZooError(f"--image-size must be auto or a whole number of pixels, not {value!r}: "
+                       "give e.g. 224.") from None
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ZooError(f"--image-size {size} is outside {MIN_SIZE}-{MAX_SIZE} pixels: give a size in that range, "
+                       "or auto.")
+    return size
+
+
+def auto_size(shorter_sides: Sequence[int], native: int, trains_backbone: bool = False) -> tuple[int, str]:
+    """The size `auto` picks for images whose shorter sides (as stored) are given, and why."""
+    if not trains_backbone:
+        return native, f"a frozen backbone reads its features at its native {native} px"
+    if not shorter_sides:
+        return native, f"no images to measure: the backbone's native {native} px"
+    median = statistics.median(shorter_sides)
+    if median >= native:
+        return native, f"the median shorter side is {median:g} px, at least the backbone's native {native} px"
+    size = min(native, max(FINETUNE_FLOOR, SIZE_STEP * math.ceil(median / SIZE_STEP)))
+    return size, (f"the median shorter side is {median:g} px: {size} px for fine-tuning (a multiple of {SIZE_STEP}, "
+                  f"at least {FINETUNE_FLOOR}) instead of blowing the images up to the backbone's native {native} px")
+
+
+def choose_preprocess(native: PreprocessConfig, requested: str | int, shorter_sides: Sequence[int],
+                      trains_backbone: bool = False) -> tuple[PreprocessConfig, dict[str, object]]:
+    """The run's preprocessing at the chosen size, and what config.json records about the choice."""
+    size = parse_image_size(requested)
+    if size is None:
+        size, reason = auto_size(shorter_sides, native.input_size, trains_backbone)
+    else:
+        reason = f"--image-size {size}"
+    cfg = native if size == native.input_size else replace(native, input_size=size, max_size=0)
+    return cfg, {"requested": str(requested), "size": size, "native": native.input_size, "reason": reason}
