@@ -26,7 +26,7 @@ DATASETS = {"textures": ("textures", None), "digits500": ("digits", 500), "photo
 EPOCHS = {"full": 8, "partial": 8}  # as benchmarks/strategies.py gives the image-level strategies
 
 
-def _auto_size(data: Path, trains_backbone: bool) -> tuple[int, float]:
+def _auto_size(data: Path, every_layer_learns: bool) -> tuple[int, float]:
     from PIL import Image
 
     from zoo.backbones import get_spec
@@ -34,7 +34,7 @@ def _auto_size(data: Path, trains_backbone: bool) -> tuple[int, float]:
 
     sides = [min(Image.open(p).size) for p in sorted((data / "train").rglob("*.png"))]
     native = get_spec("efficientnet_lite0").pretrained_cfg.input_size
-    return auto_size(sides, native, trains_backbone)[0], statistics.median(sides)
+    return auto_size(sides, native, every_layer_learns)[0], statistics.median(sides)
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
                 write_sample(sample, data, seed=seed, limit=limit)
                 for row in results[-len(args.strategies):]:
                     strategy = row["strategy"]
-                    row["auto"], row["median_side"] = _auto_size(data, strategy in ("full", "partial"))
+                    row["auto"], row["median_side"] = _auto_size(data, strategy == "full")
                     # sizes alternate within a seed, so drift in machine load falls on both alike
                     for size in args.sizes:
                         tick = time.perf_counter()

@@ -42,6 +42,7 @@ from zoo.thresholds import SIZE_THRESHOLD, is_small
 from zoo.training.balance import class_weights, resolve_balance
 from zoo.training.datasets import ImageRecord, at_size, scan_images
 from zoo.training.image_size import choose_preprocess, parse_image_size
+from zoo.training.strategies import get_strategy
 
 log = get_logger(__name__)
 
@@ -236,12 +237,15 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
     seen = len(f.features.labels) * f.features.views
     rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 \
         else ASSUMED_FORWARD_RATE
-    # The pilots train the backbone, so at the size such a run would train at (--image-size auto's floor differs).
-    cfg, _ = choose_preprocess(f.spec.preprocess_config(), s.image_size, [min(r.stored) for r in f.records], True)
-    setup = PilotSetup(f.model, f.spec, len(f.data.classes), cfg, s.seed, f.augment, s.batch_size, s.workers, rate,
-                       s.compute)
-    names, records = ["partial"] if f.size == "small" else ["partial", "full"], at_size(f.records, cfg)
-    f.pilots = [p for name in names if (p := run_pilot(name, records, budget / len(names), setup)) is not None]
+    names = ["partial"] if f.size == "small" else ["partial", "full"]
+    for name in names:
+        # Each pilot at the size its strategy would train at (--image-size auto: smaller only for `full`).
+        cfg, _ = choose_preprocess(f.spec.preprocess_config(), s.image_size, [min(r.stored) for r in f.records],
+                                   get_strategy(name).every_layer_learns)
+        setup = PilotSetup(f.model, f.spec, len(f.data.classes), cfg, s.seed, f.augment, s.batch_size, s.workers,
+                           rate, s.compute)
+        if (pilot := run_pilot(name, at_size(f.records, cfg), budget / len(names), setup)) is not None:
+            f.pilots.append(pilot)
     f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
                       + ("" if f.size == "small" else "; each trains on a subset for a few epochs, so the full run "
                          "should score above its pilot (an extrapolation, not a measurement)"))
