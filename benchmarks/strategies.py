@@ -8,7 +8,7 @@ what `zoo finetune --strategy auto` runs, with the same epochs as that strategy'
 shows each strategy's val accuracy and time, auto's pick, accuracy and time, its gap to the best
 strategy and its time as a multiple of the picked strategy's; and the similarity score of each set.
 
-    python benchmarks/strategies.py [--datasets textures digits500 ...] [--out benchmarks/results]
+    python benchmarks/strategies.py [--datasets textures digits500 ...] [--strategies head svm] [--out DIR]
         [--before benchmarks/results/strategies-before-issue13.json]
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _auto(data: Path, work: Path, dataset: str, model: str, seed: int) -> tuple[
     return row, advice.to_json()
 
 
-def run(dataset: str, work: Path, model: str, seed: int) -> dict:
+def run(dataset: str, work: Path, model: str, seed: int, strategies: tuple[str, ...] = STRATEGIES) -> dict:
     from zoo.data.samples import write_sample
     from zoo.thresholds import is_small
 
@@ -72,7 +72,7 @@ def run(dataset: str, work: Path, model: str, seed: int) -> dict:
     counts = write_sample(name, data, seed=seed, limit=limit)
     size = "small" if is_small(sum(counts["train"].values())) else "large"
     rows = {}
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         extra = {"epochs": EPOCHS[size][strategy]} if strategy in ("full", "partial") else {}
         rows[strategy] = _finetune(data, work / f"{dataset}-{strategy}", work / f"cache-{dataset}-{strategy}", seed,
                                    model, strategy=strategy, **extra)
@@ -81,6 +81,11 @@ def run(dataset: str, work: Path, model: str, seed: int) -> dict:
     auto, advice = _auto(data, work, dataset, model, seed)
     print(f"[{dataset}] auto -> {advice['strategy']}{' on ' + advice['layer'] if advice['layer'] else ''}: "
           f"accuracy {100 * auto['accuracy']:.2f}%  {auto['seconds']:.0f} s", flush=True)
+    if advice["strategy"] not in rows:  # a partial run (--strategies) that left out the pick: run it for the ratio
+        extra = {"epochs": EPOCHS[size][advice["strategy"]]} if advice["strategy"] in ("full", "partial") else {}
+        rows[advice["strategy"]] = _finetune(data, work / f"{dataset}-{advice['strategy']}",
+                                             work / f"cache-{dataset}-{advice['strategy']}", seed, model,
+                                             strategy=advice["strategy"], **extra)
     best = max(r["accuracy"] for r in rows.values())
     return {"dataset": dataset, "character": character, "images": advice["images"], "size": advice["size"],
             "similarity": advice["similarity"], "quadrant": advice["quadrant"], "prior": advice["prior_strategy"],
@@ -95,7 +100,8 @@ def print_table(results: list[dict]) -> None:
     print("| data (train images) | similarity | full | partial | head | svm | auto: pick | auto | gap | time vs pick |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        cells = [f"{100 * r['rows'][s]['accuracy']:.1f}%, {r['rows'][s]['seconds']:.0f} s" for s in STRATEGIES]
+        cells = [f"{100 * r['rows'][s]['accuracy']:.1f}%, {r['rows'][s]['seconds']:.0f} s" if s in r["rows"] else "-"
+                 for s in STRATEGIES]
         pick = r["pick"] + (f" on {r['layer']}" if r["layer"] else "")
         print(f"| {r['dataset']} ({r['images']}) | {r['similarity']:.2f} | " + " | ".join(cells)
               + f" | {r['quadrant']} prior {r['prior']}: {pick} | {100 * r['auto']['accuracy']:.1f}%, "
@@ -117,9 +123,9 @@ def print_against(results: list[dict], before: list[dict]) -> None:
         if r["dataset"] not in earlier:
             continue
         old = earlier[r["dataset"]]
-        pairs = [(old["rows"][s], r["rows"][s]) for s in STRATEGIES] + [(old["auto"], r["auto"])]
+        pairs = [(old["rows"].get(s), r["rows"].get(s)) for s in STRATEGIES] + [(old["auto"], r["auto"])]
         cells = [f"{b['seconds']:.0f} -> {a['seconds']:.0f} s ({a['seconds'] / b['seconds']:.2f}x), "
-                 f"{100 * (a['accuracy'] - b['accuracy']):+.1f} pts" for b, a in pairs]
+                 f"{100 * (a['accuracy'] - b['accuracy']):+.1f} pts" if a and b else "-" for b, a in pairs]
         print(f"| {r['dataset']} | " + " | ".join(cells) + " |")
 
 
@@ -128,6 +134,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=[d for d in DATASETS if d != "digits"], choices=list(DATASETS))
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
+                    help="the strategies to run beside auto (auto's pick always runs, for its time ratio)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--before", type=Path, default=None, help="an earlier run's JSON: print times and accuracies "
                     "against it")
@@ -135,7 +143,7 @@ def main() -> None:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
         for d in args.datasets:
-            results.append(run(d, Path(tmp), args.model, args.seed))
+            results.append(run(d, Path(tmp), args.model, args.seed, tuple(args.strategies)))
             if args.out:  # after every dataset: a long run that is stopped keeps what it measured
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -124,8 +124,8 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
         by_shape[a.shape].append(i)
     batches = [idx[j:j + batch_size] for idx in by_shape.values() for j in range(0, len(idx), batch_size)]
     device = next(model.parameters()).device
-    # In fp32, as the statistics were learned; NHWC on the CPU, where oneDNN's kernels run it faster
-    # (zoo.hardware.Compute.channels_last), with the same values up to rounding.
+    # NHWC on the CPU, where oneDNN's kernels run it faster (zoo.hardware.Compute.channels_last), with the same
+    # values up to rounding; the caller may run it under autocast (the moments are merged in float64).
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model.to(memory_format=layout)
     try:

@@ -69,9 +69,10 @@ class AdviseSettings:
     per_class: int = 30  # images per class for the similarity measurements
     max_images: int = 300  # for the pixel statistics (cheap: no network)
     # The network measurements, when the evidence pass ran on ONNX Runtime (no torch forward to hook): at up to
-    # 300 images their torch forward passes cost as much as the evidence itself; on the six sample sets, 64
-    # images (at least 2 a class) moved the similarity score by 0.001 to 0.015 from 30 a class.
-    similarity_images: int = 64
+    # 300 images their torch forward passes cost as much as the evidence itself. On the six sample sets, 32
+    # images (at least one a class) in the run's autocast precision moved the similarity score by 0.001 to
+    # 0.013 from 30 images a class in fp32, far less than the gaps between the sets around the 0.5 threshold.
+    similarity_images: int = 32
     seed: int = 0
     val_fraction: float = 0.2
     augment: bool | None = None  # default: on for small data, as finetune decides
@@ -137,8 +138,9 @@ def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
 
     Only needed when the evidence pass ran no torch forward pass to hook: its features came from the cache or
     from ONNX Runtime."""
-    per_class = max(2, min(s.per_class, s.similarity_images // len(f.data.classes)))
-    f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.preprocess, s.seed)
+    per_class = max(1, min(s.per_class, s.similarity_images // len(f.data.classes)))
+    with s.compute.autocast():
+        f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.preprocess, s.seed)
 
 
 def _readable_records(f: Findings, s: AdviseSettings) -> list[ImageRecord]:

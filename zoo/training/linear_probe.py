@@ -114,7 +114,7 @@ def cross_validate(views: list[torch.Tensor], labels: torch.Tensor, class_weight
 
     Written out rather than with GridSearchCV so that each fold walks the C grid with warm starts (the
     solver starts near the next optimum and converges to the same convex solution, several times
-    faster) and the folds run in parallel processes. None when a class has a single image.
+    faster) and the folds run in parallel threads. None when a class has a single image.
     """
     return cross_validate_many([views], labels, class_weights, seed, c_grid)[0]
 
@@ -124,9 +124,10 @@ def cross_validate_many(candidates: list[list[torch.Tensor]], labels: torch.Tens
                         c_grid: tuple[float, ...] = C_GRID) -> list[CrossValidation | None]:
     """`cross_validate` for several feature sets of the same images (auto's candidates): the folds are
     drawn once, so every candidate is scored on the same held-out images, and all (candidate, fold)
-    fits go to one pool of processes, which keeps both cores busy to the end."""
+    fits go to one pool of threads, which keeps both cores busy to the end."""
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedGroupKFold
+    from threadpoolctl import threadpool_limits
 
     folds = folds_for(labels)
     if folds < 2 or not candidates:
@@ -137,11 +138,15 @@ def cross_validate_many(candidates: list[list[torch.Tensor]], labels: torch.Tens
     _, y, groups = stacked[0]
     splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups))
     jobs = max(1, min(folds * len(candidates), os.cpu_count() or 1))
-    # Processes, not threads: scikit-learn's solver holds the GIL between small BLAS calls, and threads
-    # measured 7x slower than processes here (digits, 400 images, three layers: 20.6 s vs 3.1 s).
-    results = Parallel(n_jobs=jobs, prefer="processes")(
-        delayed(_fold_scores)(x, y, train, test, class_weights, c_grid)
-        for x, _, _ in stacked for train, test in splits)
+    # Threads, each with a single-threaded BLAS. Threads whose BLAS calls each spread over every core
+    # measured 7x slower than processes (digits, 400 images, three layers: 20.6 s vs 3.1 s): the cost was
+    # oversubscription, not the GIL. Worker processes get one BLAS thread each, but starting them cold, as
+    # every `zoo finetune` does, took longer than the fits (photos, nine candidates: 5.2 s with a cold
+    # pool, 1.9 s warm, 2.2 s in threads with one BLAS thread each).
+    with threadpool_limits(1, user_api="blas"):
+        results = Parallel(n_jobs=jobs, prefer="threads")(
+            delayed(_fold_scores)(x, y, train, test, class_weights, c_grid)
+            for x, _, _ in stacked for train, test in splits)
     out: list[CrossValidation | None] = []
     for k, views in enumerate(candidates):
         per_fold = results[k * folds: (k + 1) * folds]
