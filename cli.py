@@ -369,16 +369,20 @@ def export_command(
     from export.report import summary_lines
 
     out_dir = out or run_dir / "export"
+    if archive:  # a name TorchServe would refuse is found now, not after minutes of exporting
+        from export.archive import check_archive_name, default_archive_name
+
+        name = check_archive_name(name or default_archive_name(run_dir))
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
                         max_accuracy_drop=max_accuracy_drop)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
     if archive:
-        from export.archive import default_archive_name, write_archives
+        from export.archive import write_archives
 
-        mars = write_archives(out_dir, name or default_archive_name(run_dir), model_store, runtime.value,
-                              run_dir=run_dir)
+        assert name is not None
+        mars = write_archives(out_dir, name, model_store, runtime.value, run_dir=run_dir)
         typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with "
                    f"`zoo serve start --model-store {model_store}`.")
 
