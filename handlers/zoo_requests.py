@@ -31,6 +31,12 @@ class RequestError(Exception):
 class RepeatedField(list):
     """The values of a form field name a multipart upload used more than once (curl -F file=@a -F file=@b)."""
 
+    repeated_field = True  # recognised by this mark: each staged archive folder imports its own copy of this class
+
+
+def _repeated(value) -> bool:
+    return isinstance(value, list) and getattr(value, "repeated_field", False)
+
 
 @dataclass
 class ParsedRequest:
@@ -104,10 +110,11 @@ def _from_text(text: str) -> list[bytes]:
     """A text body (TorchServe decodes text/* bodies): a bare base64 image, or a mistake worth naming."""
     if not text.strip():
         return [b""]  # the image decoder says "empty"
-    compact = "".join(text.split())
-    if re.fullmatch(r"(data:[^,]*,)?[A-Za-z0-9+/]+={0,2}", compact) and len(compact) % 4 == 0:
+    try:
         return [_decode_base64(text, "The text body")]
-    raise RequestError(400, f"The body is {len(text)} characters of text, not an image or base64: {SEND}.")
+    except RequestError:
+        raise RequestError(400, f"The body is {len(text)} characters of text, not an image or base64: "
+                                f"{SEND}.") from None
 
 
 def _one_part(value, options: dict) -> tuple[list[bytes], bool]:
@@ -128,7 +135,7 @@ def _one_part(value, options: dict) -> tuple[list[bytes], bool]:
 
 
 def _option(name: str, value, options: dict) -> None:
-    if isinstance(value, RepeatedField):
+    if _repeated(value):
         raise RequestError(400, f"The request gives {name} {len(value)} times: give it once.")
     options[name] = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else value
 
@@ -150,7 +157,7 @@ def parse_request(request: dict, max_images: int) -> ParsedRequest:
         if name in OPTION_NAMES:
             _option(name, value, options)
             continue
-        for part in value if isinstance(value, RepeatedField) else [value]:
+        for part in value if _repeated(value) else [value]:
             found, listed = _one_part(part, options)
             many = many or listed or bool(images)
             images += found
@@ -175,6 +182,8 @@ def declared_pixels(data: bytes) -> int:
 def check_pixel_budget(images: list[bytes], budget: int) -> None:
     """Refuse a request whose images add up to more pixels than one request may cost (each image alone is
     capped by preprocess.json's max_pixels; this caps their sum)."""
+    if len(images) < 2:
+        return  # one image: its own limit (max_pixels) applies, with its own message
     total = sum(declared_pixels(image) for image in images)
     if total > budget:
         raise RequestError(413, f"The request's {len(images)} images hold {total / 1e6:.0f} Mpixel, more than "

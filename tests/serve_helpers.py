@@ -208,6 +208,7 @@ def write_tiny_export(out: Path) -> Path:
 
     from zoo.preprocess import PreprocessConfig
 
+    out.mkdir(parents=True, exist_ok=True)
     tiny_graphs(out)
     PreprocessConfig(input_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), max_size=64).save(
         out / "preprocess.json")

@@ -20,7 +20,7 @@ from serve_helpers import MockContext, load_handler, write_tiny_export
 
 from export.archive import stage_model_dir
 
-FUZZ_EXAMPLES = 600  # Done when: at least 500 generated requests, none raising
+FUZZ_EXAMPLES = 600  # at least 500 generated requests, none raising
 
 
 def _png(size: tuple[int, int], color=(120, 40, 200)) -> bytes:
