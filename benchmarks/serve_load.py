@@ -45,7 +45,7 @@ def build_export(tmp: Path) -> Path:
     from export.onnx_export import export_run
     from zoo.atomic import atomic_write_json
     from zoo.backbones import create_model, get_spec
-    from zoo.run_dir import save_weights
+    from zoo.run_dir import mark_complete, save_weights
 
     torch.manual_seed(0)
     run = tmp / "run"
@@ -56,6 +56,7 @@ def build_export(tmp: Path) -> Path:
                                             "strategy": "head"})
     atomic_write_json(run / "labels.json", ["brick", "grass", "gravel"])
     save_weights(model, run / "model.safetensors")
+    mark_complete(run)
     export_run(run, tmp / "export")
     return tmp / "export"
 

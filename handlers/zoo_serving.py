@@ -63,6 +63,8 @@ class OnnxRuntimeModel:
         self.input = self.session.get_inputs()[0].name
         self.output = output
         self.where = self.session.get_providers()[0]  # logged at start: which provider really runs
+        shape = next((o.shape for o in self.session.get_outputs() if o.name == output), None)
+        self.width = shape[-1] if shape and isinstance(shape[-1], int) else None  # classes, when the graph says
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: batch})[0]
@@ -109,6 +111,10 @@ class ZooImageHandler:
         keep_repeated_fields()  # every file of a repeated multipart field name is answered, not just the last
         runtime = RUNTIMES[self.settings["runtime"]]
         self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
+        width = getattr(self.model, "width", None)
+        if self.settings["kind"] == "classifier" and width is not None and width != len(self.labels):
+            raise ValueError(f"labels.json names {len(self.labels)} classes but {self.settings['model_file']} has "
+                             f"{width} outputs: re-export the model with `zoo export` so they match.")
         self.initialized = True
         logger.info("zoo %s handler ready: %s runtime on %s, %d labels", self.settings["kind"],
                     self.settings["runtime"], self.model.where, len(self.labels))

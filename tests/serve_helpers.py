@@ -31,7 +31,7 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
 
     from zoo.atomic import atomic_write_json
     from zoo.backbones import create_model, get_spec
-    from zoo.run_dir import save_weights
+    from zoo.run_dir import mark_complete, save_weights
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", num_classes=num_classes, pretrained=True)
@@ -43,6 +43,7 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
         "preprocess": get_spec("efficientnet_lite0").preprocess_config().to_json(), "strategy": "head"})
     atomic_write_json(run_dir / "labels.json", LABELS[:num_classes])
     save_weights(model, run_dir / "model.safetensors")
+    mark_complete(run_dir)
     return run_dir
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from zoo.atomic import atomic_write
 from zoo.backbones import ZooModel
@@ -98,15 +98,22 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def load(self, key: str, rows: int) -> torch.Tensor | None:
+        """The entry, or None (recompute) when it is absent, unreadable, or its data fails its checksum."""
         path = self.path(key)
         try:
-            features = load_file(str(path))["features"]
+            with safe_open(str(path), framework="pt") as f:
+                recorded = (f.metadata() or {}).get("sha256")
+                features = f.get_tensor("features")
         except (FileNotFoundError, SafetensorError, KeyError, OSError):
             return None  # absent or damaged: recompute
+        if recorded != tensors_fingerprint({"features": features}):  # an intact header over damaged data
+            log.warning(f"feature cache entry {path.name} failed its checksum; recomputing it")
+            return None
         return features if features.shape[0] == rows else None
 
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
         metadata = {k: str(v) for k, v in meta.items()}
+        metadata["sha256"] = tensors_fingerprint({"features": features})  # verified by every load
         atomic_write(self.path(key), lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
                                                            metadata=metadata))
 
