@@ -132,7 +132,7 @@ class ZooImageHandler:
                 parsed[idx] = parse_request(request or {}, self.max_images)
                 self.check_options(parsed[idx], context, idx)
                 check_pixel_budget(parsed[idx].images, self.pixel_budget)
-                tensors[idx] = [self.to_tensor(image) for image in parsed[idx].images]
+                tensors[idx] = self.to_tensors(parsed[idx].images)
             except RequestError as e:
                 responses[idx] = self.refuse(context, idx, e)
                 tensors.pop(idx, None)
@@ -154,6 +154,18 @@ class ZooImageHandler:
 
     def check_options(self, request: ParsedRequest, context, idx: int) -> None:
         """Refuse bad options before any image is decoded."""
+
+    def to_tensors(self, images: list[bytes]) -> list[np.ndarray]:
+        """Every image of one request; a bad one refuses the request with a message that says which it was."""
+        out = []
+        for j, image in enumerate(images):
+            try:
+                out.append(self.to_tensor(image))
+            except RequestError as e:
+                if len(images) == 1:
+                    raise
+                raise RequestError(e.status, f"Image {j + 1} of {len(images)}: {e}") from None
+        return out
 
     def to_tensor(self, image: bytes) -> np.ndarray:
         try:

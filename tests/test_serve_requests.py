@@ -76,6 +76,12 @@ def test_repeated_field_names_answer_every_file(classifier):
     assert status == 200 and answer == alone
 
 
+def test_a_bad_part_among_good_ones_is_named(classifier):
+    """A several-file upload with one bad file is refused as a whole, and the message says which file."""
+    [(status, body)] = _answers(classifier, [{"file1": GOOD[0], "file2": b"garbage", "file3": GOOD[1]}])
+    assert status == 400 and body["message"].startswith("Image 2 of 3: The data is not an image"), body
+
+
 def test_repeated_topk_is_refused(classifier):
     from ts.service import Service
 
