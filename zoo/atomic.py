@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,16 +36,30 @@ def write_failure(path: Path | str, e: OSError) -> ZooError:
     if e.errno in NOT_WRITABLE:
         return ZooError(f"Cannot write {path} ({reason}): choose a folder you can write to.")
     return WorkFailed(f"Could not write {path} ({reason}); the file it would have replaced is unchanged: free "
-                      "some space (or fix the disk) and run the same command again.")
+                      "some space (or fix the disk) and run the command again (`zoo finetune`: with --resume).")
+
+
+def _rust_os_error(e: Exception) -> OSError | None:
+    """The OSError inside an error of a Rust-backed writer (safetensors says "I/O error: ... (os error 28)")."""
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 @contextmanager
 def writing(path: Path | str) -> Iterator[None]:
-    """Turn an OSError in the block into write_failure's sentence about `path`."""
+    """Turn an OSError in the block, or one wrapped by a Rust-backed writer, into write_failure's sentence."""
     try:
         yield
     except OSError as e:
         raise write_failure(path, e) from None
+    except Exception as e:
+        inner = _rust_os_error(e)
+        if inner is None:
+            raise
+        raise write_failure(path, inner) from None
 
 
 @contextmanager

@@ -11,6 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from zoo.training.checkpoint import CHECKPOINT
 from zoo.training.finetune import finetune
 
 HEAD = ["--strategy", "head", "--epochs", "2", "--no-augment"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _one_sentence(result, code: int) -> str:
@@ -97,6 +102,26 @@ def test_full_disk_while_writing_the_weights(runner, tiny_textures, tmp_path, mo
     resumed = runner.invoke(app, ["finetune", str(tiny_textures), *HEAD, "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output  # recovery: the same command with --resume finishes it
     assert is_complete(out) and not (out / CHECKPOINT).exists()
+
+
+@pytest.mark.slow
+def test_a_real_file_size_limit_reaches_the_rust_writer(tiny_textures, tmp_path):
+    """No injection: the kernel refuses every write past 8 MB (RLIMIT_FSIZE, EFBIG), so the 18-MB weights
+    fail inside safetensors' Rust writer, the path a real full disk takes (it reports "(os error 28)")."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "cli", "finetune", str(tiny_textures), *HEAD, "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=limit_file_size,
+                            timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Could not write" in result.stderr and "File too large" in \
+        result.stderr, result.stderr[-2000:]
+    assert not is_complete(out) and not (out / "model.safetensors").exists() and (out / CHECKPOINT).is_file()
 
 
 def test_full_disk_mid_training_keeps_the_last_checkpoint(tiny_textures, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from zoo.atomic import atomic_write
 from zoo.backbones import ZooModel
+from zoo.errors import ZooError
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.progress import progress_bar
@@ -114,8 +115,11 @@ class FeatureCache:
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
         metadata = {k: str(v) for k, v in meta.items()}
         metadata["sha256"] = tensors_fingerprint({"features": features})  # verified by every load
-        atomic_write(self.path(key), lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
-                                                           metadata=metadata))
+        try:
+            atomic_write(self.path(key), lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
+                                                               metadata=metadata))
+        except ZooError as e:  # a cache is an optimisation: a full or read-only cache folder must not stop training
+            log.warning(f"the feature cache could not store an entry ({e}); training goes on without it")
 
 
 Layer = str | None  # a stage name, or None for the bottleneck
