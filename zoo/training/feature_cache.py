@@ -107,6 +107,8 @@ class FeatureCache:
                 features = f.get_tensor("features")
         except (FileNotFoundError, SafetensorError, KeyError, OSError):
             return None  # absent or damaged: recompute
+        if recorded is None:
+            return None  # written before entries carried a checksum: recomputed quietly, and stored with one
         if recorded != tensors_fingerprint({"features": features}):  # an intact header over damaged data
             log.warning(f"feature cache entry {path.name} failed its checksum; recomputing it")
             return None
