@@ -3,9 +3,9 @@
 A run directory holds config.json (resolved configuration; keys used here: model, num_classes,
 layer, preprocess), labels.json (class names in label order), model.safetensors (the ZooModel
 state_dict) and the metrics and plots `zoo finetune` adds. Every file is written atomically
-(zoo.atomic), and run_complete.json last: it records the size and SHA-256 of the files a reader
-needs, so a run is finished only when it is there and they match (a full disk, a kill or a damaged
-copy leaves a run that readers refuse in one sentence, never one that merely looks finished).
+(zoo.atomic), and run_complete.json last: it records the size and SHA-256 of the weights, so a run
+is finished only when it is there and they match (a full disk, a kill or a damaged copy leaves a
+run that readers refuse in one sentence, never one that merely looks finished).
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ LABELS = "labels.json"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.json"
 COMPLETE = "run_complete.json"  # written last; see mark_complete
-CHECKED = (CONFIG, LABELS, WEIGHTS)  # what export and the handlers read from a run
+# What run_complete.json checksums: the weights, which nothing else can validate. config.json and labels.json
+# are read as JSON and checked field by field (labels against the model's outputs), so a user may edit them.
+CHECKED = (WEIGHTS,)
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -72,7 +74,7 @@ def file_digest(path: Path) -> dict[str, Any]:
 
 
 def mark_complete(run_dir: Path | str) -> None:
-    """The last write of a finished run: every file a reader needs, with its size and checksum."""
+    """The last write of a finished run: the weights' size and checksum."""
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / COMPLETE, {"files": {name: file_digest(run_dir / name) for name in CHECKED}})
 
