@@ -17,7 +17,7 @@ from zoo.backbones import BackboneSpec, get_spec
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
-from zoo.run_dir import CONFIG, is_complete, read_json
+from zoo.run_dir import CONFIG, METRICS, is_complete, read_json
 from zoo.training import distributed
 from zoo.training.balance import BALANCE_MODES
 from zoo.training.image_size import parse_image_size
@@ -138,7 +138,7 @@ def run_dir_state(out: Path, resume: bool, force: bool) -> str:
         raise ZooError(f"{out} is not a run directory of `zoo finetune` (no {CONFIG}): choose another --out.")
     if force:
         return "replace"
-    if is_complete(out):
+    if is_complete(out) and (out / METRICS).is_file():  # the marker comes last; a run missing its metrics is redone
         return "complete"
     return "resume"
 
