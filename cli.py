@@ -7,6 +7,7 @@ belong beside the command; the commands themselves only parse and call.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
+from zoo.atomic import write_failure
 from zoo.data.samples import SAMPLES
 from zoo.errors import ZooError
 from zoo.log import configure, get_logger
@@ -26,10 +28,12 @@ from zoo.training.balance import BALANCE_MODES
 from zoo.training.strategies import AUTO, STRATEGIES
 
 log = get_logger("zoo.cli")
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the machine, not zoo
 
 
 class _ZooGroup(TyperGroup):
-    """Turns a ZooError anywhere below into one line on stderr and exit status 2, never a traceback."""
+    """Turns a ZooError anywhere below into one line on stderr and its exit status (2 usage, 1 failed work), never a
+    traceback."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -37,7 +41,13 @@ class _ZooGroup(TyperGroup):
         except ZooError as e:
             if not getattr(e, "already_reported", False):  # another process of a distributed run said it
                 log.error(str(e))
-            raise typer.Exit(2) from None
+            raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a write the library did not wrap: still one sentence (zoo.atomic.write_failure)
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            failure = write_failure(e.filename or "a file", e)
+            log.error(str(failure))
+            raise typer.Exit(failure.exit_code) from None
 
 
 def choices(name: str, values: Iterable[str]) -> Any:
@@ -369,16 +379,20 @@ def export_command(
     from export.report import summary_lines
 
     out_dir = out or run_dir / "export"
+    if archive:  # a name TorchServe would refuse is found now, not after minutes of exporting
+        from export.archive import check_archive_name, default_archive_name
+
+        name = check_archive_name(name or default_archive_name(run_dir))
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
                         max_accuracy_drop=max_accuracy_drop)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
     if archive:
-        from export.archive import default_archive_name, write_archives
+        from export.archive import write_archives
 
-        mars = write_archives(out_dir, name or default_archive_name(run_dir), model_store, runtime.value,
-                              run_dir=run_dir)
+        assert name is not None
+        mars = write_archives(out_dir, name, model_store, runtime.value, run_dir=run_dir)
         typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with "
                    f"`zoo serve start --model-store {model_store}`.")
 
@@ -418,7 +432,7 @@ def predict_command(
     if not (as_json or as_csv):
         log.info(f"{len(rows) - failed} of {len(rows)} images classified ({where})"
                  + (f"; {failed} unreadable" if failed else ""))
-    if failed == len(rows):
+    if failed:  # every path has its row above; the status says whether all of them were classified
         raise typer.Exit(1)
 
 

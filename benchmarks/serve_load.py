@@ -1,7 +1,7 @@
 """Served lite0 classifier under load, beside in-process ONNX Runtime, measured in one run.
 
     python benchmarks/serve_load.py [--export EXPORT_DIR] [--requests 160] [--concurrency 8]
-                                    [--workers 1,2] [--batch-size 1] [--rounds 3]
+                                    [--workers 1,2] [--batch-size 1] [--rounds 3] [--no-kill]
 
 Without --export it builds a lite0 run (pretrained backbone, new 3-class head: speed does not
 depend on the head's weights) and exports it with `export.onnx_export.export_run`. Every request
@@ -15,6 +15,11 @@ callers of one thread each; the better of the two is the baseline. Served means 
 each, both started before measuring). Rounds interleave the engines so that load from other
 processes falls on all of them alike; each figure is the median over rounds. Target: served
 throughput at concurrency 8 at least 50% of the best in-process figure, and no failed request.
+
+Worker kill (unless --no-kill): each server then takes the same load once more while one of its
+workers is killed (SIGKILL) after a quarter of the requests; the row beside the clean run gives
+the failed requests and the recovery time, from the kill until TorchServe reports every worker
+READY again. Failed requests there are reported, not held against the target.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import argparse
 import io
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -45,7 +51,7 @@ def build_export(tmp: Path) -> Path:
     from export.onnx_export import export_run
     from zoo.atomic import atomic_write_json
     from zoo.backbones import create_model, get_spec
-    from zoo.run_dir import save_weights
+    from zoo.run_dir import mark_complete, save_weights
 
     torch.manual_seed(0)
     run = tmp / "run"
@@ -56,6 +62,7 @@ def build_export(tmp: Path) -> Path:
                                             "strategy": "head"})
     atomic_write_json(run / "labels.json", ["brick", "grass", "gravel"])
     save_weights(model, run / "model.safetensors")
+    mark_complete(run)
     export_run(run, tmp / "export")
     return tmp / "export"
 
@@ -108,7 +115,9 @@ def in_process(export_dir: Path, images: list[bytes], n: int, callers: int) -> d
     return _summary(n, time.perf_counter() - start, latencies, failed=0)
 
 
-def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, concurrency: int) -> dict:
+def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, concurrency: int,
+           quarter: threading.Event | None = None) -> dict:
+    """`n` requests from `concurrency` client threads; `quarter` is set once a quarter of them are answered."""
     url = f"{info.inference_url}/predictions/{model}"
     headers = {"Authorization": f"Bearer {serve.read_key(info.key_file)}", "Content-Type": "application/octet-stream"}
     local = threading.local()
@@ -131,12 +140,59 @@ def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, conc
                 ok = False
             with lock:
                 (latencies if ok else failures).append(time.perf_counter() - t)
+                if quarter is not None and len(latencies) + len(failures) >= n // 4:
+                    quarter.set()
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in range(concurrency):
             pool.submit(client)
     return _summary(n, time.perf_counter() - start, latencies, failed=len(failures))
+
+
+def _workers(info: serve.ServerInfo) -> list[int]:
+    """PIDs of the server's Python workers (TorchServe's frontend is their process group leader)."""
+    from zoo.serve.process_group import live_group_members
+
+    def cmdline(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    return [pid for pid in live_group_members(info.pid) if b"model_service_worker" in cmdline(pid)]
+
+
+def _all_ready(info: serve.ServerInfo, model: str, workers: int) -> bool:
+    try:
+        states = (serve.status(Path(info.state_dir)) or {})["model_status"][model]["workers"]
+    except (KeyError, TypeError, requests.RequestException):
+        return False
+    return len(states) == workers and all(s == "READY" for s in states)
+
+
+def served_with_kill(info: serve.ServerInfo, model: str, images: list[bytes], n: int, concurrency: int,
+                     workers: int) -> dict:
+    """The same load, with one worker SIGKILLed after a quarter of it: failures and seconds to recover."""
+    killed: dict[str, float] = {}
+    quarter = threading.Event()
+
+    def killer() -> None:
+        quarter.wait()
+        victim = _workers(info)[0]
+        os.kill(victim, signal.SIGKILL)
+        killed["at"] = time.perf_counter()
+        while time.perf_counter() - killed["at"] < 120:
+            time.sleep(0.2)
+            if victim not in _workers(info) and _all_ready(info, model, workers):
+                killed["recovery_s"] = time.perf_counter() - killed["at"]
+                return
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    result = served(info, model, images, n, concurrency, quarter)
+    thread.join()
+    return {**result, "recovery_s": killed.get("recovery_s", float("nan"))}
 
 
 def _summary(n: int, seconds: float, latencies: list[float], failed: int) -> dict:
@@ -153,6 +209,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="Comma-separated worker counts, one server each.")
     ap.add_argument("--batch-size", type=int, default=1, help="TorchServe batch size (1: batching off).")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kill", action=argparse.BooleanOptionalAction, default=True,
+                    help="Also run the load once per server while one worker is SIGKILLed.")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="zoo-serve-load-"))
@@ -189,6 +247,10 @@ def main() -> None:
                 label = f"served, {w} worker{'s' if w > 1 else ''}, c={args.concurrency}"
                 results.setdefault(label, []).append(served(info, "lite0", images, args.requests, args.concurrency))
             print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+        if args.kill:
+            for w, info in infos.items():
+                label = f"served, {w} worker{'s' if w > 1 else ''}, c={args.concurrency}, 1 killed"
+                results[label] = [served_with_kill(info, "lite0", images, args.requests, args.concurrency, w)]
     finally:
         for c in servers.values():
             serve.stop(c.folder)
@@ -198,17 +260,22 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict]], concurrency: int) -> bool:
-    """Print the median of each engine over the rounds; True when the target is met."""
+    """Print the median of each engine over the rounds, worker-kill runs beside their clean run; True when the
+    target is met (clean runs only: a killed worker's requests are expected to fail)."""
     medians = {label: {k: statistics.median(x[k] for x in runs) for k in ("throughput", "p50", "p99")}
-               | {"failed": sum(x["failed"] for x in runs)} for label, runs in results.items()}
+               | {"failed": sum(x["failed"] for x in runs), "recovery_s": runs[0].get("recovery_s")}
+               for label, runs in results.items()}
     base = max(m["throughput"] for label, m in medians.items() if label.startswith("in-process"))
-    print(f"\n{'engine':38} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'vs best in-process':>19}")
-    for label, m in medians.items():
-        print(f"{label:38} {m['throughput']:9.1f} {m['p50']:8.1f} {m['p99']:8.1f} {m['failed']:7d} "
+    print(f"\n{'engine':48} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'recovery s':>11} "
+          f"{'vs best in-process':>19}")
+    for label in sorted(medians, key=lambda k: (not k.startswith("in-process"), k)):
+        m = medians[label]
+        recovery = "-" if m["recovery_s"] is None else f"{m['recovery_s']:.1f}"
+        print(f"{label:48} {m['throughput']:9.1f} {m['p50']:8.1f} {m['p99']:8.1f} {m['failed']:7d} {recovery:>11} "
               f"{m['throughput'] / base:18.2f}x")
-    served_rows = {label: m for label, m in medians.items() if label.startswith("served")}
-    best = max(served_rows.values(), key=lambda m: m["throughput"])
-    ok = best["throughput"] / base >= 0.5 and all(m["failed"] == 0 for m in medians.values())
+    clean = {label: m for label, m in medians.items() if not label.endswith("killed")}
+    best = max((m for label, m in clean.items() if label.startswith("served")), key=lambda m: m["throughput"])
+    ok = best["throughput"] / base >= 0.5 and all(m["failed"] == 0 for m in clean.values())
     print(f"\ntarget (best served config at c={concurrency} >= 0.50x the best in-process, 0 failed): "
           f"{'met' if ok else 'NOT met'} ({best['throughput'] / base:.2f}x)")
     return ok

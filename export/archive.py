@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 ARCHIVE_VERSION = "1.0"  # TorchServe's model version; `zoo serve` registers this version
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 DEFAULT_MODEL_STORE = Path("model_store")
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")  # what TorchServe accepts as a model name
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")  # what TorchServe accepts as a model name (fullmatch)
+MAX_PIXELS_PER_REQUEST = 128_000_000  # the sum over a request's images (each alone: preprocess.json's max_pixels)
+HANDLER_MODULES = ("zoo_serving.py", "zoo_requests.py")  # shared by both handlers, copied into every archive
 
 
 TORCH_PROGRAM = "model.pt2"  # one torch.export program for both archives: (probabilities, features)
@@ -76,17 +78,26 @@ def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir
     for f in needed:
         shutil.copyfile(export_dir / f, out_dir / f)
     shutil.copyfile(HANDLERS_DIR / handler, out_dir / handler)
-    shutil.copyfile(HANDLERS_DIR / "zoo_serving.py", out_dir / "zoo_serving.py")
+    for module in HANDLER_MODULES:
+        shutil.copyfile(HANDLERS_DIR / module, out_dir / module)
     for name, source in _zoo_module_copies().items():
         shutil.copyfile(source, out_dir / name)
     settings = {"kind": kind, "runtime": runtime.value, "model_file": model_file,
                 "output": output if runtime is Runtime.onnx else program_output, "default_topk": default_topk,
-                "max_images_per_request": max_images_per_request,
+                "max_images_per_request": max_images_per_request, "max_pixels_per_request": MAX_PIXELS_PER_REQUEST,
                 # ONNX Runtime's CPU kernels give each image of a same-shape group the bits it gets
                 # alone (tested); PyTorch's may not, so the torch runtime runs images one by one.
                 "max_group": 8 if runtime is Runtime.onnx else 1}
     (out_dir / "serving.json").write_text(json.dumps(settings, indent=2) + "\n")
     return out_dir
+
+
+def check_archive_name(name: str) -> str:
+    """The whole name must fit (fullmatch: a trailing newline does not); `zoo export` checks it before exporting."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ZooError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', "
+                       "starting with a letter.")
+    return name
 
 
 def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODEL_STORE,
@@ -97,9 +108,7 @@ def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODE
     With runtime "torch" the torch.export program is made from run_dir first (into export_dir).
     """
     runtime = Runtime(runtime)
-    if not NAME_PATTERN.match(name):
-        raise ZooError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', "
-                       "starting with a letter.")
+    check_archive_name(name)
     if default_topk < 1:
         raise ZooError("--topk must be at least 1: give how many classes an answer lists by default.")
     export_dir, model_store = Path(export_dir), Path(model_store)
@@ -113,9 +122,11 @@ def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODE
         for kind, model_name in archive_names(name).items():
             stage = stage_model_dir(export_dir, kind, runtime, Path(tmp) / f"stage-{kind}", default_topk)
             _run_archiver(stage, KINDS[kind][0], model_name, Path(tmp))
-            target = model_store / f"{model_name}.mar"
-            os.replace(Path(tmp) / f"{model_name}.mar", target)  # a server never sees half an archive
-            written.append(target)
+        # Both archives are built before either lands: a failure leaves the store as it was, never half a pair,
+        # and a server never sees half an archive.
+        for model_name in archive_names(name).values():
+            os.replace(Path(tmp) / f"{model_name}.mar", model_store / f"{model_name}.mar")
+            written.append(model_store / f"{model_name}.mar")
     return written
 
 

@@ -26,7 +26,7 @@ from export import parity
 from export import report as report_mod
 from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
 from export.run_images import parity_images, run_data
-from zoo.atomic import atomic_write_json
+from zoo.atomic import atomic_write_json, writing
 from zoo.backbones import ZooModel
 from zoo.data.folder import ImageFolderData
 from zoo.errors import ZooError
@@ -202,19 +202,20 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     if variants and (data is None or not data.train or not data.val):
         raise ZooError("Quantization needs the run's training images for calibration and its val images for the "
                        "accuracy gate: give the image folder the run was trained on with --data.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    try:
-        report = write_graphs(run, staging, out_dir, opset)
-        check_parity(run, data, staging, out_dir, report, parity_sizes or parity.DEFAULT_SIZES, parity_atol)
-        measure_accuracy(run, data, staging, report)
-        refused = make_variants(run, data, staging, report, variants, calibration_images, max_accuracy_drop)
-        report["seconds"] = round(time.perf_counter() - started, 1)
-        report["ok"] = True
-        report_mod.write(staging / REPORT, report)
-        _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with writing(out_dir):  # a read-only folder or a full disk: one sentence; the staging folder is removed
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+        try:
+            report = write_graphs(run, staging, out_dir, opset)
+            check_parity(run, data, staging, out_dir, report, parity_sizes or parity.DEFAULT_SIZES, parity_atol)
+            measure_accuracy(run, data, staging, report)
+            refused = make_variants(run, data, staging, report, variants, calibration_images, max_accuracy_drop)
+            report["seconds"] = round(time.perf_counter() - started, 1)
+            report["ok"] = True
+            report_mod.write(staging / REPORT, report)
+            _publish(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if refused:
         from export.quantize import refusal_sentence
 

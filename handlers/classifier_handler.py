@@ -6,7 +6,8 @@ in serving.json) and is never more than the number of classes. One image gets on
 of images gets a list of objects, in order.
 """
 from zoo_inference import top_k
-from zoo_serving import ParsedRequest, ZooImageHandler, request_header, topk_option
+from zoo_requests import ParsedRequest, request_header, topk_option
+from zoo_serving import ZooImageHandler
 
 
 class ClassifierHandler(ZooImageHandler):

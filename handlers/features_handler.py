@@ -4,7 +4,8 @@ The vector is the backbone's globally pooled output, the same one features.onnx 
 user's own classifier (SVM, kNN, logistic regression) trains on. Requests take the same forms as
 the classifier's; one image gets one list of floats, a list of images a list of them.
 """
-from zoo_serving import ParsedRequest, ZooImageHandler
+from zoo_requests import ParsedRequest
+from zoo_serving import ZooImageHandler
 
 
 class FeaturesHandler(ZooImageHandler):

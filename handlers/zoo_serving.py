@@ -1,9 +1,9 @@
 """What the zoo classifier and features handlers share: reading requests, running images, answering.
 
-This file travels inside every zoo archive (.mar) beside zoo_preprocess.py and zoo_inference.py,
-copies of zoo/preprocess.py and zoo/inference.py, and serving.json, which names the runtime and the
-model file. It imports only numpy, Pillow and onnxruntime or torch: never the `zoo` package, which a
-server need not have.
+This file travels inside every zoo archive (.mar) beside zoo_requests.py (reading requests),
+zoo_preprocess.py and zoo_inference.py, copies of zoo/preprocess.py and zoo/inference.py, and
+serving.json, which names the runtime and the model file. It imports only numpy, Pillow and
+onnxruntime or torch: never the `zoo` package, which a server need not have.
 
 TorchServe may hand one call several requests (batching). Each request is answered on its own:
 a bad image gets a 4xx for that request only, and images run alone or with images of the same
@@ -11,140 +11,37 @@ shape, so an answer never depends on what else arrived in the batch.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zoo_inference
 import zoo_preprocess as pp
+from zoo_requests import (
+    DEFAULT_PIXEL_BUDGET,
+    SEND,
+    ParsedRequest,
+    RequestError,
+    check_pixel_budget,
+    keep_repeated_fields,
+    parse_request,
+    request_header,
+    topk_option,
+)
+
+__all__ = ["ParsedRequest", "RequestError", "ZooImageHandler", "parse_request", "request_header", "topk_option"]
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = "serving.json"
 PREPROCESS = "preprocess.json"
 LABELS = "labels.json"
-OPTION_NAMES = ("topk",)  # request parameters that are options, not images
 THREADS_ENV = "ZOO_SERVE_THREADS"  # set by `zoo serve start`: intra-op threads per worker
 
 
-class RequestError(Exception):
-    """A request the handler refuses; the message is one sentence that says what to send instead."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 REASONS = {400: "Bad Request", 413: "Payload Too Large"}
-
-
-@dataclass
-class ParsedRequest:
-    images: list[bytes]
-    many: bool  # answer with a list (the request sent a list or several files) or a single object
-    options: dict = field(default_factory=dict)
-
-
-def _decode_base64(text: str) -> bytes:
-    if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, "An image in the JSON is not valid base64: send base64-encoded image bytes.") from None
-
-
-def _from_json(obj, options: dict) -> tuple[list[bytes], bool]:
-    """JSON forms: {"image": B64}, {"images": [B64, ...]}, [B64, ...] or a bare B64 string."""
-    if isinstance(obj, str):
-        return [_decode_base64(obj)], False
-    if isinstance(obj, list):
-        if not all(isinstance(x, str) for x in obj):
-            raise RequestError(400, "A JSON list must hold base64 strings, one per image.")
-        return [_decode_base64(x) for x in obj], True
-    if isinstance(obj, dict):
-        for name in OPTION_NAMES:
-            if name in obj:
-                options[name] = obj[name]
-        if isinstance(obj.get("image"), str):
-            return [_decode_base64(obj["image"])], False
-        if isinstance(obj.get("images"), list):
-            return _from_json(obj["images"], options)[0], True
-    raise RequestError(400, 'The JSON holds no image: send {"image": BASE64} or {"images": [BASE64, ...]}.')
-
-
-def _looks_like_json(data: bytes | bytearray) -> bool:
-    head = data[:64].lstrip()
-    return head[:1] in (b"{", b"[", b'"')
-
-
-def parse_request(request: dict, max_images: int) -> ParsedRequest:
-    """Images and options of one request, whatever way they were sent.
-
-    TorchServe gives a request as {name: value}: "body" (or "data") for a raw body, and one entry
-    per form field or file of a multipart upload (it does not pass query parameters). JSON bodies
-    arrive already parsed; text bodies as str; everything else as bytes.
-    """
-    options: dict = {}
-    images: list[bytes] = []
-    many = False
-    for name, value in request.items():
-        if name in OPTION_NAMES:
-            options[name] = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else value
-            continue
-        if isinstance(value, (bytes, bytearray)) and _looks_like_json(value):
-            try:
-                value = json.loads(value)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                pass  # not JSON after all: the image decoder will say what it is
-        if isinstance(value, str) and _looks_like_json(value.encode()):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise RequestError(400, "The body is not valid JSON: send image bytes or JSON with base64 "
-                                        "images.") from None
-        if isinstance(value, (bytes, bytearray)):
-            found, listed = [bytes(value)], False
-        elif isinstance(value, str) and not value.strip():
-            found, listed = [b""], False
-        else:
-            found, listed = _from_json(value, options)
-        many = many or listed or bool(images)
-        images += found
-    if not images:
-        raise RequestError(400, "The request is empty: send the bytes of a JPEG, PNG, WebP, BMP, GIF or TIFF image.")
-    if len(images) > max_images:
-        raise RequestError(413, f"The request holds {len(images)} images, more than the limit of {max_images}: "
-                                "split it.")
-    return ParsedRequest(images, many=many, options=options)
-
-
-def topk_option(value, default: int, num_classes: int) -> int:
-    """k from the request (parameter, JSON key or header), never more than the number of classes."""
-    if value is None:
-        return min(default, num_classes)
-    text = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
-    if isinstance(value, bool) or not text.strip().isdigit() or len(text.strip()) > 6 or int(text) < 1:
-        raise RequestError(400, f"topk must be a whole number of at least 1, not {text!r}.")
-    k = int(text)
-    return min(k, num_classes)
-
-
-def request_header(context, idx: int, names: tuple[str, ...]):
-    try:
-        headers = context.get_all_request_header(idx) or {}
-    except (AttributeError, IndexError, TypeError):
-        return None
-    wanted = {n.lower() for n in names}
-    for key, value in headers.items():
-        if isinstance(key, str) and key.lower() in wanted and isinstance(value, str):
-            return value
-    return None
 
 
 def _threads() -> int:
@@ -166,6 +63,8 @@ class OnnxRuntimeModel:
         self.input = self.session.get_inputs()[0].name
         self.output = output
         self.where = self.session.get_providers()[0]  # logged at start: which provider really runs
+        shape = next((o.shape for o in self.session.get_outputs() if o.name == output), None)
+        self.width = shape[-1] if shape and isinstance(shape[-1], int) else None  # classes, when the graph says
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: batch})[0]
@@ -208,8 +107,14 @@ class ZooImageHandler:
         self.labels = json.loads((model_dir / LABELS).read_text())
         self.max_images = int(self.settings.get("max_images_per_request", 32))
         self.group_size = int(self.settings.get("max_group", 8))
+        self.pixel_budget = int(self.settings.get("max_pixels_per_request", DEFAULT_PIXEL_BUDGET))
+        keep_repeated_fields()  # every file of a repeated multipart field name is answered, not just the last
         runtime = RUNTIMES[self.settings["runtime"]]
         self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
+        width = getattr(self.model, "width", None)
+        if self.settings["kind"] == "classifier" and width is not None and width != len(self.labels):
+            raise ValueError(f"labels.json names {len(self.labels)} classes but {self.settings['model_file']} has "
+                             f"{width} outputs: re-export the model with `zoo export` so they match.")
         self.initialized = True
         logger.info("zoo %s handler ready: %s runtime on %s, %d labels", self.settings["kind"],
                     self.settings["runtime"], self.model.where, len(self.labels))
@@ -226,15 +131,15 @@ class ZooImageHandler:
             try:
                 parsed[idx] = parse_request(request or {}, self.max_images)
                 self.check_options(parsed[idx], context, idx)
-                tensors[idx] = [self.to_tensor(image) for image in parsed[idx].images]
+                check_pixel_budget(parsed[idx].images, self.pixel_budget)
+                tensors[idx] = self.to_tensors(parsed[idx].images)
             except RequestError as e:
                 responses[idx] = self.refuse(context, idx, e)
                 tensors.pop(idx, None)
             except Exception as e:  # whatever an odd request triggers stays with that request
                 logger.warning("Could not read request %d", idx, exc_info=True)
                 responses[idx] = self.refuse(context, idx, RequestError(
-                    400, f"The request could not be read ({type(e).__name__}): send image bytes or JSON with base64 "
-                         "images."))
+                    400, f"The request could not be read ({type(e).__name__}): {SEND}."))
                 tensors.pop(idx, None)
         outputs, failed = self.run_grouped(tensors)
         for idx, error in failed.items():
@@ -249,6 +154,18 @@ class ZooImageHandler:
 
     def check_options(self, request: ParsedRequest, context, idx: int) -> None:
         """Refuse bad options before any image is decoded."""
+
+    def to_tensors(self, images: list[bytes]) -> list[np.ndarray]:
+        """Every image of one request; a bad one refuses the request with a message that says which it was."""
+        out = []
+        for j, image in enumerate(images):
+            try:
+                out.append(self.to_tensor(image))
+            except RequestError as e:
+                if len(images) == 1:
+                    raise
+                raise RequestError(e.status, f"Image {j + 1} of {len(images)}: {e}") from None
+        return out
 
     def to_tensor(self, image: bytes) -> np.ndarray:
         try:

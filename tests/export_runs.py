@@ -13,7 +13,7 @@ from zoo.atomic import atomic_write_json
 from zoo.backbones import create_model, get_spec
 from zoo.data.folder import load_image_folder
 from zoo.preprocess import preprocess
-from zoo.run_dir import CONFIG, LABELS, WEIGHTS, save_weights
+from zoo.run_dir import CONFIG, LABELS, WEIGHTS, mark_complete, save_weights
 
 
 @torch.no_grad()
@@ -66,6 +66,7 @@ def _make_run(out, data, data_dir, model_name, layer, pretrained, train, steps, 
     atomic_write_json(out / CONFIG, config)
     atomic_write_json(out / LABELS, data.classes)
     save_weights(model, out / WEIGHTS)
+    mark_complete(out)
     if metrics:
         atomic_write_json(out / "metrics.json", metrics)
     return out

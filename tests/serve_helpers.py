@@ -4,7 +4,9 @@ Built once per test session (module-level cache) because exporting lite0 takes a
 """
 from __future__ import annotations
 
+import importlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
 
     from zoo.atomic import atomic_write_json
     from zoo.backbones import create_model, get_spec
-    from zoo.run_dir import save_weights
+    from zoo.run_dir import mark_complete, save_weights
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", num_classes=num_classes, pretrained=True)
@@ -41,6 +43,7 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
         "preprocess": get_spec("efficientnet_lite0").preprocess_config().to_json(), "strategy": "head"})
     atomic_write_json(run_dir / "labels.json", LABELS[:num_classes])
     save_weights(model, run_dir / "model.safetensors")
+    mark_complete(run_dir)
     return run_dir
 
 
@@ -147,3 +150,68 @@ class MockContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+
+TINY_LABELS = ["cat", "dog", "fish"]
+
+
+def tiny_graphs(out: Path) -> None:
+    """classifier.onnx and features.onnx by the export contract: input "image" [N,3,H,W] (dynamic),
+    outputs "logits"/"probabilities" and "features" [N,8]. 1x1 conv, ReLU, global pooling, linear."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 3, 1, 1)).astype(np.float32), "conv_w"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "conv_b"),
+             numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32) * 3, "fc_w"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "fc_b")]
+    body = [helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["features"])]
+    head = [helper.make_node("Gemm", ["features", "fc_w", "fc_b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
+
+    def out_info(name, dim):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", dim])
+
+    graphs = {"classifier": (body + head, [out_info("logits", 3), out_info("probabilities", 3)], inits),
+              "features": (body, [out_info("features", 8)], inits[:2])}
+    for kind, (nodes, outputs, weights) in graphs.items():
+        model = helper.make_model(helper.make_graph(nodes, kind, [image], outputs, weights),
+                                  opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(out / f"{kind}.onnx"))
+
+
+def load_handler(model_dir: Path, kind: str):
+    """Import the handler from the staged archive folder, as TorchServe does (the folder on sys.path)."""
+    sys.path.insert(0, str(model_dir))
+    try:
+        for name in ("zoo_serving", "zoo_requests", "zoo_preprocess", "zoo_inference", f"{kind}_handler"):
+            sys.modules.pop(name, None)  # each staged folder gets its own copy
+        module = importlib.import_module(f"{kind}_handler")
+    finally:
+        sys.path.remove(str(model_dir))
+    cls = next(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__)
+    handler = cls()
+    context = MockContext(model_dir)
+    handler.initialize(context)
+    return handler, module
+
+
+def write_tiny_export(out: Path) -> Path:
+    """An export folder with the tiny graphs, a 32-px preprocess.json and three labels."""
+    import json
+
+    from zoo.preprocess import PreprocessConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    tiny_graphs(out)
+    PreprocessConfig(input_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), max_size=64).save(
+        out / "preprocess.json")
+    (out / "labels.json").write_text(json.dumps(TINY_LABELS))
+    return out

@@ -13,7 +13,7 @@ from zoo.data.samples import write_sample
 from zoo.run_dir import load_run
 
 RUN_FILES = ["config.json", "labels.json", "model.safetensors", "metrics.json", "history.csv", "confusion.png",
-             "curves.png", "model_card.md"]
+             "curves.png", "model_card.md", "run_complete.json"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from a folder laid out exactly as TorchServe unpacks the archive. The real serve
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import subprocess
 import sys
@@ -16,82 +15,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import MockContext, bad_inputs, sample_images
+from serve_helpers import MockContext, bad_inputs, load_handler, sample_images, write_tiny_export
 
 from export.archive import stage_model_dir, write_archives
 from zoo.errors import ZooError
-from zoo.preprocess import PreprocessConfig
-
-TINY_LABELS = ["cat", "dog", "fish"]
-
-
-def _tiny_graphs(out: Path) -> None:
-    """classifier.onnx and features.onnx by the export contract: input "image" [N,3,H,W] (dynamic),
-    outputs "logits"/"probabilities" and "features" [N,8]. 1x1 conv, ReLU, global pooling, linear."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=(8, 3, 1, 1)).astype(np.float32), "conv_w"),
-             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "conv_b"),
-             numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32) * 3, "fc_w"),
-             numpy_helper.from_array(np.zeros(3, np.float32), "fc_b")]
-    body = [helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"]),
-            helper.make_node("Relu", ["c"], ["r"]),
-            helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-            helper.make_node("Flatten", ["p"], ["features"])]
-    head = [helper.make_node("Gemm", ["features", "fc_w", "fc_b"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
-    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
-
-    def out_info(name, dim):
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", dim])
-
-    graphs = {"classifier": (body + head, [out_info("logits", 3), out_info("probabilities", 3)], inits),
-              "features": (body, [out_info("features", 8)], inits[:2])}
-    for kind, (nodes, outputs, weights) in graphs.items():
-        model = helper.make_model(helper.make_graph(nodes, kind, [image], outputs, weights),
-                                  opset_imports=[helper.make_opsetid("", 18)])
-        model.ir_version = 9
-        onnx.checker.check_model(model)
-        onnx.save_model(model, str(out / f"{kind}.onnx"))
 
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-export")
-    _tiny_graphs(out)
-    PreprocessConfig(input_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), max_size=64).save(
-        out / "preprocess.json")
-    (out / "labels.json").write_text(json.dumps(TINY_LABELS))
-    return out
-
-
-def _load_handler(model_dir: Path, kind: str):
-    """Import the handler from the staged archive folder, as TorchServe does (the folder on sys.path)."""
-    sys.path.insert(0, str(model_dir))
-    try:
-        for name in ("zoo_serving", "zoo_preprocess", "zoo_inference", f"{kind}_handler"):
-            sys.modules.pop(name, None)  # each staged folder gets its own copy
-        module = importlib.import_module(f"{kind}_handler")
-    finally:
-        sys.path.remove(str(model_dir))
-    cls = next(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__)
-    handler = cls()
-    context = MockContext(model_dir)
-    handler.initialize(context)
-    return handler, module
+    return write_tiny_export(tmp_path_factory.mktemp("tiny-export"))
 
 
 @pytest.fixture(scope="module")
 def classifier(tiny_export, tmp_path_factory):
     model_dir = stage_model_dir(tiny_export, "classifier", "onnx", tmp_path_factory.mktemp("cls"))
-    return _load_handler(model_dir, "classifier")
+    return load_handler(model_dir, "classifier")
 
 
 @pytest.fixture(scope="module")
 def features(tiny_export, tmp_path_factory):
-    return _load_handler(stage_model_dir(tiny_export, "features", "onnx", tmp_path_factory.mktemp("feat")), "features")
+    return load_handler(stage_model_dir(tiny_export, "features", "onnx", tmp_path_factory.mktemp("feat")), "features")
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +213,8 @@ def test_write_archives_packs_the_handler_preprocessing_and_model(tiny_export, t
         settings = json.loads(z.read("serving.json"))
         assert z.read("zoo_preprocess.py") == Path(sys.modules["zoo.preprocess"].__file__).read_bytes()
         assert z.read("zoo_inference.py") == Path(sys.modules["zoo.inference"].__file__).read_bytes()
-    assert {"classifier.onnx", "classifier_handler.py", "zoo_serving.py", "zoo_preprocess.py", "zoo_inference.py",
+    assert {"classifier.onnx", "classifier_handler.py", "zoo_serving.py", "zoo_requests.py", "zoo_preprocess.py",
+            "zoo_inference.py",
             "preprocess.json", "labels.json", "serving.json"} <= names
     assert manifest["model"]["handler"] == "classifier_handler.py" and manifest["model"]["modelName"] == "tiny"
     assert settings["runtime"] == "onnx" and settings["output"] == "probabilities"

@@ -16,7 +16,7 @@ import numpy as np
 
 from zoo.inference import open_session, same_shape_groups
 from zoo.inference import top_k as _top_k  # predict() has an argument named top_k
-from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, preprocess
+from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, PreprocessConfigError, preprocess
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -61,9 +61,19 @@ def _resolve_model_path(path: Path, kind: str | None) -> Path:
 
 def _read_json_beside(model_path: Path, name: str):
     p = model_path.parent / name
-    if p.is_file():
+    if not p.is_file():
+        return None
+    try:
         return json.loads(p.read_text())
-    return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EdgeError(f"{p} cannot be read as JSON ({type(e).__name__}): re-run `zoo export`.") from None
+
+
+def _output_size(session: ort.InferenceSession, kind: str) -> int | None:
+    """The number of classes (classifier) the graph declares, when it declares a fixed one."""
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    shape = outputs.get("probabilities") or outputs.get("logits") or next(iter(outputs.values()))
+    return shape[-1] if kind == "classifier" and shape and isinstance(shape[-1], int) else None
 
 
 class EdgeModel:
@@ -86,12 +96,19 @@ class EdgeModel:
         if pre is None:
             raise EdgeError(f"{self.path} has no preprocess.json beside it and no zoo.preprocess metadata: "
                             "export it with `zoo export`.")
-        self.preprocess = PreprocessConfig.from_json(pre)
+        try:
+            self.preprocess = PreprocessConfig.from_json(pre)
+        except PreprocessConfigError as e:
+            raise EdgeError(f"The preprocessing of {self.path}: {e}") from None
         self.labels: list[str] = (_read_json_beside(self.path, "labels.json")
                                   or _json_or_none(meta.get("zoo.labels")) or [])
         if self.kind == "classifier" and not self.labels:
             raise EdgeError(f"{self.path} has no labels.json beside it and no zoo.labels metadata: "
                             "export it with `zoo export`.")
+        classes = _output_size(self.session, self.kind)
+        if classes is not None and (not isinstance(self.labels, list) or len(self.labels) != classes):
+            raise EdgeError(f"The labels beside {self.path} name {len(self.labels)} classes but the model has "
+                            f"{classes} outputs: restore labels.json from the same export, or re-run `zoo export`.")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -120,6 +137,8 @@ class EdgeModel:
                 arrays[i] = preprocess(src, self.preprocess)
             except ImageError as e:
                 errors[i] = str(e)
+            except Exception as e:  # a decoder bug on odd bytes is still this image's problem alone
+                errors[i] = f"The image could not be decoded ({type(e).__name__}): replace or remove it."
         readable = list(arrays)
         groups = []
         for members in same_shape_groups([arrays[i] for i in readable], batch_size):

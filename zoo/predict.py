@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,17 +15,26 @@ from zoo.data.folder import IMAGE_EXTENSIONS
 from zoo.errors import ZooError
 
 
+def _folder_images(folder: Path) -> list[Path]:
+    """Every entry with an image extension, regular file or not: a folder named x.jpg, a dangling link or a
+    link loop gets its own error row instead of vanishing. Links to folders are not followed (no loops)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        found += [Path(root) / n for n in (*dirs, *files) if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
 def collect_images(inputs: Iterable[Path]) -> list[Path]:
-    """Files as given (any extension, so a bad file is reported, not hidden); folders searched recursively."""
+    """Files as given (any extension, so a bad file is reported, not hidden); folders searched recursively.
+
+    Every path given yields rows: one that does not exist gets its own error row from the model, so
+    the good files beside it are still classified.
+    """
     out: list[Path] = []
     for p in inputs:
         p = Path(p)
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise ZooError(f"{p} does not exist: give image files or folders of images.")
+        found = _folder_images(p) if p.is_dir() else []
+        out += found or [p]  # an empty folder is a row of its own too: nothing given is silently dropped
     if not out:
         raise ZooError("No images found in the given paths: give image files or folders holding .jpg/.png/... files.")
     return out

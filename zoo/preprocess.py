@@ -62,7 +62,24 @@ class PreprocessConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> PreprocessConfig:
-        """The config, after checking that it asks only for what this code implements."""
+        """The config, after checking that it asks only for what this code implements and holds usable values."""
+        try:
+            cfg = cls._checked(d)
+            sizes = (cfg.input_size, cfg.longer_side_cap, cfg.min_side, cfg.max_pixels)
+            usable = all(isinstance(n, int) and n > 0 for n in sizes) and float(cfg.value_scale) > 0
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            if isinstance(e, PreprocessConfigError):
+                raise
+            raise PreprocessConfigError(f"The preprocessing contract is incomplete or malformed ({type(e).__name__}: "
+                                        f"{e}): re-export the model with `zoo export`.") from None
+        if not usable or len(cfg.mean) != 3 or len(cfg.std) != 3 or not all(v > 0 for v in cfg.std):
+            raise PreprocessConfigError("The preprocessing contract holds impossible values (sizes must be positive "
+                                        "whole numbers, mean and std three numbers, std above 0): re-export the "
+                                        "model with `zoo export`.")
+        return cfg
+
+    @classmethod
+    def _checked(cls, d: dict) -> PreprocessConfig:
         if int(d.get("version", PREPROCESS_VERSION)) > PREPROCESS_VERSION:
             raise PreprocessConfigError(f"The preprocessing contract is version {d['version']}, newer than this "
                                         f"code's {PREPROCESS_VERSION}: update zoo, or re-export with this version.")
@@ -74,7 +91,7 @@ class PreprocessConfig:
             raise PreprocessConfigError(f"Unknown interpolation {d['interpolation']!r}: use one of "
                                         f"{', '.join(_RESAMPLE)}.")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["mean"], known["std"] = tuple(known["mean"]), tuple(known["std"])
+        known["mean"], known["std"] = tuple(map(float, known["mean"])), tuple(map(float, known["std"]))
         return cls(**known)
 
     def save(self, path: Path) -> None:
@@ -82,7 +99,14 @@ class PreprocessConfig:
 
     @classmethod
     def load(cls, path: Path) -> PreprocessConfig:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PreprocessConfigError(f"{path} cannot be read as JSON ({type(e).__name__}): re-export the model "
+                                        "with `zoo export`.") from None
+        if not isinstance(d, dict):
+            raise PreprocessConfigError(f"{path} holds no JSON object: re-export the model with `zoo export`.")
+        return cls.from_json(d)
 
 
 def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image:
@@ -99,9 +123,14 @@ def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image
             path = Path(source)
             if not path.is_file():
                 raise ImageError(f"{path} is not a file: give the path of an image.")
-            if path.stat().st_size == 0:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise ImageError(f"{path} cannot be read ({e.strerror or type(e).__name__}): check its "
+                                 "permissions.") from None
+            if not data:
                 raise ImageError(f"{path} is empty (0 bytes): replace or remove it.")
-            fp = io.BytesIO(path.read_bytes())
+            fp = io.BytesIO(data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -88,6 +88,9 @@ def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_textures, tmp_path, un
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model.safetensors").exists(), "killed before finishing"
+    assert not (out / "run_complete.json").exists(), "a killed run never looks finished"
+    with pytest.raises(ZooError, match="did not finish"):
+        load_run(out)
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch" in resumed.stderr  # progress and log lines go to stderr

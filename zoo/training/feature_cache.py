@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from zoo.atomic import atomic_write
 from zoo.backbones import ZooModel
+from zoo.errors import ZooError
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.progress import progress_bar
@@ -98,17 +99,29 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def load(self, key: str, rows: int) -> torch.Tensor | None:
+        """The entry, or None (recompute) when it is absent, unreadable, or its data fails its checksum."""
         path = self.path(key)
         try:
-            features = load_file(str(path))["features"]
+            with safe_open(str(path), framework="pt") as f:
+                recorded = (f.metadata() or {}).get("sha256")
+                features = f.get_tensor("features")
         except (FileNotFoundError, SafetensorError, KeyError, OSError):
             return None  # absent or damaged: recompute
+        if recorded is None:
+            return None  # written before entries carried a checksum: recomputed quietly, and stored with one
+        if recorded != tensors_fingerprint({"features": features}):  # an intact header over damaged data
+            log.warning(f"feature cache entry {path.name} failed its checksum; recomputing it")
+            return None
         return features if features.shape[0] == rows else None
 
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
         metadata = {k: str(v) for k, v in meta.items()}
-        atomic_write(self.path(key), lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
-                                                           metadata=metadata))
+        metadata["sha256"] = tensors_fingerprint({"features": features})  # verified by every load
+        try:
+            atomic_write(self.path(key), lambda tmp: save_file({"features": features.contiguous()}, str(tmp),
+                                                               metadata=metadata))
+        except ZooError as e:  # a cache is an optimisation: a full or read-only cache folder must not stop training
+            log.warning(f"the feature cache could not store an entry ({e}); training goes on without it")
 
 
 Layer = str | None  # a stage name, or None for the bottleneck

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from zoo.atomic import atomic_write_bytes, atomic_write_json, remove_leftovers
+from zoo.atomic import atomic_write_bytes, atomic_write_json, remove_leftovers, writing
 from zoo.log import get_logger
-from zoo.run_dir import CONFIG, LABELS, METRICS, WEIGHTS, read_json, save_weights
+from zoo.run_dir import CONFIG, LABELS, METRICS, WEIGHTS, mark_complete, read_json, save_weights
 from zoo.training import distributed
 from zoo.training.checkpoint import remove_checkpoint
 from zoo.training.feature_cache import tensors_fingerprint
@@ -72,9 +72,10 @@ def prepare_run_dir(run: Resolved, config: dict[str, Any], classes: list[str]) -
     out = run.out
     if run.state == "resume":
         check_resumable(read_json(out / CONFIG), config, out)
-    elif run.state == "replace":
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):  # a read-only --out is one sentence, before any training
+        if run.state == "replace":
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
     if run.state != "resume":
         atomic_write_json(out / CONFIG, config)
         atomic_write_json(out / LABELS, classes)
@@ -103,7 +104,8 @@ def evaluate(data: TrainingData, plan: Plan, result: FitResult, epochs: int, sta
 
 def write_results(out: Path, config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, Any]],
                   classes: list[str], plan: Plan) -> None:
-    """The finished run's files; the weights go last, since load_run treats them as 'the run finished'."""
+    """The finished run's files, then run_complete.json: until it is written the run reads as unfinished, so a
+    full disk or a kill part-way leaves a run that `--resume` finishes and that export refuses."""
     atomic_write_json(out / METRICS, metrics)
     write_history(out / "history.csv", history)
     title = f"{config['model']} · {config['strategy']} · val accuracy {100 * metrics['accuracy']:.1f}%"
@@ -111,5 +113,6 @@ def write_results(out: Path, config: dict[str, Any], metrics: dict[str, Any], hi
     plot_curves(history, out / "curves.png", title)
     atomic_write_bytes(out / "model_card.md", model_card(config, metrics, classes).encode())
     save_weights(plan.model, out / WEIGHTS, metadata={"model": config["model"], "strategy": config["strategy"]})
+    mark_complete(out)
     remove_checkpoint(out)
     remove_leftovers(out)

@@ -7,6 +7,7 @@ checkpoint, so an interruption leaves a run that `--resume` continues to the sam
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from zoo.atomic import atomic_write_json
-from zoo.errors import ZooError
+from zoo.errors import WorkFailed, ZooError
 from zoo.log import get_logger
 from zoo.run_dir import CONFIG
 from zoo.training import distributed
@@ -86,6 +87,9 @@ def resume_point(run: Resolved, plan: Plan, optimizer: torch.optim.Optimizer,
 
     checkpoint = distributed.from_main(read)
     if checkpoint is None:
+        if run.state == "resume":
+            log.warning(f"{run.out} holds no checkpoint (it stopped before its first epoch ended): "
+                        "starting from epoch 1")
         return 0, []
     plan.model.load_state_dict(checkpoint["model"], strict=False)
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -162,6 +166,7 @@ def train_one_epoch(epoch: int, run: Resolved, data: TrainingData, plan: Plan, r
         val_logits = predict_images(plan.model, inputs.val_views, o.batch_size, run.workers, "validating",
                                     run.compute)
     report = classification_report(val_logits, inputs.val_y, data.classes)
+    check_finite(plan, epoch, recipe, train_loss, report["loss"])
     groups = opt.optimizer.param_groups
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": report["loss"],
            "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"], "lr": groups[0]["lr"],
@@ -170,6 +175,19 @@ def train_one_epoch(epoch: int, run: Resolved, data: TrainingData, plan: Plan, r
              f"val loss {report['loss']:.4f} acc {report['accuracy']:.3f} macro-F1 {report['macro_f1']:.3f} | "
              f"{row['seconds']:.1f} s")
     return row, val_logits
+
+
+def diverged(epoch: int, recipe: Recipe, what: str) -> WorkFailed:
+    return WorkFailed(f"Training diverged in epoch {epoch + 1} ({what}) with a learning rate of {recipe.lr:g}; nothing "
+                      "was saved from this epoch: lower --lr (and --backbone-lr) and run again with --force.")
+
+
+def check_finite(plan: Plan, epoch: int, recipe: Recipe, train_loss: float, val_loss: float) -> None:
+    """Before this epoch's checkpoint, so the last good one stays: nan or inf never reaches a run directory."""
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise diverged(epoch, recipe, f"train loss {train_loss:.4g}, val loss {val_loss:.4g}")
+    if not all(bool(torch.isfinite(p).all()) for p in plan.model.parameters() if p.requires_grad):
+        raise diverged(epoch, recipe, "weights became inf or nan")
 
 
 def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: dict) -> FitResult:
@@ -190,7 +208,12 @@ def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: d
         else None
     opt = Optimisation(optimizer, base_lrs, loss_fn, parallel, run.compute.grad_scaler())
     for epoch in range(start, recipe.epochs):
-        row, val_logits = train_one_epoch(epoch, run, data, plan, recipe, inputs, opt)
+        try:
+            row, val_logits = train_one_epoch(epoch, run, data, plan, recipe, inputs, opt)
+        except RuntimeError as e:  # AdamW's step overflows float32 before the loss can show it
+            if "overflow" not in str(e):
+                raise
+            raise diverged(epoch, recipe, "an optimizer step overflowed") from None
         history.append(row)
         if distributed.world().is_main:
             save_checkpoint(run.out, {"epoch": epoch + 1, "model": trainable_state(plan),

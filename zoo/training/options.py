@@ -7,6 +7,7 @@ before the run directory is touched; the Resolved result is what every later pha
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,10 +17,9 @@ from zoo.backbones import BackboneSpec, get_spec
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
-from zoo.run_dir import CONFIG, METRICS, WEIGHTS, read_json
+from zoo.run_dir import CONFIG, METRICS, is_complete, read_json
 from zoo.training import distributed
 from zoo.training.balance import BALANCE_MODES
-from zoo.training.checkpoint import CHECKPOINT
 from zoo.training.image_size import parse_image_size
 from zoo.training.strategies import Strategy, get_strategy
 
@@ -112,8 +112,9 @@ def check_options(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) ->
         if value is not None and value < 1:
             raise ZooError(f"{name} must be at least 1: give a positive whole number.")
     for name, rate in (("--lr", o.lr), ("--backbone-lr", o.backbone_lr)):
-        if rate is not None and not rate > 0:
-            raise ZooError(f"{name} must be greater than 0: give a learning rate such as 0.001.")
+        if rate is not None and not (math.isfinite(rate) and rate > 0):  # inf and nan train to nan
+            raise ZooError(f"{name} must be a finite number greater than 0, not {rate}: give a learning rate such "
+                           "as 0.001.")
     if not 0 < o.val_fraction < 1:
         raise ZooError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
     if o.budget is not None and o.budget < 0:
@@ -137,7 +138,7 @@ def run_dir_state(out: Path, resume: bool, force: bool) -> str:
         raise ZooError(f"{out} is not a run directory of `zoo finetune` (no {CONFIG}): choose another --out.")
     if force:
         return "replace"
-    if (out / METRICS).is_file() and (out / WEIGHTS).is_file() and not (out / CHECKPOINT).is_file():
+    if is_complete(out) and (out / METRICS).is_file():  # the marker comes last; a run missing its metrics is redone
         return "complete"
     return "resume"
 
