@@ -69,6 +69,21 @@ def test_weights_without_a_checksum_are_still_read_safely(run_dir, tmp_path):
         load_run(copy)
 
 
+def test_a_run_from_before_run_complete_json_still_loads_and_is_not_retrained(run_dir, tmp_path):
+    """Runs written before the marker existed (weights written last, after metrics.json) stay usable: they load,
+    and --resume reports them finished instead of training them again over their weights."""
+    from zoo.run_dir import COMPLETE, is_complete, load_run
+    from zoo.training.options import run_dir_state
+
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    (copy / COMPLETE).unlink()
+    (copy / "metrics.json").write_text(json.dumps({"accuracy": 1.0}))  # what a finished run of then had
+    assert load_run(copy).model is not None and is_complete(copy)
+    assert run_dir_state(copy, resume=True, force=False) == "complete"
+    (copy / "model.safetensors").unlink()  # without its weights it never finished
+    assert not is_complete(copy)
+
+
 def test_export_checks_the_archive_name_first(runner, run_dir, tmp_path):
     """Before: checked after a 2-minute export, and "name\\n" passed the `$` anchor and left a file with a
     newline in its name and half an archive pair in the model store."""

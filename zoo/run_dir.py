@@ -21,12 +21,15 @@ from safetensors.torch import load_file, save_file
 from zoo.atomic import atomic_write, atomic_write_json
 from zoo.backbones import ZooModel, create_model
 from zoo.errors import ZooError
+from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 
 CONFIG = "config.json"
 LABELS = "labels.json"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.json"
+log = get_logger(__name__)
+
 COMPLETE = "run_complete.json"  # written last; see mark_complete
 # What run_complete.json checksums: the weights, which nothing else can validate. config.json and labels.json
 # are read as JSON and checked field by field (labels against the model's outputs), so a user may edit them.
@@ -80,11 +83,21 @@ def mark_complete(run_dir: Path | str) -> None:
 
 
 def is_complete(run_dir: Path | str) -> bool:
-    return (Path(run_dir) / COMPLETE).is_file()
+    return (Path(run_dir) / COMPLETE).is_file() or _finished_before_markers(Path(run_dir))
+
+
+def _finished_before_markers(run_dir: Path) -> bool:
+    """A run written before run_complete.json existed: then the weights were written last (after metrics.json),
+    so weights and metrics together meant finished. Such runs stay usable (and are never retrained by
+    --resume), without a checksum to check."""
+    return not (run_dir / COMPLETE).is_file() and (run_dir / WEIGHTS).is_file() and (run_dir / METRICS).is_file()
 
 
 def check_complete(run_dir: Path) -> None:
     """One sentence unless the run finished and its files are the ones it finished with."""
+    if _finished_before_markers(run_dir):
+        log.info(f"{run_dir} predates run_complete.json: its weights are used without a checksum check.")
+        return
     if not is_complete(run_dir):
         raise ZooError(f"{run_dir} is not a finished run (no {COMPLETE}: it was interrupted or its last writes "
                        "failed): finish it with `zoo finetune ... --resume`.")
