@@ -51,7 +51,8 @@ def _auto(data: Path, work: Path, dataset: str, model: str, seed: int) -> tuple[
     from zoo.advisor.recommend import AdviseSettings, advise
 
     cache = work / f"cache-{dataset}-auto"
-    # The svm row left scikit-learn's worker processes running; a fresh `zoo finetune` starts them cold.
+    # A fresh `zoo finetune` has no joblib worker processes left over from earlier rows (zoo's own CV runs in
+    # threads now, but a library may still start a pool).
     get_reusable_executor().shutdown(wait=True)
     t0 = time.perf_counter()
     advice = advise(data, model=model, settings=AdviseSettings(seed=seed, cache_dir=cache))
