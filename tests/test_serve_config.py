@@ -42,7 +42,7 @@ def test_cli_stop_and_status_report_a_server_that_is_not_running(runner, tmp_pat
         result = runner.invoke(app, ["serve", command, "--port", "9555"])
         assert result.exit_code == 1 and "No zoo server is running on port 9555" in result.output
     result = runner.invoke(app, ["serve", "start", "--model-store", str(tmp_path)])
-    assert result.exit_code == 2 and "holds no .mar archives" in result.output
+    assert result.exit_code == 1 and "holds no .mar archives" in result.output
 
 
 def test_client_wants_a_prediction_endpoint():

@@ -1,5 +1,7 @@
 """zoo: from a folder of labelled images to a served, edge-ready image classifier."""
 
+__version__ = "0.1.0"  # pyproject.toml reads it from here (one place to change)
+
 # Heavy entry points load on first use: `import zoo` (and zoo.preprocess, which the edge runtime
 # uses) must not import torch.
 _LAZY = {"finetune": "zoo.training.finetune"}

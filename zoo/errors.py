@@ -4,7 +4,7 @@
 class ZooError(Exception):
     """A user-facing error: its message is one sentence that says what to do.
 
-    The CLI prints it without a traceback and exits with status 2. `already_reported` marks the
+    The CLI prints it without a traceback and exits with status 1 (2 is for usage errors). `already_reported` marks the
     copies that processes other than rank 0 of a distributed run raise: rank 0 tells the user.
     """
 

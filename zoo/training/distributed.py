@@ -36,6 +36,7 @@ from zoo.log import quiet
 T = TypeVar("T")
 LAUNCHER_ENV = "ZOO_TORCHRUN_LAUNCHER"  # set by `zoo finetune --nproc`: the launcher explains failures
 PEER_LOST_EXIT = 3  # a rank stopped because another one died; not the root cause
+WORK_FAILED_EXIT = 1  # the CLI's status for a ZooError (and for any failure of the work)
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
     ranked = sorted(failures.items(), key=lambda kv: (not (kv[1].exitcode < 0 and kv[1].signal_name() != "SIGTERM"),
                                                       kv[1].exitcode in (-15, PEER_LOST_EXIT), kv[0]))
     rank, failure = ranked[0]
-    if rank == 0 and failure.exitcode in (2, 130):
+    if rank == 0 and failure.exitcode in (WORK_FAILED_EXIT, 130):
         return failure.exitcode, None, False  # a ZooError or Ctrl-C: rank 0 printed it on this console
     named_log = False
     if failure.exitcode < 0:
@@ -330,5 +331,5 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
         if rank != 0 and logs:
             how += f" (its output: {logs[0]})"
             named_log = True
-    return 2, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last finished epoch is "
-               "saved: run the same command with --resume to continue."), named_log
+    return WORK_FAILED_EXIT, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last "
+                              "finished epoch is saved: run the same command with --resume to continue."), named_log
