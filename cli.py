@@ -272,6 +272,8 @@ def advise_command(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     image_size: ImageSizeOption = "auto",
+    test_fraction: Annotated[float, typer.Option(help="As finetune's: the held-out test split takes no part in the "
+                                                 "advice.", min=0.0, max=0.9)] = 0.0,
     as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
@@ -282,7 +284,7 @@ def advise_command(
     json_mode(as_json)
     settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed, views=views,
                               budget_minutes=budget, compute=Compute.resolve(device, precision),
-                              image_size=image_size)
+                              image_size=image_size, test_fraction=test_fraction)
     if models:
         from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines
 
@@ -372,17 +374,15 @@ def finetune_command(
 
 def _finetune_options(ctx: typer.Context) -> dict[str, Any]:
     """The command line's values; with --config, the recorded run's where no flag was given."""
-    from click.core import ParameterSource
-
     options = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()
                if k not in ("nproc", "config", "as_json", "log_to")}
     options["log"] = ctx.params["log_to"].value
     if ctx.params.get("config") is not None:
         from zoo.training.replay import read_config, replay_options
 
-        given = {ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT}
         for key, value in replay_options(read_config(ctx.params["config"])).items():
-            if ctx.get_parameter_source(key) not in given:
+            source = ctx.get_parameter_source(key)  # typer's own click: compare by name
+            if getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
                 options[key] = value
     return options
 

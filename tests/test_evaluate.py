@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from cli import app
-from export.archive import write_archives
-from export.onnx_export import export_run
 from zoo import serve
 from zoo.data.samples import write_sample
 from zoo.training.finetune import finetune
@@ -35,24 +34,28 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     data = _with_test_folder(root / "data")
     metrics = finetune(data, strategy="head", epochs=4, batch_size=8, out=root / "run", cache_dir=root / "cache")
-    report = export_run(root / "run", root / "export", quantize="int8", max_accuracy_drop=INT8_GATE)
-    assert report["variants"]["int8"]["status"] == "accepted"
+    exported = CliRunner().invoke(app, ["export", str(root / "run"), "--out", str(root / "export"), "--quantize",
+                                        "int8", "--max-accuracy-drop", str(INT8_GATE), "--model-store",
+                                        str(root / "model_store"), "--name", "textures", "--json"])
+    assert exported.exit_code == 0, exported.output
+    report = json.loads(exported.stdout)  # --json: stdout is the report alone
+    assert report["variants"]["int8"]["status"] == "accepted" and len(report["archives"]) == 2
     return root, data, metrics
 
 
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     root, _, _ = trained
-    store = root / "model_store"
-    write_archives(root / "export", "textures", store)
+    home = tmp_path_factory.mktemp("home")
     port = serve.free_port_block(23000, step=131)
-    cfg = serve.ServeConfig(model_store=store, models=("textures",), port=port, workers=1,
-                            state_dir=tmp_path_factory.mktemp("home") / str(port))
     try:
-        info = serve.start(cfg, timeout_s=900)
-        yield info
+        started = CliRunner().invoke(app, ["serve", "start", "--model-store", str(root / "model_store"), "--port",
+                                           str(port), "--workers", "1", "--timeout", "900", "--json"],
+                                     env={"ZOO_SERVE_HOME": str(home)})
+        assert started.exit_code == 0, started.output
+        yield serve.ServerInfo(**json.loads(started.stdout))
     finally:
-        serve.stop(cfg.folder)
+        serve.stop(home / str(port))
 
 
 def _evaluate(runner, args, env=None) -> dict:
@@ -69,8 +72,10 @@ def test_run_export_int8_and_server_give_the_same_test_accuracy(runner, trained,
     int8 = _evaluate(runner, [str(root / "export" / "classifier.int8.onnx"), str(data), "--out",
                               str(tmp_path / "int8")])
     url = f"{served.inference_url}/predictions/textures"
-    token = serve.read_key(served.key_file, "inference")  # through the environment, as ZOO_TOKEN
-    http = _evaluate(runner, [url, str(data), "--out", str(tmp_path / "http")], env={"ZOO_TOKEN": token})
+    token = serve.read_key(served.key_file, "inference")
+    # No key file where the client looks (another ZOO_SERVE_HOME): the token comes from ZOO_TOKEN alone.
+    http = _evaluate(runner, [url, str(data), "--out", str(tmp_path / "http")],
+                     env={"ZOO_TOKEN": token, "ZOO_SERVE_HOME": str(tmp_path / "elsewhere")})
     for result in (run, fp32, int8, http):
         assert result["images"] == n_test and result["split_settings"]["test_split"] == "folder"
     top1 = {name: r["metrics"]["accuracy"] for name, r in dict(run=run, fp32=fp32, int8=int8, http=http).items()}
