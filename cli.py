@@ -17,10 +17,10 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.data.samples import SAMPLES
 from zoo.errors import ZooError
 from zoo.evaluate.split import SPLITS as EVAL_SPLITS
+from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.log import configure, get_logger
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD
 from zoo.training.balance import BALANCE_MODES
@@ -360,7 +360,7 @@ def finetune_command(
 
     if nproc > 1:
         args = ["finetune", *_command_line(ctx, leave_out={"nproc"})]
-        log.info(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m cli "
+        log.info(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m zoo.cli "
                  f"{' '.join(args)}")
         status = distributed.launch(nproc, args)
         if status:
@@ -426,8 +426,8 @@ def export_command(
     as_json: JsonOption = False,
 ) -> None:
     """Export a run to ONNX (classifier.onnx, features.onnx, dynamic batch/height/width), proven against PyTorch."""
-    from export.onnx_export import export_run
-    from export.report import summary_lines
+    from zoo.export.onnx_export import export_run
+    from zoo.export.report import summary_lines
 
     json_mode(as_json)
     out_dir = out or run_dir / "export"
@@ -435,7 +435,7 @@ def export_command(
                         max_accuracy_drop=max_accuracy_drop)
     mars = []
     if archive:
-        from export.archive import default_archive_name, write_archives
+        from zoo.export.archive import default_archive_name, write_archives
 
         mars = write_archives(out_dir, name or default_archive_name(run_dir), model_store, runtime.value,
                               run_dir=run_dir)

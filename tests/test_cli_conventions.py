@@ -4,8 +4,8 @@ import json
 
 import typer
 
-from cli import app
 from zoo import __version__
+from zoo.cli import app
 
 
 def test_version(runner):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from cli import app
+from zoo.cli import app
 from zoo.data import packaged_sets
 from zoo.data.folder import load_image_folder
 from zoo.data.samples import SAMPLES, write_sample

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
 from zoo import serve
+from zoo.cli import app
 from zoo.data.samples import write_sample
 from zoo.training.finetune import finetune
 

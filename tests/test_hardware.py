@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from cli import app
 from zoo import hardware
+from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute, cpu_has_native_bf16, resolve_device, resolve_precision
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import app
+from zoo.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def exported(tmp_path_factory):
     from export_runs import make_run
 
-    from export.onnx_export import export_run
     from zoo.data.samples import write_sample
+    from zoo.export.onnx_export import export_run
 
     root = tmp_path_factory.mktemp("predict")
     data = root / "textures"

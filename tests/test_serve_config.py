@@ -35,7 +35,7 @@ def test_serve_mistakes_are_clear(tmp_path, monkeypatch):
 
 
 def test_cli_stop_and_status_report_a_server_that_is_not_running(runner, tmp_path, monkeypatch):
-    from cli import app
+    from zoo.cli import app
 
     monkeypatch.setenv("ZOO_SERVE_HOME", str(tmp_path))
     for command in ("stop", "status"):

@@ -71,10 +71,10 @@ def _resized_variants(path: Path) -> list[tuple[str, bytes]]:
 
 def train_and_export(paths: DemoPaths, model: str, clock: Stopwatch) -> dict[str, Any]:
     """Steps 1-4: the sample, the advice, the run and its export with archives."""
-    from export.archive import write_archives
-    from export.onnx_export import export_run
     from zoo.advisor import advise
     from zoo.data.samples import write_sample
+    from zoo.export.archive import write_archives
+    from zoo.export.onnx_export import export_run
     from zoo.training.finetune import finetune
 
     log.info("1/7 sample dataset: textures (scikit-image's natural textures)")

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from cli import app
+from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.training.finetune import finetune
 

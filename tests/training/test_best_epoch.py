@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import zoo.training.fit as fitting
-from export.onnx_export import export_run
 from zoo.data.samples import write_sample
 from zoo.evaluate.evaluate import evaluate
+from zoo.export.onnx_export import export_run
 from zoo.training.finetune import finetune
 
 OPTIONS = dict(strategy="head", epochs=12, patience=2, batch_size=16, lr=0.05, seed=0, log="none")

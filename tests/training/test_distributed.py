@@ -97,7 +97,7 @@ def test_sharded_dropout_keeps_the_rows_a_single_process_draws():
 
 
 def test_nproc_relaunches_the_command_without_nproc(runner, tmp_path, monkeypatch):
-    import cli
+    import zoo.cli as cli
     from zoo.training import distributed
 
     seen = {}

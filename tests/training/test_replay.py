@@ -4,7 +4,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from cli import app
+from zoo.cli import app
 
 # partial with augmentation: the replay must carry the strategy, the frozen stages, the rates and the views.
 FIRST = ["--strategy", "partial", "--freeze-until", "stage6", "--epochs", "2", "--augment", "--batch-size", "8",

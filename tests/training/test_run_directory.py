@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import app
+from zoo.cli import app
 from zoo.preprocess import preprocess
 from zoo.run_dir import load_run
 

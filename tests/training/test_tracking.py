@@ -70,7 +70,7 @@ def test_log_mlflow_without_mlflow_says_so_and_writes_nothing(tiny_textures, tmp
     (blocker / "mlflow" / "__init__.py").write_text('raise ImportError("mlflow is not installed here")\n')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), *sys.path])}
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "cli", "finetune", str(tiny_textures), "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "finetune", str(tiny_textures), "--out", str(out),
                              "--log", "mlflow"], capture_output=True, text=True, env=env)
     assert result.returncode == 1, result.stderr
     assert "--log mlflow needs MLflow, which is not installed: run `pip install mlflow`" in result.stderr

@@ -1,7 +1,7 @@
 """Several processes, one training run: torch.distributed (DDP) launched by torchrun.
 
 `zoo finetune --nproc N` starts N processes on this machine through torch.distributed.run, the
-engine behind `torchrun`; `torchrun ... -m cli finetune ...` does the same across machines. Each
+engine behind `torchrun`; `torchrun ... -m zoo.cli finetune ...` does the same across machines. Each
 process learns its place from the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins
 the process group: gloo on CPUs, nccl (one GPU per process) where CUDA is available.
 
@@ -264,7 +264,7 @@ class DataParallel:
 
 # ---------------------------------------------------------------- the launcher (`zoo finetune --nproc N`)
 def launch(nproc: int, args: list[str]) -> int:
-    """`python -m cli ARGS` in nproc processes on this machine, through torch.distributed.run.
+    """`python -m zoo.cli ARGS` in nproc processes on this machine, through torch.distributed.run.
 
     Returns rank 0's exit status when rank 0 already explained the failure (a ZooError, Ctrl-C);
     raises ZooError with one sentence when a process died or failed on its own.
@@ -281,7 +281,7 @@ def launch(nproc: int, args: list[str]) -> int:
     log_dir = tempfile.mkdtemp(prefix="zoo-torchrun-")
     argv = ["--standalone", "--nproc-per-node", str(nproc), "--log-dir", log_dir,
             # ranks other than 0 write to log files: the console shows one run, not N copies of it
-            "--redirects", ",".join(f"{r}:3" for r in range(1, nproc)), "-m", "cli", *args]
+            "--redirects", ",".join(f"{r}:3" for r in range(1, nproc)), "-m", "zoo.cli", *args]
     saved_env = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.environ[LAUNCHER_ENV] = "1"
