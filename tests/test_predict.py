@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
 def test_zoo_predict_never_imports_torch(exported):
     export_dir, data = exported
     image = sorted((data / "val").rglob("*.png"))[0]
-    code = ("import sys, cli\n"
+    code = ("import sys\nimport zoo.cli as cli\n"
             f"sys.argv = ['zoo', 'predict', {str(image)!r}, '--model', {str(export_dir)!r}, '--json']\n"
             "try:\n    cli.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
