@@ -121,13 +121,13 @@ def test_the_launcher_names_the_process_that_failed(tmp_path):
     # rank 0 stopped by the agent (SIGTERM) or by losing its peer: the killed rank is the cause
     for survivor in (-15, 3):
         status, message, _ = _explain(failed(r0=survivor, r1=-9), 2, str(tmp_path))
-        assert status == 2 and message.startswith("Process 1 of 2 was killed by SIGKILL")
-    assert _explain(failed(r0=2, r1=-15), 2, str(tmp_path)) == (2, None, False)  # rank 0 said it already
+        assert status == 1 and message.startswith("Process 1 of 2 was killed by SIGKILL")
+    assert _explain(failed(r0=1, r1=-15), 2, str(tmp_path)) == (1, None, False)  # rank 0 said it already
     log = tmp_path / "run_x" / "attempt_0" / "1" / "stderr.log"
     log.parent.mkdir(parents=True)
     log.write_text("Error: the images are missing here.\n\n")
-    status, message, keep = _explain(failed(r1=2), 2, str(tmp_path))
-    assert "Process 1 of 2 failed (exit status 2): Error: the images are missing here." in message
+    status, message, keep = _explain(failed(r1=1), 2, str(tmp_path))
+    assert "Process 1 of 2 failed (exit status 1): Error: the images are missing here." in message
     assert str(log) in message and keep
 
 
