@@ -20,7 +20,8 @@ def test_cli_writes_a_complete_run_directory(runner, tiny_textures, tmp_path):
     assert "val accuracy" in result.output
     names = {p.name for p in out.iterdir()}
     assert names == {"config.json", "labels.json", "model.safetensors", "metrics.json", "history.csv",
-                     "confusion.png", "curves.png", "model_card.md"}, "no checkpoint or temporary file is left"
+                     "confusion.png", "curves.png", "model_card.md", "tensorboard"}, \
+        "no checkpoint or temporary file is left"
     config = json.loads((out / "config.json").read_text())
     for key in ("model", "num_classes", "layer", "preprocess", "strategy", "lr", "backbone_lr", "seed",
                 "trainable_parameters", "frozen_parameters", "epochs", "augment", "balance"):
