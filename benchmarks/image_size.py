@@ -4,9 +4,12 @@ one that learns).
 
 For each packaged dataset, the chosen strategies through `zoo.finetune` at each size, same seed and
 recipe, each from its own cold feature cache; it prints val accuracy and wall time per size, and the
-size `auto` picks for that data.
+size `auto` picks for that data. With several --seeds each seed writes its own sample and the table
+gives the mean and the spread over seeds (one val image is a whole point on these sets, so a single
+seed cannot tell sizes apart for fine-tuning).
 
     python benchmarks/image_size.py [--datasets digits500 ...] [--sizes 64 96 128 224] [--strategies head]
+                                    [--seeds 0 1 2]
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ DATASETS = {"textures": ("textures", None), "digits500": ("digits", 500), "photo
 EPOCHS = {"full": 8, "partial": 8}  # as benchmarks/strategies.py gives the image-level strategies
 
 
-def _auto_size(data: Path, trains_backbone: bool) -> tuple[int, float]:
+def _auto_size(data: Path, every_layer_learns: bool) -> tuple[int, float]:
     from PIL import Image
 
     from zoo.backbones import get_spec
@@ -31,7 +34,7 @@ def _auto_size(data: Path, trains_backbone: bool) -> tuple[int, float]:
 
     sides = [min(Image.open(p).size) for p in sorted((data / "train").rglob("*.png"))]
     native = get_spec("efficientnet_lite0").pretrained_cfg.input_size
-    return auto_size(sides, native, trains_backbone)[0], statistics.median(sides)
+    return auto_size(sides, native, every_layer_learns)[0], statistics.median(sides)
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--sizes", nargs="+", type=int, default=[64, 96, 128, 224])
     ap.add_argument("--strategies", nargs="+", default=["head"])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     from zoo.data.samples import write_sample
@@ -49,24 +52,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zoo-image-size-") as tmp:
         work = Path(tmp)
         for name in args.datasets:
-            sample, limit = DATASETS[name]
-            write_sample(sample, work / name, seed=args.seed, limit=limit)
             for strategy in args.strategies:
-                auto, median = _auto_size(work / name, strategy in ("full", "partial"))
-                row = {"dataset": name, "strategy": strategy, "median_side": median, "auto": auto, "sizes": {}}
-                for size in args.sizes:
-                    tick = time.perf_counter()
-                    m = finetune(work / name, strategy=strategy, image_size=str(size), seed=args.seed,
-                                 out=work / f"{name}-{strategy}-{size}", cache_dir=work / f"cache-{name}-{size}",
-                                 **({"epochs": EPOCHS[strategy]} if strategy in EPOCHS else {}))
-                    row["sizes"][size] = {"accuracy": m["accuracy"], "seconds": time.perf_counter() - tick}
-                    print(f"[{name}] {strategy} at {size} px: {100 * m['accuracy']:.1f}% "
-                          f"{row['sizes'][size]['seconds']:.0f} s", flush=True)
-                results.append(row)
-    print("\n| data (median side, auto) | strategy | " + " | ".join(f"{s} px" for s in args.sizes) + " |")
+                results.append({"dataset": name, "strategy": strategy, "sizes": {s: {"runs": []} for s in args.sizes}})
+            for seed in args.seeds:
+                sample, limit = DATASETS[name]
+                data = work / f"{name}-{seed}"
+                write_sample(sample, data, seed=seed, limit=limit)
+                for row in results[-len(args.strategies):]:
+                    strategy = row["strategy"]
+                    row["auto"], row["median_side"] = _auto_size(data, strategy == "full")
+                    # sizes alternate within a seed, so drift in machine load falls on both alike
+                    for size in args.sizes:
+                        tick = time.perf_counter()
+                        m = finetune(data, strategy=strategy, image_size=str(size), seed=seed,
+                                     out=work / f"{name}-{seed}-{strategy}-{size}",
+                                     cache_dir=work / f"cache-{name}-{seed}-{size}",
+                                     **({"epochs": EPOCHS[strategy]} if strategy in EPOCHS else {}))
+                        run = {"seed": seed, "accuracy": m["accuracy"], "seconds": time.perf_counter() - tick}
+                        row["sizes"][size]["runs"].append(run)
+                        print(f"[{name} seed {seed}] {strategy} at {size} px: {100 * run['accuracy']:.1f}% "
+                              f"{run['seconds']:.0f} s", flush=True)
+    for row in results:
+        for cell in row["sizes"].values():
+            accs = [100 * r["accuracy"] for r in cell["runs"]]
+            cell["accuracy"] = statistics.mean(accs) / 100
+            cell["spread"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            cell["seconds"] = statistics.mean(r["seconds"] for r in cell["runs"])
+    seeds = f" (mean ± std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else ""
+    print("\n| data (median side, auto) | strategy | " + " | ".join(f"{s} px{seeds}" for s in args.sizes) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in args.sizes) + " |")
     for r in results:
-        cells = [f"{100 * v['accuracy']:.1f}%, {v['seconds']:.0f} s" for v in r["sizes"].values()]
+        cells = [f"{100 * v['accuracy']:.1f}%" + (f" ± {v['spread']:.1f}" if seeds else "") + f", {v['seconds']:.0f} s"
+                 for v in r["sizes"].values()]
         print(f"| {r['dataset']} ({r['median_side']:g} px, auto {r['auto']}) | {r['strategy']} | "
               + " | ".join(cells) + " |")
     if args.out:

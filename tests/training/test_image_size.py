@@ -37,13 +37,13 @@ def test_parse_accepts_auto_and_pixels_and_refuses_the_rest_in_one_sentence():
     ([], 224, 224),                       # nothing to measure: the native size
 ])
 def test_fine_tuning_shrinks_small_images_to_the_measured_floor(sides, native, expected):
-    size, reason = auto_size(sides, native, trains_backbone=True)
+    size, reason = auto_size(sides, native, every_layer_learns=True)
     assert size == expected and reason
 
 
-def test_a_frozen_backbone_keeps_its_native_size():
-    assert auto_size([28] * 9, 224, trains_backbone=False) == (224, "a frozen backbone reads its features at its "
-                                                                     "native 224 px")
+def test_frozen_pretrained_layers_keep_the_native_size():
+    expected = (224, "frozen pretrained layers read the images at the backbone's native 224 px")
+    assert auto_size([28] * 9, 224, every_layer_learns=False) == expected
 
 
 def test_the_chosen_config_changes_only_the_size():
@@ -51,7 +51,7 @@ def test_the_chosen_config_changes_only_the_size():
     assert cfg.input_size == 96 and cfg.longer_side_cap == 192
     assert (cfg.mean, cfg.std, cfg.interpolation) == (NATIVE.mean, NATIVE.std, NATIVE.interpolation)
     assert record == {"requested": "96", "size": 96, "native": 224, "reason": "--image-size 96"}
-    assert choose_preprocess(NATIVE, "auto", [500], trains_backbone=True)[0] == NATIVE
+    assert choose_preprocess(NATIVE, "auto", [500], every_layer_learns=True)[0] == NATIVE
 
 
 def test_a_run_at_another_size_trains_exports_and_predicts_at_it(tiny_textures, tmp_path):
@@ -80,9 +80,10 @@ def test_auto_fine_tunes_small_images_below_the_native_size(tmp_path):
     from zoo.data.samples import write_sample
 
     write_sample("digits", tmp_path / "digits", seed=0, limit=40)  # 28-px images
-    for strategy, size in (("partial", FINETUNE_FLOOR), ("head", NATIVE.input_size)):
+    # partial keeps early stages frozen, so it stays native like head; only full leaves the native size
+    for strategy, size in (("full", FINETUNE_FLOOR), ("partial", NATIVE.input_size), ("head", NATIVE.input_size)):
         out = tmp_path / strategy
         finetune(tmp_path / "digits", strategy=strategy, epochs=1, augment=False, out=out)
         config = json.loads((out / "config.json").read_text())
         assert config["image_size"]["requested"] == "auto" and config["preprocess"]["input_size"] == size, strategy
-    assert "28 px" in json.loads((tmp_path / "partial" / "config.json").read_text())["image_size"]["reason"]
+    assert "28 px" in json.loads((tmp_path / "full" / "config.json").read_text())["image_size"]["reason"]

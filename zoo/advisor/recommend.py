@@ -7,13 +7,16 @@ measured candidate; the quadrant rule breaks ties and explains. docs/architectur
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zoo.advisor.advice import Advice, build_advice
 from zoo.advisor.evidence import (
     MAX_PROBE_IMAGES,
     Candidate,
@@ -35,11 +38,11 @@ from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
-from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD, is_skewed, is_small
+from zoo.thresholds import SIZE_THRESHOLD, is_small
 from zoo.training.balance import class_weights, resolve_balance
 from zoo.training.datasets import ImageRecord, at_size, scan_images
 from zoo.training.image_size import choose_preprocess, parse_image_size
-from zoo.training.strategies import BACKBONE_LR_FACTOR, get_strategy
+from zoo.training.strategies import get_strategy
 
 log = get_logger(__name__)
 
@@ -51,46 +54,6 @@ QUADRANTS = {
 }
 
 
-@dataclass
-class Advice:
-    model: str
-    images: int
-    classes: int
-    smallest_class: int
-    largest_class: int
-    imbalance_ratio: float
-    size: str  # "large" | "small"
-    size_threshold: int
-    similarity: float
-    similar: bool
-    components: dict[str, float | None]
-    stage_accuracy: dict[str, float]
-    quadrant: str
-    strategy: str
-    freeze_until: str | None
-    layer: str | None
-    lr_backbone: float
-    lr_head: float
-    augment: bool
-    balance: str
-    reasons: dict[str, str] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)
-    prior_strategy: str = ""  # what the quadrant rule alone would pick
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # every measured candidate, best first
-    evidence: dict[str, Any] = field(default_factory=dict)  # how the pick was made: reason, costs, budget
-    image_size: dict[str, Any] = field(default_factory=dict)  # the size the evidence was measured at, and why
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-STRATEGY_REASONS = {
-    "full": "plenty of data unlike the source: train the whole network, pretrained layers at a smaller rate",
-    "partial": "plenty of similar data: keep the generic early stages frozen, adapt the later ones",
-    "svm": "few images unlike the source: late features are too source-specific and fine-tuning would "
-           "overfit, so a linear classifier on {layer} activations",
-    "head": "few images like the source: the pretrained features already fit, train only a new classifier",
-}
 # Small data gets a fine-tuning pilot only when the best frozen-feature candidate leaves more than
 # 15 points of held-out error: above that, training the backbone on a few hundred images has not
 # beaten the linear candidates on any dataset measured (benchmarks/strategies.py), and a pilot that
@@ -104,7 +67,11 @@ class AdviseSettings:
 
     size_threshold: int = SIZE_THRESHOLD
     per_class: int = 30  # images per class for the similarity measurements
-    max_images: int = 300
+    max_images: int = 300  # for the pixel statistics (cheap: no network)
+    # The network measurements, when the evidence pass ran on ONNX Runtime (no torch forward to hook): at up to
+    # 300 images their torch forward passes cost as much as the evidence itself; on the six sample sets, 64
+    # images (at least 2 a class) moved the similarity score by 0.001 to 0.015 from 30 a class.
+    similarity_images: int = 64
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.0  # held out before anything is measured: the test split never advises
@@ -145,6 +112,8 @@ class Findings:
     budget_s: float = 0.0  # what the pilots were given
     pick: Candidate | None = None
     reason: str = ""
+    unreadable: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # what each step cost, reported with the evidence
 
     @property
     def images(self) -> int:
@@ -155,16 +124,26 @@ class Findings:
         return max(self.counts) / max(min(self.counts), 1)
 
 
+@contextlib.contextmanager
+def _timed(f: Findings, step: str) -> Iterator[None]:
+    tick = time.perf_counter()
+    try:
+        yield
+    finally:
+        f.seconds[step] = f.seconds.get(step, 0.0) + time.perf_counter() - tick
+
+
 def _measure_similarity(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
     """BatchNorm shift and source confidence on a class-balanced sample (separability comes from the evidence).
 
-    Only needed when the evidence pass found its features in the cache and so ran no forward pass."""
-    per_class = max(2, min(s.per_class, s.max_images // len(f.data.classes)))
+    Only needed when the evidence pass ran no torch forward pass to hook: its features came from the cache or
+    from ONNX Runtime."""
+    per_class = max(2, min(s.per_class, s.similarity_images // len(f.data.classes)))
     f.measured = probe(net, not f.spec.notes, probe_sample(f.data, per_class, s.seed), f.preprocess, s.seed)
 
 
-def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
-    """Every frozen-feature candidate, cross-validated on the training split."""
+def _readable_records(f: Findings, s: AdviseSettings) -> list[ImageRecord]:
+    """The training images that decode, at the run's size; one sentence when a class has none."""
     records, skipped = scan_images(f.data.train, f.preprocess, "evidence: checking train images")
     unreadable = [f"{bad['path']}: {bad['reason']}" for bad in skipped]
     if unreadable:
@@ -175,30 +154,40 @@ def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> No
     if missing:
         raise ZooError(f"Class {f.data.classes[missing[0]]!r} has no readable training image: add images to it or "
                        "check the files with `zoo data inspect`.")
+    f.unreadable = unreadable
     f.preprocess, f.image_size = choose_preprocess(f.preprocess, s.image_size, [min(r.stored) for r in records])
-    records = probed = at_size(records, f.preprocess)
+    return at_size(records, f.preprocess)
+
+
+def _score_cheap_candidates(f: Findings, net: ZooModel, s: AdviseSettings) -> None:
+    """Every frozen-feature candidate, cross-validated on the training split."""
+    with _timed(f, "scan"):
+        records = probed = _readable_records(f, s)
     if f.size == "large":  # the pilots decide there; the probes only need a fair sample
         keep = stratified_subset([r.label for r in records], MAX_PROBE_IMAGES, s.seed)
         probed = [records[i] for i in keep]
     f.records = records
-    # The similarity measurements ride along the evidence pass: BatchNorm input statistics over one view
-    # of every image, and the source classifier's confidence on the bottleneck features.
+    # The similarity measurements ride along the evidence pass when torch runs it: BatchNorm input statistics
+    # over one view of every image, and the source classifier's confidence on the bottleneck features.
     stats = BatchNormInputStats(net, max_images=len(probed))
     try:
-        f.features = probe_features(net, f.model, probed, f.preprocess, probe_layers(f.spec),
-                                    views=s.views if f.augment else None, seed=s.seed, cache_dir=s.cache_dir,
-                                    use_cache=s.use_cache, batch_size=s.batch_size, workers=s.workers)
+        with _timed(f, "features"):
+            f.features = probe_features(net, f.model, probed, f.preprocess, probe_layers(f.spec),
+                                        views=s.views if f.augment else None, seed=s.seed, cache_dir=s.cache_dir,
+                                        use_cache=s.use_cache, batch_size=s.batch_size, workers=s.workers)
     finally:
         kl = stats.mean_kl()
-    if kl is None:  # everything came from the cache: measure on a sample instead
-        _measure_similarity(f, net, s)
-    else:
-        f.measured = Probe(images=len(probed), unreadable=[], bn_kl=kl,
-                           source_confidence=_source_confidence(net, f.features.features[None][0], f.spec))
+    with _timed(f, "similarity"):
+        if kl is None:  # no torch forward pass ran (cache or ONNX Runtime): measure on a sample instead
+            _measure_similarity(f, net, s)
+        else:
+            f.measured = Probe(images=len(probed), unreadable=[], bn_kl=kl,
+                               source_confidence=_source_confidence(net, f.features.features[None][0], f.spec))
     assert f.measured is not None
-    f.measured.unreadable = unreadable
+    f.measured.unreadable = f.unreadable
     weights = class_weights(f.counts) if resolve_balance(s.balance, f.counts) == "loss" else None
-    f.candidates = score_probes(f.features, weights, s.seed)
+    with _timed(f, "candidates"):
+        f.candidates = score_probes(f.features, weights, s.seed)
 
 
 @torch.no_grad()
@@ -215,7 +204,8 @@ def _prior(f: Findings, s: AdviseSettings) -> None:
     by depth, reported beside it, from the evidence) and the quadrant rule's strategy."""
     assert f.measured is not None
     sample = stratified_subset([r.label for r in f.records], s.max_images, s.seed)
-    f.measured.textured_pixels = mean_textured_fraction([f.records[i].path for i in sample])
+    with _timed(f, "pixels"):
+        f.measured.textured_pixels = mean_textured_fraction([f.records[i].path for i in sample])
     last = f.spec.stages[-1]
     by_layer = {c.layer or last: c.accuracy for c in f.candidates if c.strategy in ("head", "svm")}
     f.measured.stage_accuracy = {st: by_layer[st] for st in f.spec.stages if st in by_layer}
@@ -248,12 +238,15 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
     seen = len(f.features.labels) * f.features.views
     rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 \
         else ASSUMED_FORWARD_RATE
-    # The pilots train the backbone, so at the size such a run would train at (--image-size auto's floor differs).
-    cfg, _ = choose_preprocess(f.spec.preprocess_config(), s.image_size, [min(r.stored) for r in f.records], True)
-    setup = PilotSetup(f.model, f.spec, len(f.data.classes), cfg, s.seed, f.augment, s.batch_size, s.workers, rate,
-                       s.compute)
-    names, records = ["partial"] if f.size == "small" else ["partial", "full"], at_size(f.records, cfg)
-    f.pilots = [p for name in names if (p := run_pilot(name, records, budget / len(names), setup)) is not None]
+    names = ["partial"] if f.size == "small" else ["partial", "full"]
+    for name in names:
+        # Each pilot at the size its strategy would train at (--image-size auto: smaller only for `full`).
+        cfg, _ = choose_preprocess(f.spec.preprocess_config(), s.image_size, [min(r.stored) for r in f.records],
+                                   get_strategy(name).every_layer_learns)
+        setup = PilotSetup(f.model, f.spec, len(f.data.classes), cfg, s.seed, f.augment, s.batch_size, s.workers,
+                           rate, s.compute)
+        if (pilot := run_pilot(name, at_size(f.records, cfg), budget / len(names), setup)) is not None:
+            f.pilots.append(pilot)
     f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
                       + ("" if f.size == "small" else "; each trains on a subset for a few epochs, so the full run "
                          "should score above its pilot (an extrapolation, not a measurement)"))
@@ -291,59 +284,9 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
                  spec.preprocess_config())
     net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
     net.to(s.compute.device)
+    f.seconds["setup"] = time.perf_counter() - tick
     _score_cheap_candidates(f, net, s)
     _prior(f, s)
     _run_pilots(f, s)
     _decide(f)
-    return _advice(f, s, time.perf_counter() - tick)
-
-
-def _reasons(f: Findings, s: AdviseSettings, lr_head: float, lr_backbone: float, balance: str) -> dict[str, str]:
-    assert f.pick is not None
-    strategy, similar = f.pick.strategy, f.similarity >= SIMILARITY_THRESHOLD
-    rates = ("none: scikit-learn fits the classifier, its regularisation C chosen by cross-validation"
-             if strategy == "svm" else f"new layers {lr_head:g}, pretrained layers {lr_backbone:g}"
-             + (" (frozen)" if lr_backbone == 0 else " (10x smaller, so pretrained weights move gently)"))
-    return {
-        "size": f"{f.images} training images {'>' if f.size == 'large' else '<='} the threshold of "
-                f"{s.size_threshold}: {f.size}",
-        "similarity": f"score {f.similarity:.2f} {'>=' if similar else '<'} {SIMILARITY_THRESHOLD} "
-                      f"(BatchNorm statistics, source-classifier confidence, share of textured pixels): "
-                      f"{'similar' if similar else 'dissimilar'} to the pretraining data",
-        "prior": f"the quadrant rule says {f.quadrant} -> {f.prior}: "
-                 f"{STRATEGY_REASONS[f.prior].format(layer='an earlier stage')}",
-        "evidence": f.reason,
-        "pilots": f.pilot_reason,
-        "learning_rates": rates,
-        "augmentation": "on: small data needs more views" if f.augment else "off: enough real variation in the data",
-        "balance": (f"classes are skewed {f.imbalance:.1f}:1 (at least {IMBALANCE_THRESHOLD:g}:1), so weight the loss"
-                    if balance == "auto" else f"classes are balanced enough ({f.imbalance:.1f}:1)"),
-    }
-
-
-def _advice(f: Findings, s: AdviseSettings, seconds: float) -> Advice:
-    assert f.pick is not None and f.measured is not None and f.features is not None
-    strategy = f.pick.strategy
-    # The strategy's own defaults, which `--strategy auto` then uses; svm's "rate" is scikit-learn's C.
-    lr_head = get_strategy(strategy).default_lr if strategy != "svm" else 0.0
-    lr_backbone = lr_head * BACKBONE_LR_FACTOR if strategy in ("full", "partial") else 0.0
-    balance = "auto" if is_skewed(f.counts) else "none"
-    measured = f.candidates + f.pilots
-    evidence = {"pick": f.pick.to_json(), "reason": f.reason, "prior": {"quadrant": f.quadrant, "strategy": f.prior},
-                "validation_split": "not used: candidates are scored on held-out parts of the training split",
-                "budget_minutes": round(f.budget_s / 60, 3), "views": f.features.views,
-                "seconds": {"features": round(f.features.seconds, 2), "features_from_cache": f.features.from_cache,
-                            "candidates": round(sum(c.seconds for c in f.candidates), 2),
-                            "pilots": round(sum(c.seconds for c in f.pilots), 2), "total": round(seconds, 2)}}
-    return Advice(model=f.model, images=f.images, classes=len(f.data.classes), smallest_class=min(f.counts),
-                  largest_class=max(f.counts), imbalance_ratio=round(f.imbalance, 3), size=f.size,
-                  size_threshold=s.size_threshold, similarity=round(f.similarity, 4),
-                  similar=f.similarity >= SIMILARITY_THRESHOLD, components=f.components,
-                  stage_accuracy={k: round(v, 4) for k, v in f.measured.stage_accuracy.items()},
-                  quadrant=f.quadrant, strategy=strategy,
-                  freeze_until=f.spec.default_freeze_until if strategy == "partial" else None,
-                  layer=f.pick.layer if strategy == "svm" else None, lr_backbone=lr_backbone, lr_head=lr_head,
-                  augment=f.augment, balance=balance, reasons=_reasons(f, s, lr_head, lr_backbone, balance),
-                  unreadable=f.measured.unreadable, prior_strategy=f.prior,
-                  candidates=[c.to_json() for c in sorted(measured, key=lambda c: -c.accuracy)], evidence=evidence,
-                  image_size=f.image_size)
+    return build_advice(f, s, time.perf_counter() - tick)

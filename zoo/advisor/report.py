@@ -1,7 +1,7 @@
 """Human-readable advice: the figures used, the candidates measured, the quadrant, and the pick with its reasons."""
 from __future__ import annotations
 
-from zoo.advisor.recommend import Advice
+from zoo.advisor.advice import Advice
 
 
 def candidate_lines(a: Advice) -> list[str]:

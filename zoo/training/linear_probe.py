@@ -65,8 +65,9 @@ class CrossValidation:
         return self.correct[self.best_c]
 
 
-def _stack(views: list[torch.Tensor], labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = torch.cat(views).double().numpy()
+def _stack(views: list[torch.Tensor], labels: torch.Tensor,
+           dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = torch.cat(views).to(dtype).numpy()
     y = np.tile(labels.numpy(), len(views))
     groups = np.tile(np.arange(len(labels)), len(views))  # an image's views stay together
     return x, y, groups
@@ -130,7 +131,9 @@ def cross_validate_many(candidates: list[list[torch.Tensor]], labels: torch.Tens
     folds = folds_for(labels)
     if folds < 2 or not candidates:
         return [None] * len(candidates)
-    stacked = [_stack(views, labels) for views in candidates]
+    # The folds only rank the C values: in float32 lbfgs ran 2.6x faster (1620 x 1280 features, 9 classes) to
+    # the same held-out predictions; the one final fit (fit_linear_probe) stays in float64.
+    stacked = [_stack(views, labels, torch.float32) for views in candidates]
     _, y, groups = stacked[0]
     splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups))
     jobs = max(1, min(folds * len(candidates), os.cpu_count() or 1))

@@ -78,7 +78,7 @@ def load_data(run: Resolved) -> TrainingData:
     skipped += skipped_val + skipped_test
     # The size is read off the training images only, like every other choice (the val split reports).
     pre, image_size = choose_preprocess(native, o.image_size, [min(r.stored) for r in train],
-                                        run.strategy.trains_backbone)
+                                        run.strategy.every_layer_learns)
     train, val, test = at_size(train, pre), at_size(val, pre), at_size(test, pre)
     if distributed.world().is_main:
         for bad in skipped:

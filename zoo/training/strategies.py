@@ -46,7 +46,9 @@ class Strategy:
     default_lr: float  # for the new classifier; pretrained weights get a tenth of it
     takes_freeze_until: bool = False
     takes_layer: bool = False  # the plan's third argument is the tapped layer, not a freeze point
-    trains_backbone: bool = False  # pretrained weights learn from images (the choice of --image-size auto)
+    # No pretrained layer stays frozen, so the whole network can adapt to a size other than the native one
+    # (zoo.training.image_size: --image-size auto may then shrink small images' training size).
+    every_layer_learns: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -97,10 +99,9 @@ def _svm(model: ZooModel, spec: BackboneSpec, layer: str | None) -> Plan:
 
 
 register_strategy(Strategy("full", "train the whole network (pretrained part at a smaller learning rate)",
-                           _full, default_epochs=10, default_lr=1e-3, trains_backbone=True))
+                           _full, default_epochs=10, default_lr=1e-3, every_layer_learns=True))
 register_strategy(Strategy("partial", "freeze the early stages, train the later stages and a new classifier",
-                           _partial, default_epochs=10, default_lr=1e-3, takes_freeze_until=True,
-                           trains_backbone=True))
+                           _partial, default_epochs=10, default_lr=1e-3, takes_freeze_until=True))
 register_strategy(Strategy("head", "freeze the whole base, train a new classifier on cached bottleneck features",
                            _head, default_epochs=30, default_lr=3e-3))
 register_strategy(Strategy("svm", "a linear classifier (scikit-learn, C by cross-validation) on an earlier stage's "
