@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from export.formats import Runtime
 from zoo.atomic import atomic_write
 from zoo.errors import ZooError
+from zoo.export.formats import Runtime
 
 if TYPE_CHECKING:
     from zoo.backbones import ZooModel

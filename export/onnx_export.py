@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 import zoo.preprocess as zoo_preprocess
-from export import parity
-from export import report as report_mod
-from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
-from export.run_images import parity_images, run_data
 from zoo.atomic import atomic_write_json, writing
 from zoo.backbones import ZooModel
 from zoo.data.folder import ImageFolderData
 from zoo.errors import ZooError
+from zoo.export import parity
+from zoo.export import report as report_mod
+from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
+from zoo.export.run_images import parity_images, run_data
 from zoo.log import get_logger
 from zoo.run_dir import LABELS, TrainedRun, load_run
 
@@ -217,7 +217,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if refused:
-        from export.quantize import refusal_sentence
+        from zoo.export.quantize import refusal_sentence
 
         raise ZooError(refusal_sentence(refused, out_dir / REPORT))
     return report
@@ -267,7 +267,7 @@ def make_variants(run: TrainedRun, data: ImageFolderData | None, staging: Path, 
     """Each asked-for variant, made and gated; returns the refused ones."""
     if not variants:
         return []
-    from export import quantize as quantize_mod  # onnxruntime.quantization loads only when asked for
+    from zoo.export import quantize as quantize_mod  # onnxruntime.quantization loads only when asked for
 
     report["variants"] = {}
     for variant in variants:

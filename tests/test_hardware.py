@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from cli import app
 from zoo import hardware
+from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute, cpu_has_native_bf16, resolve_device, resolve_precision
 
@@ -82,7 +82,7 @@ def test_bf16_autocast_on_the_cpu_runs_matmuls_in_bf16():
 def test_finetune_with_cuda_on_a_cpu_machine_says_so_and_writes_nothing(tiny_textures, tmp_path, runner):
     out = tmp_path / "run"
     result = runner.invoke(app, ["finetune", str(tiny_textures), "--device", "cuda", "--out", str(out)])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert "needs a CUDA GPU" in result.output and "Traceback" not in result.output
     assert not out.exists()
 
@@ -90,7 +90,7 @@ def test_finetune_with_cuda_on_a_cpu_machine_says_so_and_writes_nothing(tiny_tex
 @no_cuda
 def test_advise_with_cuda_on_a_cpu_machine_says_so(tiny_textures, runner):
     result = runner.invoke(app, ["advise", str(tiny_textures), "--device", "cuda:0"])
-    assert result.exit_code == 2 and "needs a CUDA GPU" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "needs a CUDA GPU" in result.output and "Traceback" not in result.output
 
 
 def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from cli import app
+from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.training.finetune import finetune
 
@@ -33,7 +33,7 @@ def test_unreadable_images_are_skipped_with_a_warning_and_counted(runner, tiny_c
     for path in bad:
         assert f"skipping {path}" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == {"train": 15, "val": 6, "skipped": 4}
+    assert metrics["images"] == {"train": 15, "val": 6, "test": 0, "skipped": 4}
     assert {s["path"] for s in metrics["skipped"]} == {str(p) for p in bad}
     assert all(s["reason"] for s in metrics["skipped"])
 
@@ -65,7 +65,7 @@ def test_mistakes_end_in_one_sentence_and_create_nothing(runner, tiny_copy, tmp_
         damage(tiny_copy)
     out = tmp_path / "run"
     result = runner.invoke(app, ["finetune", str(tiny_copy), "--out", str(out), *args])
-    if "--strategy" in args and "magic" in args:  # typer's own usage error for an Enum value
+    if "--strategy" in args and "magic" in args:  # typer's own usage error for an Enum value: status 2
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     else:
         assert message in _one_line_error(result)

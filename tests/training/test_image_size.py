@@ -55,7 +55,7 @@ def test_the_chosen_config_changes_only_the_size():
 
 
 def test_a_run_at_another_size_trains_exports_and_predicts_at_it(tiny_textures, tmp_path):
-    from export.onnx_export import export_run
+    from zoo.export.onnx_export import export_run
 
     out = tmp_path / "run"
     metrics = finetune(tiny_textures, strategy="head", epochs=3, augment=False, image_size="96", out=out)

@@ -63,7 +63,7 @@ def onnx_latency_ms(model_names: list[str]) -> dict[str, tuple[dict[int, float],
 
     The backbones are timed in interleaved rounds (A B C, A B C, ...), so that a change in the machine's
     load during the measurement falls on all of them alike instead of on whichever ran then."""
-    from export.onnx_export import classifier_graph
+    from zoo.export.onnx_export import classifier_graph
     from zoo.inference import open_session
 
     with tempfile.TemporaryDirectory() as tmp:

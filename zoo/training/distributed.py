@@ -1,7 +1,7 @@
 """Several processes, one training run: torch.distributed (DDP) launched by torchrun.
 
 `zoo finetune --nproc N` starts N processes on this machine through torch.distributed.run, the
-engine behind `torchrun`; `torchrun ... -m cli finetune ...` does the same across machines. Each
+engine behind `torchrun`; `torchrun ... -m zoo.cli finetune ...` does the same across machines. Each
 process learns its place from the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins
 the process group: gloo on CPUs, nccl (one GPU per process) where CUDA is available.
 
@@ -36,6 +36,7 @@ from zoo.log import quiet
 T = TypeVar("T")
 LAUNCHER_ENV = "ZOO_TORCHRUN_LAUNCHER"  # set by `zoo finetune --nproc`: the launcher explains failures
 PEER_LOST_EXIT = 3  # a rank stopped because another one died; not the root cause
+WORK_FAILED_EXIT = 1  # the CLI's status for a ZooError (and for any failure of the work)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ class DataParallel:
 
 # ---------------------------------------------------------------- the launcher (`zoo finetune --nproc N`)
 def launch(nproc: int, args: list[str]) -> int:
-    """`python -m cli ARGS` in nproc processes on this machine, through torch.distributed.run.
+    """`python -m zoo.cli ARGS` in nproc processes on this machine, through torch.distributed.run.
 
     Returns rank 0's exit status when rank 0 already explained the failure (a ZooError, Ctrl-C);
     raises ZooError with one sentence when a process died or failed on its own.
@@ -280,7 +281,7 @@ def launch(nproc: int, args: list[str]) -> int:
     log_dir = tempfile.mkdtemp(prefix="zoo-torchrun-")
     argv = ["--standalone", "--nproc-per-node", str(nproc), "--log-dir", log_dir,
             # ranks other than 0 write to log files: the console shows one run, not N copies of it
-            "--redirects", ",".join(f"{r}:3" for r in range(1, nproc)), "-m", "cli", *args]
+            "--redirects", ",".join(f"{r}:3" for r in range(1, nproc)), "-m", "zoo.cli", *args]
     saved_env = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.environ[LAUNCHER_ENV] = "1"
@@ -316,7 +317,7 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
     ranked = sorted(failures.items(), key=lambda kv: (not (kv[1].exitcode < 0 and kv[1].signal_name() != "SIGTERM"),
                                                       kv[1].exitcode in (-15, PEER_LOST_EXIT), kv[0]))
     rank, failure = ranked[0]
-    if rank == 0 and failure.exitcode in (2, 130):
+    if rank == 0 and failure.exitcode in (WORK_FAILED_EXIT, 130):
         return failure.exitcode, None, False  # a ZooError or Ctrl-C: rank 0 printed it on this console
     named_log = False
     if failure.exitcode < 0:
@@ -330,5 +331,5 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
         if rank != 0 and logs:
             how += f" (its output: {logs[0]})"
             named_log = True
-    return 2, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last finished epoch is "
-               "saved: run the same command with --resume to continue."), named_log
+    return WORK_FAILED_EXIT, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last "
+                              "finished epoch is saved: run the same command with --resume to continue."), named_log

@@ -22,6 +22,7 @@ from zoo.training import distributed
 from zoo.training.balance import BALANCE_MODES
 from zoo.training.image_size import parse_image_size
 from zoo.training.strategies import Strategy, get_strategy
+from zoo.training.tracking import check_log_mode
 
 log = get_logger(__name__)
 
@@ -48,6 +49,9 @@ class FinetuneOptions:
     force: bool = False
     pretrained: bool = True
     val_fraction: float = 0.2
+    test_fraction: float = 0.0  # held out with the seed when the data has no test/ folder; only reports
+    patience: int | None = None  # stop after this many epochs without a better val figure (None: run them all)
+    log: str = "tensorboard"  # tensorboard, mlflow (and tensorboard) or none (zoo.training.tracking)
     cache: bool = True
     cache_dir: Path | None = None
     workers: int | None = None  # data-loading processes (default: default_workers())
@@ -117,9 +121,14 @@ def check_options(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) ->
                            "as 0.001.")
     if not 0 < o.val_fraction < 1:
         raise ZooError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
+    if not 0 <= o.test_fraction < 1 - o.val_fraction:
+        raise ZooError("--test-fraction must be at least 0 and leave images to train on: give e.g. 0.1.")
+    if o.patience is not None and o.patience < 1:
+        raise ZooError("--patience must be at least 1 epoch: give e.g. 3, or leave it out to run every epoch.")
     if o.budget is not None and o.budget < 0:
         raise ZooError("--budget must be 0 or more minutes: give e.g. 5, or 0 for no fine-tuning pilots.")
     parse_image_size(o.image_size)
+    check_log_mode(o.log)
     if o.resume and o.force:
         raise ZooError("--resume and --force contradict each other: pass --resume to continue a run, "
                        "or --force to start it over.")
@@ -156,8 +165,9 @@ def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool, com
         advice = distributed.from_main(lambda: read_json(o.run_dir / CONFIG).get("advice"))
     if advice is None:
         budget = o.budget if pilots else 0.0  # None: the advisor's default
-        settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
-                                  budget_minutes=budget, cache_dir=o.cache_dir, use_cache=o.cache,
+        settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction,
+                                  augment=o.augment, views=o.views, budget_minutes=budget, cache_dir=o.cache_dir,
+                                  use_cache=o.cache,
                                   batch_size=o.batch_size, workers=workers, balance=o.balance, compute=compute,
                                   image_size=o.image_size)
         advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, settings=settings).to_json())
@@ -187,8 +197,9 @@ def _choose_backbone(o: FinetuneOptions, workers: int, compute: Compute) -> tupl
     from zoo.advisor.backbones import available_backbones, pick_backbone, rank_backbones
     from zoo.advisor.recommend import AdviseSettings
 
-    settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
-                              cache_dir=o.cache_dir, use_cache=o.cache, batch_size=o.batch_size, workers=workers,
+    settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction,
+                              augment=o.augment, views=o.views, cache_dir=o.cache_dir, use_cache=o.cache,
+                              batch_size=o.batch_size, workers=workers,
                               balance=o.balance, compute=compute)
     ranked = distributed.from_main(lambda: rank_backbones(o.data_dir, available_backbones(), settings))
     pick = pick_backbone(ranked, o.max_latency_ms)
