@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from serve_helpers import load_handler, write_run, write_tiny_export
 
-from cli import app
-from export.archive import stage_model_dir
+from zoo.cli import app
+from zoo.export.archive import stage_model_dir
 
 
 def _one_sentence(result, code: int) -> str:

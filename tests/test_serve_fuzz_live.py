@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 from serve_helpers import write_tiny_export
 
-from export.archive import write_archives
+from zoo.export.archive import write_archives
 from zoo import serve
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import zoo.training.fit as fitting
-from cli import app
+from zoo.cli import app
 from zoo.run_dir import COMPLETE, is_complete
 from zoo.training.checkpoint import CHECKPOINT
 from zoo.training.finetune import finetune
@@ -115,7 +115,7 @@ def test_a_real_file_size_limit_reaches_the_rust_writer(tiny_textures, tmp_path)
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "cli", "finetune", str(tiny_textures), *HEAD, "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "finetune", str(tiny_textures), *HEAD, "--out", str(out)],
                             capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=limit_file_size,
                             timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]
