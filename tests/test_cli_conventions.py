@@ -27,6 +27,20 @@ def test_usage_errors_exit_2_and_failures_of_the_work_exit_1(runner, tmp_path):
         assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
 
 
+def test_zoos_own_checks_of_how_it_was_called_exit_2(runner, tiny_textures, tmp_path):
+    """UsageError: values click lets through but zoo refuses, in one sentence, before any work."""
+    (tmp_path / "a-file").write_text("x")
+    finetune = ["finetune", str(tiny_textures), "--out", str(tmp_path / "run")]
+    usage = [[*finetune, "--lr", "inf"], [*finetune, "--image-size", "x"], [*finetune, "--model", "resnet19"],
+             [*finetune, "--resume", "--force"], ["finetune", str(tiny_textures), "--out", str(tmp_path / "a-file")],
+             ["predict", str(tmp_path), "--model", str(tmp_path), "--server", "http://127.0.0.1:9/predictions/x"]]
+    for args in usage:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (args, result.output)
+    assert not (tmp_path / "run").exists()
+
+
 def test_tokens_come_from_zoo_token_and_completion_is_on():
     command = typer.main.get_command(app)
     for name in ("predict", "evaluate"):

@@ -95,7 +95,7 @@ def test_the_default_report_folder_is_beside_the_target_and_never_silently_repla
     assert first.exit_code == 0, first.output
     assert (root / "export" / "evaluate-val" / "report.md").is_file()
     again = runner.invoke(app, ["evaluate", str(root / "export"), str(data), "--split", "val"])
-    assert again.exit_code == 1 and "pass --force" in again.output and "Traceback" not in again.output
+    assert again.exit_code == 2 and "pass --force" in again.output and "Traceback" not in again.output
     assert runner.invoke(app, ["evaluate", str(root / "export"), str(data), "--split", "val", "--force"]).exit_code == 0
 
 
@@ -108,16 +108,16 @@ def test_bad_targets_and_data_end_in_one_sentence(runner, trained, tmp_path):
         (other / name).mkdir(parents=True)
         for file in ("x.png", "y.png"):
             Image.new("RGB", (40, 30), (9, 90, 200)).save(other / name / file)
-    cases = [
-        ([str(tmp_path / "notes"), str(data)], "is not a run directory, an export folder"),
-        ([str(root / "run"), str(other), "--split", "val"], "differ from the model's labels"),
-        ([str(root / "export" / "classifier.int8.onnx"), str(other), "--split", "all"], "differ from the model's"),
-        ([str(root / "run"), str(other)], "has no test split"),
-        (["http://127.0.0.1:9/nothing", str(data)], "is not a prediction endpoint"),
+    cases = [  # exit status 1: the work failed on what it was given; 2: a malformed argument (a usage error)
+        ([str(tmp_path / "notes"), str(data)], "is not a run directory, an export folder", 1),
+        ([str(root / "run"), str(other), "--split", "val"], "differ from the model's labels", 1),
+        ([str(root / "export" / "classifier.int8.onnx"), str(other), "--split", "all"], "differ from the model's", 1),
+        ([str(root / "run"), str(other)], "has no test split", 1),
+        (["http://127.0.0.1:9/nothing", str(data)], "is not a prediction endpoint", 2),
     ]
-    for args, message in cases:
+    for args, message, code in cases:
         result = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "never")])
-        assert result.exit_code == 1, (args, result.output)
+        assert result.exit_code == code, (args, result.output)
         assert message in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "never").exists()

@@ -187,7 +187,7 @@ def test_cli_export_help_and_bad_options(runner, trained_run, tmp_path):
     for option in ("--out", "--opset", "--quantize", "--no-archive", "--force"):
         assert option in result.output
     bad_opset = runner.invoke(app, ["export", str(trained_run), "--out", str(tmp_path / "x"), "--opset", "11"])
-    assert bad_opset.exit_code == 1 and "choose an opset from 18" in bad_opset.output
+    assert bad_opset.exit_code == 2 and "choose an opset from 18" in bad_opset.output
     bad_quant = runner.invoke(app, ["export", str(trained_run), "--quantize", "int4"])
     assert bad_quant.exit_code != 0
     missing = runner.invoke(app, ["export", str(tmp_path / "no-such-run")])

@@ -82,7 +82,7 @@ def test_bf16_autocast_on_the_cpu_runs_matmuls_in_bf16():
 def test_finetune_with_cuda_on_a_cpu_machine_says_so_and_writes_nothing(tiny_textures, tmp_path, runner):
     out = tmp_path / "run"
     result = runner.invoke(app, ["finetune", str(tiny_textures), "--device", "cuda", "--out", str(out)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a usage error: the flag asks for what this machine lacks
     assert "needs a CUDA GPU" in result.output and "Traceback" not in result.output
     assert not out.exists()
 
@@ -90,7 +90,7 @@ def test_finetune_with_cuda_on_a_cpu_machine_says_so_and_writes_nothing(tiny_tex
 @no_cuda
 def test_advise_with_cuda_on_a_cpu_machine_says_so(tiny_textures, runner):
     result = runner.invoke(app, ["advise", str(tiny_textures), "--device", "cuda:0"])
-    assert result.exit_code == 1 and "needs a CUDA GPU" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.output and "Traceback" not in result.output
 
 
 def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):

@@ -224,7 +224,7 @@ def test_killing_one_rank_stops_the_run_with_one_message_and_a_resumable_checkpo
     assert (out / "checkpoint.pt").is_file() and not (out / "model.safetensors").exists()
 
     again = _zoo(*args[1:])  # without --resume: rank 0 refuses, once, and no process hangs
-    assert again.returncode == 1 and again.stderr.count("already exists") == 1, again.stderr
+    assert again.returncode == 2 and again.stderr.count("already exists") == 1, again.stderr
 
     resumed = _zoo(*args[1:], "--resume")
     assert resumed.returncode == 0, resumed.stderr

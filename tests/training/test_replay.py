@@ -35,10 +35,11 @@ def test_config_replays_a_run_bit_identically_and_flags_override_it(tiny_texture
 def test_a_bad_config_file_ends_in_one_sentence(tiny_textures, tmp_path, runner):
     (tmp_path / "notes.json").write_text('{"hello": 1}')
     (tmp_path / "broken.json").write_text("{not json")
-    for path, message in ((tmp_path / "missing.json", "does not exist"),
-                          (tmp_path / "broken.json", "is not valid JSON"),
-                          (tmp_path / "notes.json", "is not the config.json of a `zoo finetune` run")):
+    # a --config that names no file or the wrong file is a usage error (2); a damaged one fails the work (1)
+    for path, message, code in ((tmp_path / "missing.json", "does not exist", 2),
+                                (tmp_path / "broken.json", "is not valid JSON", 1),
+                                (tmp_path / "notes.json", "is not the config.json of a `zoo finetune` run", 2)):
         result = runner.invoke(app, ["finetune", "--config", str(path), str(tiny_textures), "--out",
                                      str(tmp_path / "never")])
-        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+        assert result.exit_code == code and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "never").exists()

@@ -19,7 +19,7 @@ import numpy as np
 
 from zoo.advisor.recommend import AdviseSettings, advise
 from zoo.backbones import create_model, get_spec, list_specs
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.log import get_logger
 
 log = get_logger(__name__)
@@ -54,7 +54,7 @@ def parse_models(text: str) -> list[str]:
     for name in names:
         get_spec(name)  # one sentence for an unknown name
     if not names:
-        raise ZooError("No backbone to rank: give --models NAME,NAME or --models available.")
+        raise UsageError("No backbone to rank: give --models NAME,NAME or --models available.")
     return names
 
 

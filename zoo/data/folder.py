@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -100,8 +100,8 @@ def _labelled(folder: Path, classes: list[str], what: str) -> list[Sample]:
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0 <= test_fraction < 1 or not 0 < val_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ZooError("The val and test fractions must each be between 0 and 1 and leave images to train on: "
-                       "give e.g. --test-fraction 0.1.")
+        raise UsageError("The val and test fractions must each be between 0 and 1 and leave images to train on: "
+                         "give e.g. --test-fraction 0.1.")
 
 
 def load_image_folder(root: Path | str, val_fraction: float = 0.2, seed: int = 0,
@@ -110,9 +110,9 @@ def load_image_folder(root: Path | str, val_fraction: float = 0.2, seed: int = 0
     or DIR/<class>, split stratified with the seed (a test_fraction held out first)."""
     root = Path(root)
     if not root.exists():
-        raise ZooError(f"{root} does not exist: give the folder that holds your class folders.")
+        raise UsageError(f"{root} does not exist: give the folder that holds your class folders.")
     if not root.is_dir():
-        raise ZooError(f"{root} is not a folder: give the folder that holds your class folders.")
+        raise UsageError(f"{root} is not a folder: give the folder that holds your class folders.")
     _check_fractions(val_fraction, test_fraction)
     presplit = (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
     files = class_folders(root / "train" if presplit else root)

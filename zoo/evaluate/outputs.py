@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.atomic import atomic_write_bytes, atomic_write_json
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 
 FILES = ("evaluation.json", "report.md", "confusion.png", "reliability.png")
 
@@ -67,9 +67,9 @@ def check_out(out: Path, force: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir() or (any(out.iterdir()) and not (out / FILES[0]).is_file()):
-        raise ZooError(f"{out} exists and is not an evaluation folder: choose another --out.")
+        raise UsageError(f"{out} exists and is not an evaluation folder: choose another --out.")
     if any(out.iterdir()) and not force:
-        raise ZooError(f"{out} already holds an evaluation: pass --force to replace it, or choose another --out.")
+        raise UsageError(f"{out} already holds an evaluation: pass --force to replace it, or choose another --out.")
 
 
 def write(out: Path, result: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.data.folder import Sample, load_image_folder
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 
 SPLITS = ("test", "val", "all")
 DEFAULTS = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.0}
@@ -36,7 +36,7 @@ def settings_for(run_config: dict[str, Any] | None, given: dict[str, Any]) -> di
 
 def load_split(data_dir: Path, split: str, settings: dict[str, Any]) -> Split:
     if split not in SPLITS:
-        raise ZooError(f"Unknown split {split!r}: choose one of {', '.join(SPLITS)}.")
+        raise UsageError(f"Unknown split {split!r}: choose one of {', '.join(SPLITS)}.")
     data = load_image_folder(data_dir, val_fraction=settings["val_fraction"], seed=settings["seed"],
                              test_fraction=settings["test_fraction"])
     samples = {"test": data.test, "val": data.val, "all": data.train + data.val + data.test}[split]

@@ -15,7 +15,7 @@ import torch
 
 from zoo.backbones.registry import create_model
 from zoo.data.folder import ImageFolderData, load_image_folder
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.thresholds import is_small
@@ -175,12 +175,12 @@ def check_resumable(saved: dict[str, Any], config: dict[str, Any], out: Path) ->
     for key in RESUME_KEYS:
         if key == "preprocess" and saved.get(key) != config.get(key):
             size = (saved.get(key) or {}).get("input_size")
-            raise ZooError(f"{out} was started at {size} px, and these options train at "
-                           f"{config[key]['input_size']} px: resume with --image-size {size}, or pass --force to "
-                           "start over.")
+            raise UsageError(f"{out} was started at {size} px, and these options train at "
+                             f"{config[key]['input_size']} px: resume with --image-size {size}, or pass --force to "
+                             "start over.")
         if saved.get(key) != config.get(key):
-            raise ZooError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume with the "
-                           "options it was started with, or pass --force to start over.")
+            raise UsageError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume "
+                             "with the options it was started with, or pass --force to start over.")
     if saved["data"]["fingerprint"] != config["data"]["fingerprint"]:
         raise ZooError(f"The images in {config['data']['dir']} changed since {out} was started: pass --force to "
                        "start over.")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 
 # config.json key -> finetune option, taken as recorded
 AS_RECORDED = ("model", "strategy", "epochs", "batch_size", "augment", "balance", "seed", "val_fraction",
@@ -25,11 +25,11 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ZooError(f"{path} does not exist: give --config the config.json of a `zoo finetune` run.") from None
+        raise UsageError(f"{path} does not exist: give --config the config.json of a `zoo finetune` run.") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ZooError(f"{path} is not valid JSON: give --config the config.json of a `zoo finetune` run.") from None
     if not isinstance(config, dict) or not {"model", "strategy", "seed", "preprocess"} <= set(config):
-        raise ZooError(f"{path} is not the config.json of a `zoo finetune` run: give --config RUN/config.json.")
+        raise UsageError(f"{path} is not the config.json of a `zoo finetune` run: give --config RUN/config.json.")
     return config
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.log import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +33,7 @@ HPARAMS = ("model", "strategy", "requested_strategy", "freeze_until", "layer", "
 def check_log_mode(mode: str) -> None:
     """Before anything is written: a known mode, and MLflow installed when it is asked for."""
     if mode not in LOG_MODES:
-        raise ZooError(f"Unknown --log {mode!r}: choose one of {', '.join(LOG_MODES)}.")
+        raise UsageError(f"Unknown --log {mode!r}: choose one of {', '.join(LOG_MODES)}.")
     if mode == "mlflow":
         try:
             import mlflow  # noqa: F401  (imported, not just found: a broken install fails here, not mid-run)
