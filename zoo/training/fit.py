@@ -170,8 +170,8 @@ def train_one_epoch(epoch: int, run: Resolved, data: TrainingData, plan: Plan, r
             opt.parallel.sync_buffers()  # the ranks computed the same statistics; rank 0's make it exact
         val_logits = predict_images(plan.model, inputs.val_views, o.batch_size, run.workers, "validating",
                                     run.compute)
+    check_finite(plan, epoch, recipe, train_loss, val_logits)  # before the metrics, which refuse nan
     report = classification_report(val_logits, inputs.val_y, data.classes)
-    check_finite(plan, epoch, recipe, train_loss, report["loss"])
     groups = opt.optimizer.param_groups
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": report["loss"],
            "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"], "lr": groups[0]["lr"],
@@ -187,10 +187,13 @@ def diverged(epoch: int, recipe: Recipe, what: str) -> WorkFailed:
                       "was saved from this epoch: lower --lr (and --backbone-lr) and run again with --force.")
 
 
-def check_finite(plan: Plan, epoch: int, recipe: Recipe, train_loss: float, val_loss: float) -> None:
-    """Before this epoch's checkpoint, so the last good one stays: nan or inf never reaches a run directory."""
-    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-        raise diverged(epoch, recipe, f"train loss {train_loss:.4g}, val loss {val_loss:.4g}")
+def check_finite(plan: Plan, epoch: int, recipe: Recipe, train_loss: float, val_logits: torch.Tensor) -> None:
+    """Before this epoch's metrics and checkpoint, so the last good one stays: nan or inf never reaches a run
+    directory."""
+    if not math.isfinite(train_loss):
+        raise diverged(epoch, recipe, f"train loss {train_loss:.4g}")
+    if not bool(torch.isfinite(val_logits).all()):
+        raise diverged(epoch, recipe, "the val logits became inf or nan")
     if not all(bool(torch.isfinite(p).all()) for p in plan.model.parameters() if p.requires_grad):
         raise diverged(epoch, recipe, "weights became inf or nan")
 
