@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# setuptools' default (lenient) editable mode also maps the top-level cli.py module (py-modules)
-	$(PY) -m pip install -q -e '.[test,lint,samples]'
+	# everything: training, serving, tests, lint, the extra samples (zoo/__init__.py finds export/,
+	# handlers/ and cli.py of this checkout as zoo.export, zoo.handlers and zoo.cli)
+	$(PY) -m pip install -q -e '.[all,test,lint,samples]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -18,22 +18,27 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.atomic import write_failure
 from zoo.data.samples import SAMPLES
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
+from zoo.evaluate.split import SPLITS as EVAL_SPLITS
+from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.log import configure, get_logger
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD
 from zoo.training.balance import BALANCE_MODES
 from zoo.training.strategies import AUTO, STRATEGIES
+from zoo.training.tracking import LOG_MODES
 
 log = get_logger("zoo.cli")
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the machine, not zoo
 
 
 class _ZooGroup(TyperGroup):
-    """Turns a ZooError anywhere below into one line on stderr and its exit status (2 usage, 1 failed work), never a
-    traceback."""
+    """Turns a ZooError anywhere below into one line on stderr and its exit status, never a traceback.
+
+    1: the work failed (bad data, a damaged or missing file, a full disk, a refused export: ZooError).
+    2: a usage error, as click makes it for an unknown option or a bad value (zoo's own checks: UsageError).
+    """
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -59,11 +64,15 @@ StrategyName = choices("StrategyName", [*STRATEGIES, AUTO])
 BalanceMode = choices("BalanceMode", BALANCE_MODES)
 QuantizeMode = choices("QuantizeMode", [NO_QUANTIZATION, *QUANTIZE_VARIANTS])
 SampleName = choices("SampleName", SAMPLES)
+EvalSplit = choices("EvalSplit", EVAL_SPLITS)
+LogMode = choices("LogMode", LOG_MODES)
+DEFAULT_LOG = LogMode("tensorboard")
+DEFAULT_SPLIT = EvalSplit("test")
 DEFAULT_STRATEGY = StrategyName("head")
 DEFAULT_BALANCE = BalanceMode("auto")
 DEFAULT_QUANTIZE = QuantizeMode(NO_QUANTIZATION)
 
-app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
                   help="zoo: from a folder of labelled images to a served, edge-ready image classifier.")
 models_app = typer.Typer(no_args_is_help=False, help="The backbone catalogue and its pretrained weights.")
 data_app = typer.Typer(no_args_is_help=True, help="Sample datasets and dataset inspection.")
@@ -105,6 +114,12 @@ HELP = {
     "multiple of 32, at least 192).",
     "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
               "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
+    "test_fraction": "Share of each class held out as the test split when DIR has no test/ folder (seeded); it "
+                     "chooses nothing and gives the final figure.",
+    "patience": "Stop when val accuracy has not improved for this many epochs (default: run every epoch); the best "
+                "epoch's weights are kept either way.",
+    "log": "tensorboard: event files in RUN/tensorboard; mlflow: those and an MLflow run (needs mlflow); none.",
+    "config": "Replay a run: its config.json gives every option not given on this command line.",
     "precision": "auto (bf16 autocast on a GPU that has it, else fp16 with loss scaling; fp32 on the CPU), fp32, "
                  "bf16 or fp16.",
 }
@@ -112,12 +127,25 @@ DeviceOption = Annotated[str, typer.Option(help=HELP["device"])]
 ImageSizeOption = Annotated[str, typer.Option(help=HELP["image_size"])]
 PrecisionOption = Annotated[str, typer.Option(help=HELP["precision"])]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+# From the environment too, so that the token need not appear in `ps`.
+TokenOption = Annotated[str | None, typer.Option(envvar="ZOO_TOKEN", show_envvar=True, help="Inference token for a "
+                                                 "server (default: read from the key file `zoo serve start` wrote).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from zoo import __version__
+
+        typer.echo(f"zoo {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main_options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr: no progress "
                                         "bars, no info lines.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print zoo's version and exit.")] = False,
 ) -> None:
     """zoo: from a folder of labelled images to a served, edge-ready image classifier."""
     # Progress and log lines go to stderr; --quiet, and every --json command, lower them to warnings.
@@ -253,6 +281,8 @@ def advise_command(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     image_size: ImageSizeOption = "auto",
+    test_fraction: Annotated[float, typer.Option(help="As finetune's: the held-out test split takes no part in the "
+                                                 "advice.", min=0.0, max=0.9)] = 0.0,
     as_json: JsonOption = False,
 ) -> None:
     """Measure the dataset, score candidate strategies on its training split, and recommend the best measured."""
@@ -263,7 +293,7 @@ def advise_command(
     json_mode(as_json)
     settings = AdviseSettings(size_threshold=size_threshold, per_class=per_class, seed=seed, views=views,
                               budget_minutes=budget, compute=Compute.resolve(device, precision),
-                              image_size=image_size)
+                              image_size=image_size, test_fraction=test_fraction)
     if models:
         from zoo.advisor.backbones import parse_models, rank_backbones, ranking_lines
 
@@ -328,22 +358,51 @@ def finetune_command(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     image_size: ImageSizeOption = "auto",
+    test_fraction: Annotated[float, typer.Option(help=HELP["test_fraction"], min=0.0, max=0.9)] = 0.0,
+    patience: Annotated[int | None, typer.Option(help=HELP["patience"], min=1)] = None,
+    log_to: Annotated[LogMode, typer.Option("--log", help=HELP["log"])] = DEFAULT_LOG,
+    config: Annotated[Path | None, typer.Option(help=HELP["config"], dir_okay=False)] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
     from zoo.training import distributed
-    from zoo.training.finetune import finetune
 
     if nproc > 1:
         args = ["finetune", *_command_line(ctx, leave_out={"nproc"})]
-        log.info(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m cli "
+        log.info(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m zoo.cli "
                  f"{' '.join(args)}")
         status = distributed.launch(nproc, args)
         if status:
             raise typer.Exit(status)
         return
-    options = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items() if k not in ("nproc",)}
+    json_mode(as_json)
+    metrics = _finetune(ctx)
+    if as_json and distributed.world().is_main:
+        typer.echo(json.dumps(metrics, indent=2, default=str))
+
+
+def _finetune_options(ctx: typer.Context) -> dict[str, Any]:
+    """The command line's values; with --config, the recorded run's where no flag was given."""
+    options = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()
+               if k not in ("nproc", "config", "as_json", "log_to")}
+    options["log"] = ctx.params["log_to"].value
+    if ctx.params.get("config") is not None:
+        from zoo.training.replay import read_config, replay_options
+
+        for key, value in replay_options(read_config(ctx.params["config"])).items():
+            source = ctx.get_parameter_source(key)  # typer's own click: compare by name
+            if getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
+                options[key] = value
+    return options
+
+
+def _finetune(ctx: typer.Context) -> dict[str, Any]:
+    from zoo.training import distributed
+    from zoo.training.finetune import finetune
+
+    options = _finetune_options(ctx)
     try:
-        finetune(**options)
+        return finetune(**options)
     except KeyboardInterrupt:
         log.error("Interrupted: the last finished epoch is saved; run the same command with --resume to continue.")
         raise typer.Exit(130) from None
@@ -373,28 +432,70 @@ def export_command(
     = None,
     runtime: Annotated[Runtime, typer.Option(help=HELP["runtime"])] = Runtime.onnx,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Export a run to ONNX (classifier.onnx, features.onnx, dynamic batch/height/width), proven against PyTorch."""
-    from export.onnx_export import export_run
-    from export.report import summary_lines
+    from zoo.export.onnx_export import export_run
+    from zoo.export.report import summary_lines
 
+    json_mode(as_json)
     out_dir = out or run_dir / "export"
     if archive:  # a name TorchServe would refuse is found now, not after minutes of exporting
-        from export.archive import check_archive_name, default_archive_name
+        from zoo.export.archive import check_archive_name, default_archive_name
 
         name = check_archive_name(name or default_archive_name(run_dir))
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
                         max_accuracy_drop=max_accuracy_drop)
-    for line in summary_lines(report):
-        typer.echo(line)
-    typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
+    mars = []
     if archive:
-        from export.archive import write_archives
+        from zoo.export.archive import write_archives
 
         assert name is not None
         mars = write_archives(out_dir, name, model_store, runtime.value, run_dir=run_dir)
+    if as_json:
+        typer.echo(json.dumps({**report, "archives": [str(m) for m in mars]}, indent=2, default=str))
+        return
+    for line in summary_lines(report):
+        typer.echo(line)
+    typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")
+    if mars:
         typer.echo(f"Wrote {', '.join(str(m) for m in mars)}; serve them with "
                    f"`zoo serve start --model-store {model_store}`.")
+
+
+# ---------------------------------------------------------------- evaluate
+@app.command("evaluate")
+def evaluate_command(
+    target: Annotated[str, typer.Argument(help="A run directory, an export folder, an .onnx file (fp32, int8 or "
+                                          "fp16), or a served endpoint http://HOST:PORT/predictions/NAME.")],
+    data_dir: Annotated[Path, typer.Argument(help=DATA_DIR_HELP + " DIR/test/<class> is the test split if present.")],
+    split: Annotated[EvalSplit, typer.Option(help="The split to score: test (held out), val, or all images.")]
+    = DEFAULT_SPLIT,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: evaluate-SPLIT beside the target).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Replace an earlier evaluation in --out.")] = False,
+    token: TokenOption = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: the run's, from its config.json).")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Val share when DIR has no val/ folder (default: the "
+                                                       "run's).")] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="Test share held out when DIR has no test/ folder "
+                                                        "(default: the run's).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score a model on a split of an image folder: accuracy, top-k, per-class figures, calibration, latency."""
+    from zoo.evaluate.evaluate import evaluate
+
+    json_mode(as_json)
+    result = evaluate(target, data_dir, split.value, out=out, force=force, token=token, seed=seed,
+                      val_fraction=val_fraction, test_fraction=test_fraction)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    m, lat = result["metrics"], result["latency_ms"]
+    typer.echo(f"{result['split']}: top-1 {m['accuracy']:.2%}, top-{m['top_k']['k']} {m['top_k']['accuracy']:.2%}, "
+               f"macro-F1 {m['macro_f1']:.3f}, ECE {m['calibration']['ece']:.3f} on {result['images']} images; "
+               f"{lat['mean']:.1f} ms per image ({result['kind']})")
+    typer.echo(f"Wrote {result['out']} (report.md, confusion.png, reliability.png, evaluation.json).")
 
 
 # ---------------------------------------------------------------- predict
@@ -405,8 +506,7 @@ def predict_command(
     = None,
     server: Annotated[str | None, typer.Option(help="Ask a TorchServe endpoint instead, e.g. "
                                                "http://127.0.0.1:8080/predictions/NAME.")] = None,
-    token: Annotated[str | None, typer.Option(help="--server: inference token (default: read from the key file "
-                                              "`zoo serve start` wrote).")] = None,
+    token: TokenOption = None,
     top_k: Annotated[int, typer.Option(help="Labels per image (never more than the number of classes).", min=1)] = 3,
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call (same-size images only).", min=1)] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -416,7 +516,7 @@ def predict_command(
     from zoo.predict import collect_images, format_csv, format_json, format_text, predict_local
 
     if (model is None) == (server is None):
-        raise ZooError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
+        raise UsageError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
     paths = collect_images(images)
     if server:
         from zoo.serve import predict_remote
@@ -457,10 +557,12 @@ def serve_start(
     token_auth: Annotated[bool, typer.Option("--token-auth/--no-token-auth", help="TorchServe token authorization "
                                              "(keep it on).")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every model to answer.", min=1)] = 300,
+    as_json: JsonOption = False,
 ) -> None:
     """Start TorchServe and wait until every model answers a prediction."""
     from zoo.serve import ServeConfig, describe, start
 
+    json_mode(as_json)
     names = tuple(n.strip().removesuffix(".mar") for n in (models or "").split(",") if n.strip())
     if host not in ("127.0.0.1", "localhost") or not token_auth:
         log.warning(f"serving on {host} with token authorization {'on' if token_auth else 'OFF'}; "
@@ -470,6 +572,9 @@ def serve_start(
                       token_auth=token_auth)
     log.info(f"Starting TorchServe on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
     info = start(cfg, timeout_s=timeout)
+    if as_json:
+        typer.echo(json.dumps(info.to_json(), indent=2, default=str))
+        return
     typer.echo(describe(info.to_json()))
     typer.echo(f"Stop it with `zoo serve stop --port {port}`.")
 

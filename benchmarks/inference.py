@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import export_run
 from zoo.data.samples import write_sample
+from zoo.export.onnx_export import export_run
 from zoo.inference import CPU, open_session
 from zoo.run_dir import load_run
 

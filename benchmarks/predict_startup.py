@@ -29,8 +29,8 @@ print(run.labels[int(p.argmax())], float(p.max()))
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
-    from export.onnx_export import export_run
     from zoo.data.samples import write_sample
+    from zoo.export.onnx_export import export_run
     from zoo.training.finetune import finetune
 
     data = work / "textures"
@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run, export_dir, image = prepare(Path(tmp))
-        edge_cmd = [sys.executable, "-m", "cli", "predict", str(image), "--model", str(export_dir), "--json"]
+        edge_cmd = [sys.executable, "-m", "zoo.cli", "predict", str(image), "--model", str(export_dir), "--json"]
         torch_cmd = [sys.executable, "-c", TORCH_EQUIVALENT, str(run), str(image)]
         timed(edge_cmd), timed(torch_cmd)  # warm the file cache for both
         edge, torch_times = [], []

@@ -4,7 +4,7 @@
                                     [--workers 1,2] [--batch-size 1] [--rounds 3] [--no-kill]
 
 Without --export it builds a lite0 run (pretrained backbone, new 3-class head: speed does not
-depend on the head's weights) and exports it with `export.onnx_export.export_run`. Every request
+depend on the head's weights) and exports it with `zoo.export.onnx_export.export_run`. Every request
 carries one JPEG of a different size and aspect ratio (six real photos from scikit-image, 300 to
 1000 pixels a side), so the server sees mixed shapes.
 
@@ -48,9 +48,9 @@ from zoo.preprocess import PreprocessConfig, preprocess
 def build_export(tmp: Path) -> Path:
     import torch
 
-    from export.onnx_export import export_run
     from zoo.atomic import atomic_write_json
     from zoo.backbones import create_model, get_spec
+    from zoo.export.onnx_export import export_run
     from zoo.run_dir import mark_complete, save_weights
 
     torch.manual_seed(0)
@@ -217,7 +217,7 @@ def main() -> None:
     os.environ.setdefault("ZOO_SERVE_HOME", str(tmp / "serve-home"))
     export_dir = args.export or build_export(tmp)
     store = tmp / "model_store"
-    from export.archive import write_archives
+    from zoo.export.archive import write_archives
 
     write_archives(export_dir, "lite0", store)
     images = mixed_images()

@@ -39,8 +39,8 @@ def _records(data: Path, limit: int):
 
 def extraction(data: Path, limit: int, work: Path, rounds: int = 3) -> dict[str, float]:
     """images/s of the three ways to compute bottleneck features of the same images."""
-    from export.onnx_export import export_run
     from zoo.backbones import create_model
+    from zoo.export.onnx_export import export_run
     from zoo.inference import open_session
     from zoo.preprocess import preprocess
     from zoo.training import ort_features

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from export.formats import Runtime
 from zoo.atomic import atomic_write
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
+from zoo.export.formats import Runtime
 
 if TYPE_CHECKING:
     from zoo.backbones import ZooModel
@@ -95,8 +95,8 @@ def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir
 def check_archive_name(name: str) -> str:
     """The whole name must fit (fullmatch: a trailing newline does not); `zoo export` checks it before exporting."""
     if not NAME_PATTERN.fullmatch(name):
-        raise ZooError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', "
-                       "starting with a letter.")
+        raise UsageError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', "
+                         "starting with a letter.")
     return name
 
 
@@ -110,11 +110,11 @@ def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODE
     runtime = Runtime(runtime)
     check_archive_name(name)
     if default_topk < 1:
-        raise ZooError("--topk must be at least 1: give how many classes an answer lists by default.")
+        raise UsageError("--topk must be at least 1: give how many classes an answer lists by default.")
     export_dir, model_store = Path(export_dir), Path(model_store)
     if runtime is Runtime.torch and (run_dir is not None or not (export_dir / TORCH_PROGRAM).is_file()):
         if run_dir is None:
-            raise ZooError("The torch runtime needs the run directory: give it, or use the default onnx runtime.")
+            raise UsageError("The torch runtime needs the run directory: give it, or use the default onnx runtime.")
         export_torch_program(run_dir, export_dir)
     model_store.mkdir(parents=True, exist_ok=True)
     written = []

@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 import zoo.preprocess as zoo_preprocess
-from export import parity
-from export import report as report_mod
-from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
-from export.run_images import parity_images, run_data
 from zoo.atomic import atomic_write_json, writing
 from zoo.backbones import ZooModel
 from zoo.data.folder import ImageFolderData
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
+from zoo.export import parity
+from zoo.export import report as report_mod
+from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
+from zoo.export.run_images import parity_images, run_data
 from zoo.log import get_logger
 from zoo.run_dir import LABELS, TrainedRun, load_run
 
@@ -157,7 +157,7 @@ def save_checked(model: onnx.ModelProto, path: Path) -> None:
 def check_opset(opset: int | None) -> int:
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ZooError(f"--opset {opset} is not supported: choose an opset from {MIN_OPSET} to {MAX_OPSET}.")
+        raise UsageError(f"--opset {opset} is not supported: choose an opset from {MIN_OPSET} to {MAX_OPSET}.")
     return opset
 
 
@@ -167,19 +167,19 @@ def check_quantize(quantize: str | Sequence[str] | None) -> list[str]:
     wanted = [quantize] if isinstance(quantize, str) else list(quantize)
     bad = [q for q in wanted if q not in QUANTIZE_VARIANTS]
     if bad:
-        raise ZooError(f"--quantize {bad[0]} is not a variant zoo makes: choose "
-                       f"{', '.join((NO_QUANTIZATION, *QUANTIZE_VARIANTS))}.")
+        raise UsageError(f"--quantize {bad[0]} is not a variant zoo makes: choose "
+                         f"{', '.join((NO_QUANTIZATION, *QUANTIZE_VARIANTS))}.")
     return list(dict.fromkeys(wanted))
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise ZooError(f"{out_dir} is a file: choose another --out folder.")
+        raise UsageError(f"{out_dir} is a file: choose another --out folder.")
     # A report alone (a failed export) is not an export a user could lose.
     existing = [n for n in OUTPUTS if n != REPORT and (out_dir / n).exists()]
     if existing and not force:
-        raise ZooError(f"{out_dir} already holds an export ({', '.join(existing)}): pass --force to replace it "
-                       "or choose another --out folder.")
+        raise UsageError(f"{out_dir} already holds an export ({', '.join(existing)}): pass --force to replace it "
+                         "or choose another --out folder.")
 
 
 def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: int | None = None,
@@ -217,7 +217,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if refused:
-        from export.quantize import refusal_sentence
+        from zoo.export.quantize import refusal_sentence
 
         raise ZooError(refusal_sentence(refused, out_dir / REPORT))
     return report
@@ -267,7 +267,7 @@ def make_variants(run: TrainedRun, data: ImageFolderData | None, staging: Path, 
     """Each asked-for variant, made and gated; returns the refused ones."""
     if not variants:
         return []
-    from export import quantize as quantize_mod  # onnxruntime.quantization loads only when asked for
+    from zoo.export import quantize as quantize_mod  # onnxruntime.quantization loads only when asked for
 
     report["variants"] = {}
     for variant in variants:

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from export.onnx_export import CLASSIFIER, set_metadata
-from export.parity import onnx_accuracy
-from export.run_images import spread
+from zoo.export.onnx_export import CLASSIFIER, set_metadata
+from zoo.export.parity import onnx_accuracy
+from zoo.export.run_images import spread
 from zoo.inference import CPU, open_session
 from zoo.preprocess import ImageError, preprocess
 from zoo.run_dir import TrainedRun

@@ -12,7 +12,7 @@ from typing import TypeVar
 from PIL import Image
 
 from zoo.data.folder import ImageFolderData, Sample, load_image_folder
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.preprocess import ImageError, PreprocessConfig, load_rgb
 from zoo.run_dir import TrainedRun
 
@@ -27,9 +27,11 @@ def run_data(run: TrainedRun, data_dir: Path | str | None) -> ImageFolderData | 
         return None
     if not Path(root).is_dir():
         if data_dir:
-            raise ZooError(f"{root} is not a folder: give the image folder the run was trained on with --data.")
+            raise UsageError(f"{root} is not a folder: give the image folder the run was trained on with --data.")
         return None
-    data = load_image_folder(root, val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    # The split the run used: the int8 gate reads val, calibration reads train, and the test split stays unseen.
+    data = load_image_folder(root, val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0),
+                             test_fraction=cfg.get("test_fraction") or 0.0)
     if list(data.classes) != list(run.labels):
         raise ZooError(f"The classes in {root} ({', '.join(data.classes[:5])}…) differ from the run's labels.json: "
                        "give the image folder the run was trained on with --data.")

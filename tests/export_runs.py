@@ -79,8 +79,8 @@ def precision_floor(run_dir: Path) -> float:
     A random network can amplify rounding so much that float32 PyTorch misses its own float64 result
     by more than 1e-4; no exported graph can be held closer to PyTorch than that.
     """
-    from export.parity import DEFAULT_SIZES, _batch_at
-    from export.run_images import parity_images
+    from zoo.export.parity import DEFAULT_SIZES, _batch_at
+    from zoo.export.run_images import parity_images
     from zoo.run_dir import load_run
 
     run = load_run(run_dir)

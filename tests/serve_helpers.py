@@ -48,10 +48,10 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
 
 
 def exported(tmp_path_factory) -> Exported:
-    """The session's lite0 run, exported to ONNX by export.onnx_export and to a torch program."""
+    """The session's lite0 run, exported to ONNX by zoo.export.onnx_export and to a torch program."""
     if "lite0" not in _cache:
-        from export.archive import export_torch_program
-        from export.onnx_export import export_run
+        from zoo.export.archive import export_torch_program
+        from zoo.export.onnx_export import export_run
 
         root = tmp_path_factory.mktemp("serve-run")
         run_dir = write_run(root / "run")

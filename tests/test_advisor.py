@@ -6,9 +6,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from cli import app
 from zoo.advisor import advise
 from zoo.advisor.similarity import SIMILARITY_THRESHOLD, measure_similarity
+from zoo.cli import app
 from zoo.data.samples import write_sample
 from zoo.run_dir import load_run
 

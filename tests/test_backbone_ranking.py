@@ -1,8 +1,8 @@
 """Backbones ranked by held-out probe score beside measured ONNX Runtime latency; --model auto picks within a budget."""
 import pytest
 
-from cli import app
 from zoo.advisor.backbones import BackboneScore, _mark_pareto, parse_models, pick_backbone
+from zoo.cli import app
 from zoo.errors import ZooError
 
 

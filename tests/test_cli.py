@@ -3,7 +3,7 @@ import pytest
 import typer
 import typer.core
 
-from cli import app
+from zoo.cli import app
 
 
 def _command_paths(group, prefix=()):
@@ -55,8 +55,8 @@ def _choices(command_path: tuple[str, ...], option: str) -> list[str]:
 
 
 def test_cli_choices_are_the_library_registries():
-    from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
     from zoo.data.samples import SAMPLES
+    from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
     from zoo.training.balance import BALANCE_MODES
     from zoo.training.strategies import AUTO, STRATEGIES
 

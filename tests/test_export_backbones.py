@@ -14,8 +14,8 @@ import pytest
 import torch
 from export_runs import make_run, precision_floor
 
-from export.onnx_export import export_run
 from zoo.backbones import get_spec, list_specs
+from zoo.export.onnx_export import export_run
 from zoo.inference import CPU, open_session
 from zoo.run_dir import load_run
 

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from serve_helpers import load_handler, write_run, write_tiny_export
 
-from cli import app
-from export.archive import stage_model_dir
+from zoo.cli import app
+from zoo.export.archive import stage_model_dir
 
 
 def _one_sentence(result, code: int) -> str:
@@ -53,7 +53,7 @@ def test_export_refuses_damaged_weights_before_writing(runner, run_dir, tmp_path
     weights.write_bytes({"truncated": data[: len(data) // 3], "garbage": os.urandom(len(data)), "empty": b""}[damage])
     result = runner.invoke(app, ["export", str(copy), "--out", str(tmp_path / "out"), "--model-store",
                                  str(tmp_path / "store")])
-    assert "model.safetensors is damaged or was changed" in _one_sentence(result, 2)
+    assert "model.safetensors is damaged or was changed" in _one_sentence(result, 1)
     assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
 
 
@@ -102,7 +102,7 @@ def test_a_bad_preprocess_json_is_one_sentence(runner, tiny, tmp_path, content):
     (tiny / "preprocess.json").write_text(content)
     image = _png(tmp_path / "a.png")
     result = runner.invoke(app, ["predict", str(image), "--model", str(tiny)])
-    assert "re-export" in _one_sentence(result, 2) or "re-run `zoo export`" in result.output
+    assert "re-export" in _one_sentence(result, 1) or "re-run `zoo export`" in result.output
 
 
 @pytest.mark.parametrize("labels", [["cat", "dog"], ["cat", "dog", "fish", "bird"]])
@@ -110,7 +110,7 @@ def test_labels_must_match_the_graph_outputs(runner, tiny, tmp_path, labels):
     """Before: 2 labels for 3 outputs was an IndexError; 4 labels printed wrong labels with exit code 0."""
     (tiny / "labels.json").write_text(json.dumps(labels))
     result = runner.invoke(app, ["predict", str(_png(tmp_path / "a.png")), "--model", str(tiny)])
-    assert f"name {len(labels)} classes but the model has 3 outputs" in _one_sentence(result, 2)
+    assert f"name {len(labels)} classes but the model has 3 outputs" in _one_sentence(result, 1)
     model_dir = stage_model_dir(tiny, "classifier", "onnx", tmp_path / "staged")
     with pytest.raises(ValueError, match=f"names {len(labels)} classes but classifier.onnx has 3 outputs"):
         load_handler(model_dir, "classifier")  # the served model refuses to load instead of answering wrongly

@@ -56,7 +56,7 @@ def test_training_runs_on_the_gpu_with_mixed_precision(gpu_runs, strategy):
 
 def test_export_agrees_with_torch_on_the_cuda_provider(gpu_runs, tmp_path):
     _needs_ort_cuda()
-    from export.onnx_export import export_run
+    from zoo.export.onnx_export import export_run
     from zoo.inference import open_session
     from zoo.run_dir import load_run
 
@@ -79,10 +79,10 @@ def test_served_archive_uses_the_cuda_provider(gpu_runs, tmp_path):
         pytest.skip("TorchServe or Java is not installed here")
     import requests
 
-    from export.archive import write_archives
-    from export.onnx_export import export_run
     from zoo import serve
     from zoo.edge import EdgeModel
+    from zoo.export.archive import write_archives
+    from zoo.export.onnx_export import export_run
 
     run_dir, _ = gpu_runs["head"]
     export_run(run_dir, tmp_path / "export")

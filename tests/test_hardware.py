@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from cli import app
 from zoo import hardware
+from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute, cpu_has_native_bf16, resolve_device, resolve_precision
 
@@ -82,7 +82,7 @@ def test_bf16_autocast_on_the_cpu_runs_matmuls_in_bf16():
 def test_finetune_with_cuda_on_a_cpu_machine_says_so_and_writes_nothing(tiny_textures, tmp_path, runner):
     out = tmp_path / "run"
     result = runner.invoke(app, ["finetune", str(tiny_textures), "--device", "cuda", "--out", str(out)])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 2, result.output  # a usage error: the flag asks for what this machine lacks
     assert "needs a CUDA GPU" in result.output and "Traceback" not in result.output
     assert not out.exists()
 

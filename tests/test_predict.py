@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import app
+from zoo.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def exported(tmp_path_factory):
     from export_runs import make_run
 
-    from export.onnx_export import export_run
     from zoo.data.samples import write_sample
+    from zoo.export.onnx_export import export_run
 
     root = tmp_path_factory.mktemp("predict")
     data = root / "textures"
@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
 def test_zoo_predict_never_imports_torch(exported):
     export_dir, data = exported
     image = sorted((data / "val").rglob("*.png"))[0]
-    code = ("import sys, cli\n"
+    code = ("import sys\nimport zoo.cli as cli\n"
             f"sys.argv = ['zoo', 'predict', {str(image)!r}, '--model', {str(export_dir)!r}, '--json']\n"
             "try:\n    cli.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"

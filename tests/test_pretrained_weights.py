@@ -18,8 +18,8 @@ def test_efficientnet_lite_classifies_imagenet_photos(name, minimum):
 
 def test_missing_torchvision_weights_offline_is_one_clear_sentence(tmp_path):
     env = {"TORCH_HOME": str(tmp_path / "empty-cache"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "cli", "models", "check", "resnet18"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "zoo.cli", "models", "check", "resnet18"], capture_output=True,
+                          text=True, env=env, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from cli import app
+from zoo.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -5,7 +5,7 @@ import torchvision
 
 from zoo.backbones import create_model, get_spec, list_specs
 from zoo.backbones.registry import register
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 
 NAMES = [s.name for s in list_specs()]
 REQUIRED = {"name", "family", "params", "feature_dim", "input_size", "mean", "std", "stages", "weights"}
@@ -56,7 +56,7 @@ def test_duplicate_names_are_refused():
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ZooError, match="Unknown model 'resnet19'"):
+    with pytest.raises(UsageError, match="Unknown model 'resnet19'"):  # exit status 2
         get_spec("resnet19")
 
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 from serve_helpers import bad_inputs, expected_features, expected_predictions, exported, sample_images
 
-from export.archive import write_archives
 from zoo import serve
+from zoo.export.archive import write_archives
 
 pytestmark = pytest.mark.slow
 
@@ -212,7 +212,7 @@ def test_secure_by_default(server):
 
 
 def test_status_client_and_cli(server, tmp_path, monkeypatch, runner):
-    from cli import app
+    from zoo.cli import app
     from zoo.serve import ServeClient, predict_remote
 
     status = serve.status(Path(server.info.state_dir))
@@ -240,8 +240,8 @@ def test_status_client_and_cli(server, tmp_path, monkeypatch, runner):
 def test_zoo_export_writes_both_archives_by_default(tmp_path_factory, tmp_path, monkeypatch, runner):
     import shutil
 
-    import export.onnx_export as onnx_export
-    from cli import app
+    import zoo.export.onnx_export as onnx_export
+    from zoo.cli import app
 
     artifacts = exported(tmp_path_factory)
 

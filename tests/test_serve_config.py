@@ -35,14 +35,14 @@ def test_serve_mistakes_are_clear(tmp_path, monkeypatch):
 
 
 def test_cli_stop_and_status_report_a_server_that_is_not_running(runner, tmp_path, monkeypatch):
-    from cli import app
+    from zoo.cli import app
 
     monkeypatch.setenv("ZOO_SERVE_HOME", str(tmp_path))
     for command in ("stop", "status"):
         result = runner.invoke(app, ["serve", command, "--port", "9555"])
         assert result.exit_code == 1 and "No zoo server is running on port 9555" in result.output
     result = runner.invoke(app, ["serve", "start", "--model-store", str(tmp_path)])
-    assert result.exit_code == 2 and "holds no .mar archives" in result.output
+    assert result.exit_code == 1 and "holds no .mar archives" in result.output
 
 
 def test_client_wants_a_prediction_endpoint():

@@ -17,8 +17,8 @@ import requests
 from PIL import Image
 from serve_helpers import write_tiny_export
 
-from export.archive import write_archives
 from zoo import serve
+from zoo.export.archive import write_archives
 
 pytestmark = pytest.mark.slow
 

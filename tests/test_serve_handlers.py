@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from serve_helpers import MockContext, bad_inputs, load_handler, sample_images, write_tiny_export
 
-from export.archive import stage_model_dir, write_archives
 from zoo.errors import ZooError
+from zoo.export.archive import stage_model_dir, write_archives
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_archive_mistakes_are_clear(tiny_export, tmp_path):
 
 
 def test_default_archive_name():
-    from export.archive import default_archive_name
+    from zoo.export.archive import default_archive_name
 
     assert default_archive_name(Path("runs/tex_head")) == "tex_head"
     assert default_archive_name(Path("runs/2024 run#1")) == "m2024-run-1"

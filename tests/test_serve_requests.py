@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from serve_helpers import MockContext, load_handler, write_tiny_export
 
-from export.archive import stage_model_dir
+from zoo.export.archive import stage_model_dir
 
 FUZZ_EXAMPLES = 600  # at least 500 generated requests, none raising
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import WorkFailed, ZooError
+from zoo.errors import UsageError, WorkFailed, ZooError
 
 
 def _default_mode() -> int:
@@ -34,7 +34,7 @@ def write_failure(path: Path | str, e: OSError) -> ZooError:
     full disk and other failures of the machine (exit 1)."""
     reason = e.strerror or type(e).__name__
     if e.errno in NOT_WRITABLE:
-        return ZooError(f"Cannot write {path} ({reason}): choose a folder you can write to.")
+        return UsageError(f"Cannot write {path} ({reason}): choose a folder you can write to.")
     return WorkFailed(f"Could not write {path} ({reason}); the file it would have replaced is unchanged: free "
                       "some space (or fix the disk) and run the command again (`zoo finetune`: with --resume).")
 

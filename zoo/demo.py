@@ -2,7 +2,9 @@
 
 sample -> advise -> finetune (the advisor's strategy) -> export (ONNX, int8 where the gate allows,
 .mar archives) -> edge predictions -> TorchServe and HTTP predictions on images of different sizes
--> stop the server. Every step calls the same library functions the commands use.
+-> stop the server. Every step calls the same library functions the commands use. A seeded share of
+the training images (TEST_FRACTION) is held out as the test split: the advisor, the epoch choice and
+the int8 gate never see it, and it gives the figures the summary reports.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from zoo.errors import ZooError
 from zoo.log import get_logger
 
 log = get_logger(__name__)
+TEST_FRACTION = 0.2
 
 
 @dataclass
@@ -68,23 +71,23 @@ def _resized_variants(path: Path) -> list[tuple[str, bytes]]:
 
 def train_and_export(paths: DemoPaths, model: str, clock: Stopwatch) -> dict[str, Any]:
     """Steps 1-4: the sample, the advice, the run and its export with archives."""
-    from export.archive import write_archives
-    from export.onnx_export import export_run
     from zoo.advisor import advise
     from zoo.data.samples import write_sample
+    from zoo.export.archive import write_archives
+    from zoo.export.onnx_export import export_run
     from zoo.training.finetune import finetune
 
     log.info("1/7 sample dataset: textures (scikit-image's natural textures)")
     write_sample("textures", paths.data, seed=0, force=True)
     clock.step("sample")
     log.info("2/7 advise: measure size and similarity")
-    advice = advise(paths.data, model=model)
+    advice = advise(paths.data, model=model, test_fraction=TEST_FRACTION)
     log.info(f"    {advice.quadrant} -> strategy {advice.strategy} (similarity {advice.similarity:.2f}, "
              f"{advice.images} images)")
     clock.step("advise")
     log.info(f"3/7 finetune --strategy {advice.strategy}")
     metrics = finetune(paths.data, model=model, strategy=advice.strategy, out=paths.run, force=True,
-                       **({"layer": advice.layer} if advice.layer else {}))
+                       test_fraction=TEST_FRACTION, **({"layer": advice.layer} if advice.layer else {}))
     clock.step("finetune")
     log.info("4/7 export: ONNX (+ int8 where the accuracy gate allows) and TorchServe archives")
     try:
@@ -98,18 +101,16 @@ def train_and_export(paths: DemoPaths, model: str, clock: Stopwatch) -> dict[str
 
 
 def edge_check(paths: DemoPaths) -> dict[str, Any]:
-    """Step 5: the val split on ONNX Runtime alone."""
+    """Step 5: `zoo evaluate` of the export on the test split, ONNX Runtime alone."""
     from zoo.data.folder import load_image_folder
     from zoo.edge import EdgeModel
+    from zoo.evaluate.evaluate import evaluate
 
-    log.info("5/7 edge: ONNX Runtime alone on the val split")
-    data = load_image_folder(paths.data)
-    edge = EdgeModel(paths.export)
-    t0 = time.perf_counter()
-    results = edge.predict([s.path for s in data.val], top_k=1)
-    seconds = (time.perf_counter() - t0) / len(data.val)
-    accuracy = float(np.mean([r.label == data.classes[s.label] for r, s in zip(results, data.val, strict=True)]))
-    return {"edge": edge, "data": data, "accuracy": accuracy, "seconds_per_image": seconds}
+    log.info("5/7 edge: `zoo evaluate` of the export on the held-out test split, ONNX Runtime alone")
+    data = load_image_folder(paths.data, test_fraction=TEST_FRACTION)
+    result = evaluate(str(paths.export), paths.data, "test", out=paths.root / "evaluate-test", force=True)
+    return {"edge": EdgeModel(paths.export), "data": data, "accuracy": result["metrics"]["accuracy"],
+            "ece": result["metrics"]["calibration"]["ece"], "seconds_per_image": result["latency_ms"]["mean"] / 1000}
 
 
 def serve_check(paths: DemoPaths, edge_result: dict[str, Any], port: int | None) -> dict[str, Any]:
@@ -151,7 +152,9 @@ def run_demo(out: Path = Path("demo-out"), model: str = "efficientnet_lite0", po
     advice, report = trained["advice"], trained["report"]
     return {
         "strategy": advice.strategy, "quadrant": advice.quadrant, "similarity": advice.similarity,
-        "val_accuracy_torch": trained["metrics"].get("accuracy"), "val_accuracy_onnx": edge["accuracy"],
+        "val_accuracy_torch": trained["metrics"].get("accuracy"),
+        "test_accuracy_torch": (trained["metrics"].get("test") or {}).get("accuracy"),
+        "test_accuracy_onnx": edge["accuracy"], "test_ece_onnx": edge["ece"], "test_images": len(edge["data"].test),
         "parity_max_abs_logits": report["parity"]["max_abs_logits"],
         "int8": report.get("variants", {}).get("int8"),
         "edge_ms_per_image": 1000 * edge["seconds_per_image"], "served": served,
@@ -168,8 +171,10 @@ def summary_table(s: dict[str, Any]) -> Any:
     t.add_column("figure")
     add = t.add_row
     add("advisor", f"{s['quadrant']} -> {s['strategy']} (similarity {s['similarity']:.2f})")
-    add("val accuracy (PyTorch, metrics.json)", f"{s['val_accuracy_torch']:.2%}")
-    add("val accuracy (ONNX Runtime alone)", f"{s['val_accuracy_onnx']:.2%}")
+    add("val accuracy (PyTorch; chose the epoch)", f"{s['val_accuracy_torch']:.2%}")
+    add(f"test accuracy (PyTorch, {s['test_images']} held-out images)", f"{s['test_accuracy_torch']:.2%}")
+    add("test accuracy (ONNX Runtime alone, zoo evaluate)", f"{s['test_accuracy_onnx']:.2%} (ECE "
+        f"{s['test_ece_onnx']:.3f})")
     add("export parity max |Δ logits|", f"{s['parity_max_abs_logits']:.1e}")
     if s["int8"]:
         v = s["int8"]

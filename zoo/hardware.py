@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -38,19 +38,19 @@ def resolve_device(requested: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "mps":
         if not _mps_available():
-            raise ZooError("--device mps needs Apple's Metal backend, which PyTorch does not see here: use --device "
-                           "auto or cpu.")
+            raise UsageError("--device mps needs Apple's Metal backend, which PyTorch does not see here: use --device "
+                             "auto or cpu.")
         return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if match is None:
-        raise ZooError(f"Unknown device {requested!r}: choose {DEVICE_CHOICES}.")
+        raise UsageError(f"Unknown device {requested!r}: choose {DEVICE_CHOICES}.")
     if not torch.cuda.is_available():
-        raise ZooError(f"--device {requested} needs a CUDA GPU, and PyTorch sees none here (no GPU, no driver, or a "
-                       "CPU-only build of torch): use --device auto or cpu.")
+        raise UsageError(f"--device {requested} needs a CUDA GPU, and PyTorch sees none here (no GPU, no driver, or a "
+                         "CPU-only build of torch): use --device auto or cpu.")
     index = int(match.group(1) or torch.cuda.current_device())
     if index >= torch.cuda.device_count():
-        raise ZooError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered "
-                       f"from 0: choose one of them.")
+        raise UsageError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered "
+                         f"from 0: choose one of them.")
     return torch.device("cuda", index)
 
 
@@ -58,15 +58,15 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     """fp32, bf16 or fp16 for this device."""
     name = (requested or "auto").strip().lower()
     if name not in PRECISIONS:
-        raise ZooError(f"Unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}.")
+        raise UsageError(f"Unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}.")
     if device.type == "cuda":
         if name == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         if name == "bf16" and not torch.cuda.is_bf16_supported():
-            raise ZooError("--precision bf16 needs a GPU with bfloat16 support (Ampere or newer): use fp16 or auto.")
+            raise UsageError("--precision bf16 needs a GPU with bfloat16 support (Ampere or newer): use fp16 or auto.")
         return name
     if name == "fp16" and device.type == "cpu":
-        raise ZooError("--precision fp16 needs a GPU: on the CPU use bf16 or fp32 (auto).")
+        raise UsageError("--precision fp16 needs a GPU: on the CPU use bf16 or fp32 (auto).")
     if name == "auto":
         # bf16 autocast on a CPU with bfloat16 instructions: benchmarks/training_speed.py measured the
         # full training step at 1.7x fp32 on one (AMD EPYC, AVX512-BF16). Without them bf16 is emulated,

@@ -4,13 +4,14 @@ import shutil
 
 import pytest
 
-from cli import app
-from zoo.errors import ZooError
+from zoo.cli import app
+from zoo.errors import UsageError, ZooError
 from zoo.training.finetune import finetune
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code != 0
+def _one_line_error(result, code: int = 2) -> str:
+    """The one line a ZooError prints; exit status 2 for a usage error (UsageError), 1 when the work failed."""
+    assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, result.output
@@ -33,7 +34,7 @@ def test_unreadable_images_are_skipped_with_a_warning_and_counted(runner, tiny_c
     for path in bad:
         assert f"skipping {path}" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == {"train": 15, "val": 6, "skipped": 4}
+    assert metrics["images"] == {"train": 15, "val": 6, "test": 0, "skipped": 4}
     assert {s["path"] for s in metrics["skipped"]} == {str(p) for p in bad}
     assert all(s["reason"] for s in metrics["skipped"])
 
@@ -48,27 +49,27 @@ def _one_class(data):
             shutil.rmtree(data / split / cls)
 
 
-@pytest.mark.parametrize("args,damage,message", [
-    ([], _class_folder_missing_images, "has no images"),
-    ([], _one_class, "only one class"),
-    (["--model", "resnet19"], None, "Unknown model 'resnet19'"),
-    (["--strategy", "magic"], None, "magic"),
-    (["--strategy", "partial", "--freeze-until", "stage9"], None, "'stage9' is not a stage of efficientnet_lite0"),
-    (["--strategy", "head", "--freeze-until", "stage3"], None, "only applies to --strategy partial"),
-    (["--resume", "--force"], None, "contradict"),
-    (["--image-size", "big"], None, "--image-size must be auto or a whole number"),
-    (["--image-size", "8"], None, "--image-size 8 is outside 32-1024 pixels"),
+@pytest.mark.parametrize("args,damage,message,code", [
+    ([], _class_folder_missing_images, "has no images", 1),  # the data, not the command: the work failed
+    ([], _one_class, "only one class", 1),
+    (["--model", "resnet19"], None, "Unknown model 'resnet19'", 2),
+    (["--strategy", "magic"], None, "magic", 2),
+    (["--strategy", "partial", "--freeze-until", "stage9"], None, "'stage9' is not a stage of efficientnet_lite0", 2),
+    (["--strategy", "head", "--freeze-until", "stage3"], None, "only applies to --strategy partial", 2),
+    (["--resume", "--force"], None, "contradict", 2),
+    (["--image-size", "big"], None, "--image-size must be auto or a whole number", 2),
+    (["--image-size", "8"], None, "--image-size 8 is outside 32-1024 pixels", 2),
 ], ids=["empty-class", "one-class", "unknown-model", "unknown-strategy", "bad-freeze-point", "freeze-with-head",
         "resume-and-force", "image-size-word", "image-size-too-small"])
-def test_mistakes_end_in_one_sentence_and_create_nothing(runner, tiny_copy, tmp_path, args, damage, message):
+def test_mistakes_end_in_one_sentence_and_create_nothing(runner, tiny_copy, tmp_path, args, damage, message, code):
     if damage:
         damage(tiny_copy)
     out = tmp_path / "run"
     result = runner.invoke(app, ["finetune", str(tiny_copy), "--out", str(out), *args])
-    if "--strategy" in args and "magic" in args:  # typer's own usage error for an Enum value
+    if "--strategy" in args and "magic" in args:  # typer's own usage error for an Enum value: status 2
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     else:
-        assert message in _one_line_error(result)
+        assert message in _one_line_error(result, code)
     assert not out.exists()
 
 
@@ -98,7 +99,7 @@ def test_a_finished_run_is_not_overwritten_and_force_replaces_it(runner, tiny_te
 
 
 def test_python_api_raises_zoo_error(tiny_textures, tmp_path):
-    with pytest.raises(ZooError, match="Unknown strategy 'magic'"):
+    with pytest.raises(UsageError, match="Unknown strategy 'magic'"):
         finetune(tiny_textures, strategy="magic", out=tmp_path / "run")
     with pytest.raises(ZooError, match="Unknown balance mode"):
         finetune(tiny_textures, balance="fair", out=tmp_path / "run")

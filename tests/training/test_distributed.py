@@ -97,7 +97,7 @@ def test_sharded_dropout_keeps_the_rows_a_single_process_draws():
 
 
 def test_nproc_relaunches_the_command_without_nproc(runner, tmp_path, monkeypatch):
-    import cli
+    import zoo.cli as cli
     from zoo.training import distributed
 
     seen = {}
@@ -121,13 +121,13 @@ def test_the_launcher_names_the_process_that_failed(tmp_path):
     # rank 0 stopped by the agent (SIGTERM) or by losing its peer: the killed rank is the cause
     for survivor in (-15, 3):
         status, message, _ = _explain(failed(r0=survivor, r1=-9), 2, str(tmp_path))
-        assert status == 2 and message.startswith("Process 1 of 2 was killed by SIGKILL")
-    assert _explain(failed(r0=2, r1=-15), 2, str(tmp_path)) == (2, None, False)  # rank 0 said it already
+        assert status == 1 and message.startswith("Process 1 of 2 was killed by SIGKILL")
+    assert _explain(failed(r0=1, r1=-15), 2, str(tmp_path)) == (1, None, False)  # rank 0 said it already
     log = tmp_path / "run_x" / "attempt_0" / "1" / "stderr.log"
     log.parent.mkdir(parents=True)
     log.write_text("Error: the images are missing here.\n\n")
-    status, message, keep = _explain(failed(r1=2), 2, str(tmp_path))
-    assert "Process 1 of 2 failed (exit status 2): Error: the images are missing here." in message
+    status, message, keep = _explain(failed(r1=1), 2, str(tmp_path))
+    assert "Process 1 of 2 failed (exit status 1): Error: the images are missing here." in message
     assert str(log) in message and keep
 
 
@@ -217,7 +217,7 @@ def test_killing_one_rank_stops_the_run_with_one_message_and_a_resumable_checkpo
     os.kill(victim, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=120)
 
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "Error: Process 1 of 2 was killed by SIGKILL, so torchrun stopped the whole run" in stderr
     assert "run the same command with --resume to continue" in stderr
     assert stderr.count("Error:") == 1 and "Traceback" not in stderr, stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zoo.backbones import get_spec
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.training.finetune import finetune
 from zoo.training.image_size import FINETUNE_FLOOR, auto_size, choose_preprocess, parse_image_size
 
@@ -23,7 +23,7 @@ def test_parse_accepts_auto_and_pixels_and_refuses_the_rest_in_one_sentence():
     assert parse_image_size("160") == 160 and parse_image_size(96) == 96
     for bad, says in (("large", "must be auto or a whole number"), ("16", "outside 32-1024"),
                       ("4096", "outside 32-1024"), ("1.5", "must be auto or a whole number")):
-        with pytest.raises(ZooError, match=says) as e:
+        with pytest.raises(UsageError, match=says) as e:  # exit status 2
             parse_image_size(bad)
         assert "\n" not in str(e.value)
 
@@ -55,7 +55,7 @@ def test_the_chosen_config_changes_only_the_size():
 
 
 def test_a_run_at_another_size_trains_exports_and_predicts_at_it(tiny_textures, tmp_path):
-    from export.onnx_export import export_run
+    from zoo.export.onnx_export import export_run
 
     out = tmp_path / "run"
     metrics = finetune(tiny_textures, strategy="head", epochs=3, augment=False, image_size="96", out=out)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import app
+from zoo.cli import app
 from zoo.preprocess import preprocess
 from zoo.run_dir import load_run
 
@@ -20,7 +20,7 @@ def test_cli_writes_a_complete_run_directory(runner, tiny_textures, tmp_path):
     assert "val accuracy" in result.output
     names = {p.name for p in out.iterdir()}
     assert names == {"config.json", "labels.json", "model.safetensors", "metrics.json", "history.csv",
-                     "confusion.png", "curves.png", "model_card.md", "run_complete.json"}, \
+                     "confusion.png", "curves.png", "model_card.md", "run_complete.json", "tensorboard"}, \
         "no checkpoint or temporary file is left"
     config = json.loads((out / "config.json").read_text())
     for key in ("model", "num_classes", "layer", "preprocess", "strategy", "lr", "backbone_lr", "seed",

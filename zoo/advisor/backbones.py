@@ -19,7 +19,7 @@ import numpy as np
 
 from zoo.advisor.recommend import AdviseSettings, advise
 from zoo.backbones import create_model, get_spec, list_specs
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.log import get_logger
 
 log = get_logger(__name__)
@@ -54,7 +54,7 @@ def parse_models(text: str) -> list[str]:
     for name in names:
         get_spec(name)  # one sentence for an unknown name
     if not names:
-        raise ZooError("No backbone to rank: give --models NAME,NAME or --models available.")
+        raise UsageError("No backbone to rank: give --models NAME,NAME or --models available.")
     return names
 
 
@@ -63,7 +63,7 @@ def onnx_latency_ms(model_names: list[str]) -> dict[str, tuple[dict[int, float],
 
     The backbones are timed in interleaved rounds (A B C, A B C, ...), so that a change in the machine's
     load during the measurement falls on all of them alike instead of on whichever ran then."""
-    from export.onnx_export import classifier_graph
+    from zoo.export.onnx_export import classifier_graph
     from zoo.inference import open_session
 
     with tempfile.TemporaryDirectory() as tmp:

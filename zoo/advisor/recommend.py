@@ -75,6 +75,7 @@ class AdviseSettings:
     similarity_images: int = 32
     seed: int = 0
     val_fraction: float = 0.2
+    test_fraction: float = 0.0  # held out before anything is measured: the test split never advises
     augment: bool | None = None  # default: on for small data, as finetune decides
     views: int = 4  # augmented views per image, as finetune caches them
     budget_minutes: float | None = None  # None: DEFAULT_BUDGET_MINUTES on large data, SMALL_PILOT_SHARE on small
@@ -277,7 +278,7 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     s = replace(settings or AdviseSettings(), **overrides)
     parse_image_size(s.image_size)  # a bad value fails before any image is read
     data = data_dir if isinstance(data_dir, ImageFolderData) else load_image_folder(
-        data_dir, val_fraction=s.val_fraction, seed=s.seed)
+        data_dir, val_fraction=s.val_fraction, seed=s.seed, test_fraction=s.test_fraction)
     counts = list(data.class_counts("train").values())
     size = "small" if is_small(len(data.train), s.size_threshold) else "large"
     spec = get_spec(model)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from zoo.backbones.registry import create_model, get_spec
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.preprocess import preprocess
 
 _NAME = re.compile(r"imagenet_(\d+)_(\d+)\.jpe?g$")
@@ -39,10 +39,10 @@ def check_pretrained(name: str, folder: Path | None = None) -> dict:
                        "or pass --images DIR.")
     photos = labelled_photos(folder)
     if not photos:
-        raise ZooError(f"{folder} holds no files named imagenet_<i>_<label>.jpg: point --images at such a folder.")
+        raise UsageError(f"{folder} holds no files named imagenet_<i>_<label>.jpg: point --images at such a folder.")
     spec = get_spec(name)
     if spec.notes:
-        raise ZooError(f"{name} cannot be checked on ImageNet: {spec.notes}.")
+        raise UsageError(f"{name} cannot be checked on ImageNet: {spec.notes}.")
     model = create_model(name, num_classes=None, pretrained=True).eval()
     cfg = spec.preprocess_config()
     predictions = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 
 if TYPE_CHECKING:
     from zoo.backbones.model import ZooModel
@@ -110,7 +110,7 @@ def get_spec(name: str) -> BackboneSpec:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise ZooError(f"Unknown model {name!r}: choose one of {known} (see `zoo models`).") from None
+        raise UsageError(f"Unknown model {name!r}: choose one of {known} (see `zoo models`).") from None
 
 
 def list_specs() -> list[BackboneSpec]:

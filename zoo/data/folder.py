@@ -1,11 +1,16 @@
-"""Find the images and classes of an ImageFolder, split train/val when the user did not."""
+"""Find the images and classes of an ImageFolder, split train/val (and test) when the user did not.
+
+The test split is held out first and only ever reports the final figure: DIR/test/<class> beside
+DIR/train, or a seeded, stratified `test_fraction` of every class. Without either there is none,
+and the train/val split is exactly what it is without a test split.
+"""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -23,6 +28,8 @@ class ImageFolderData:
     train: list[Sample]
     val: list[Sample]
     presplit: bool  # True when the user gave train/ and val/ folders
+    test: list[Sample] = field(default_factory=list)  # held out: never used to choose anything
+    test_source: str | None = None  # "folder" (DIR/test), "fraction" (held out with the seed) or None
 
     def class_counts(self, split: str = "train") -> dict[str, int]:
         counts = dict.fromkeys(self.classes, 0)
@@ -67,27 +74,60 @@ def stratified_split(files: dict[str, list[Path]], classes: list[str], val_fract
     return train, val
 
 
-def load_image_folder(root: Path | str, val_fraction: float = 0.2, seed: int = 0) -> ImageFolderData:
-    """DIR/train/<class>, DIR/val/<class>; or DIR/<class>, split stratified with the seed."""
+def hold_out_test(files: dict[str, list[Path]], classes: list[str], test_fraction: float, seed: int
+                  ) -> tuple[dict[str, list[Path]], list[Sample]]:
+    """A stratified, seeded test split taken before train/val; returns (what is left, the test samples)."""
+    rng = random.Random(f"test-{seed}")  # its own stream: the val split of the rest stays seed-driven
+    left: dict[str, list[Path]] = {}
+    test: list[Sample] = []
+    for label, name in enumerate(classes):
+        paths = list(files[name])
+        rng.shuffle(paths)
+        n_test = max(1, round(len(paths) * test_fraction)) if len(paths) > 2 else 0
+        test += [Sample(p, label) for p in sorted(paths[:n_test])]
+        left[name] = sorted(paths[n_test:])
+    return left, test
+
+
+def _labelled(folder: Path, classes: list[str], what: str) -> list[Sample]:
+    files = class_folders(folder)
+    unknown = sorted(set(files) - set(classes))
+    if unknown:
+        raise ZooError(f"{folder / unknown[0]} has no matching folder in {folder.parent / 'train'}: "
+                       f"give train/ and {what}/ the same class folders.")
+    return [Sample(p, i) for i, c in enumerate(classes) for p in files.get(c, [])]
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not 0 <= test_fraction < 1 or not 0 < val_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise UsageError("The val and test fractions must each be between 0 and 1 and leave images to train on: "
+                         "give e.g. --test-fraction 0.1.")
+
+
+def load_image_folder(root: Path | str, val_fraction: float = 0.2, seed: int = 0,
+                      test_fraction: float = 0.0) -> ImageFolderData:
+    """DIR/train/<class> with DIR/val/<class> (or val split off train) and DIR/test/<class> if present;
+    or DIR/<class>, split stratified with the seed (a test_fraction held out first)."""
     root = Path(root)
     if not root.exists():
-        raise ZooError(f"{root} does not exist: give the folder that holds your class folders.")
+        raise UsageError(f"{root} does not exist: give the folder that holds your class folders.")
     if not root.is_dir():
-        raise ZooError(f"{root} is not a folder: give the folder that holds your class folders.")
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_files = class_folders(root / "train")
-        classes = sorted(train_files)
-        _check_classes(root / "train", classes)
-        val_files = class_folders(root / "val")
-        unknown = sorted(set(val_files) - set(classes))
-        if unknown:
-            raise ZooError(f"{root / 'val' / unknown[0]} has no matching folder in {root / 'train'}: "
-                           "give train/ and val/ the same class folders.")
-        train = [Sample(p, i) for i, c in enumerate(classes) for p in train_files[c]]
-        val = [Sample(p, i) for i, c in enumerate(classes) for p in val_files.get(c, [])]
-        return ImageFolderData(root, classes, train, val, presplit=True)
-    files = class_folders(root)
+        raise UsageError(f"{root} is not a folder: give the folder that holds your class folders.")
+    _check_fractions(val_fraction, test_fraction)
+    presplit = (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
+    files = class_folders(root / "train" if presplit else root)
     classes = sorted(files)
-    _check_classes(root, classes)
-    train, val = stratified_split(files, classes, val_fraction, seed)
-    return ImageFolderData(root, classes, train, val, presplit=False)
+    _check_classes(root / "train" if presplit else root, classes)
+    test, test_source = [], None
+    if presplit and (root / "test").is_dir():
+        test, test_source = _labelled(root / "test", classes, "test"), "folder"
+    elif test_fraction > 0:
+        files, test = hold_out_test(files, classes, test_fraction, seed)
+        test_source = "fraction"
+    if presplit and (root / "val").is_dir():
+        train = [Sample(p, i) for i, c in enumerate(classes) for p in files[c]]
+        val = _labelled(root / "val", classes, "val")
+    else:
+        train, val = stratified_split(files, classes, val_fraction, seed)
+    return ImageFolderData(root, classes, train, val, presplit=presplit and (root / "val").is_dir(), test=test,
+                           test_source=test_source)

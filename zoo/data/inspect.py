@@ -16,9 +16,10 @@ def inspect_folder(root: Path | str) -> dict:
     data = load_image_folder(root)
     report: dict = {"root": str(data.root), "classes": data.classes, "presplit": data.presplit, "splits": {}}
     widths, heights, unreadable = [], [], []
-    for split in ("train", "val"):
+    splits = ("train", "val", "test") if data.test else ("train", "val")  # DIR/test/<class>, when there is one
+    for split in splits:
         report["splits"][split] = data.class_counts(split)
-    samples = data.train + data.val
+    samples = data.train + data.val + data.test
     for sample in progress_bar(samples, "reading images"):
         try:
             img = to_rgb(open_image(sample.path))
@@ -42,10 +43,11 @@ def report_table(report: dict[str, Any]) -> Any:
 
     table = Table(title=report["root"])
     table.add_column("class")
-    table.add_column("train", justify="right")
-    table.add_column("val", justify="right")
+    splits = list(report["splits"])
+    for split in splits:
+        table.add_column(split, justify="right")
     for c in report["classes"]:
-        table.add_row(c, str(report["splits"]["train"][c]), str(report["splits"]["val"][c]))
+        table.add_row(c, *(str(report["splits"][split][c]) for split in splits))
     return table
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from zoo.data import packaged_sets
 from zoo.data.packaged_sets import package_dir as _package_dir
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 from zoo.progress import progress_bar
 
 # (split, class, image) items and the class names, for a seed and an optional size limit
@@ -95,12 +95,12 @@ def write_sample(name: str, out_dir: Path | str, seed: int = 0, limit: int | Non
     half-written dataset behind.
     """
     if name not in SAMPLES:
-        raise ZooError(f"Unknown sample dataset {name!r}: choose one of {', '.join(SAMPLES)}.")
+        raise UsageError(f"Unknown sample dataset {name!r}: choose one of {', '.join(SAMPLES)}.")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
-            raise ZooError(f"{out_dir} already exists and is not empty: choose another folder or pass --force "
-                           "to replace it.")
+            raise UsageError(f"{out_dir} already exists and is not empty: choose another folder or pass --force "
+                             "to replace it.")
     items, classes = SAMPLES[name].build(seed, limit)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 
 
 def list_archives(model_store: Path) -> dict[str, str]:
@@ -25,11 +25,11 @@ def choose_models(model_store: Path, names: tuple[str, ...]) -> dict[str, str]:
     """name -> version of the named archives (all of them when names is empty); a missing one is refused."""
     store = Path(model_store)
     if not store.is_dir():
-        raise ZooError(f"{store} is not a folder: give the --model-store that `zoo export` wrote archives into.")
+        raise UsageError(f"{store} is not a folder: give the --model-store that `zoo export` wrote archives into.")
     archives = list_archives(store)
     if not archives:
         raise ZooError(f"{store} holds no .mar archives: run `zoo export RUN_DIR` first.")
     unknown = [n for n in names if n not in archives]
     if unknown:
-        raise ZooError(f"{', '.join(unknown)} not in {store} (it holds {', '.join(archives)}): pick from those.")
+        raise UsageError(f"{', '.join(unknown)} not in {store} (it holds {', '.join(archives)}): pick from those.")
     return {n: archives[n] for n in (names or archives)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.serve.config import state_dir_for
 from zoo.serve.keys import KEY_FILE, read_key
 from zoo.serve.state import load_state
@@ -22,7 +22,7 @@ def split_endpoint(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     path = parts.path.rstrip("/").split("/")
     if parts.scheme not in ("http", "https") or not parts.hostname or len(path) < 3 or path[-2] != "predictions":
-        raise ZooError(f"{url} is not a prediction endpoint: give http://HOST:PORT/predictions/MODEL_NAME.")
+        raise UsageError(f"{url} is not a prediction endpoint: give http://HOST:PORT/predictions/MODEL_NAME.")
     return f"{parts.scheme}://{parts.netloc}", path[-1]
 
 

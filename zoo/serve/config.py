@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 
 DEFAULT_PORT = 8080
 CONFIG_FILE = "config.properties"
@@ -90,7 +90,7 @@ def _escape(value: str) -> str:
 def config_properties(cfg: ServeConfig, models: dict[str, str], worker_base: int) -> str:
     store = Path(cfg.model_store).resolve()
     if "," in str(store):
-        raise ZooError(f"{store} has a comma in its path, which TorchServe cannot read: move the model store.")
+        raise UsageError(f"{store} has a comma in its path, which TorchServe cannot read: move the model store.")
     host, ports = cfg.host, cfg.ports
     models_json = {name: {version: {"defaultVersion": True, "marName": f"{name}.mar",
                                     "minWorkers": cfg.worker_count, "maxWorkers": cfg.worker_count,

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.serve.archives import choose_models
 from zoo.serve.config import ServeConfig, port_is_free, write_config
 from zoo.serve.keys import KEY_FILE, read_key, request
@@ -51,8 +51,8 @@ def _log_tail(log_dir: Path, lines: int = 15) -> str:
 def _check(cfg: ServeConfig) -> dict[str, str]:
     """The models to serve (name -> version), once the settings, the state folder and the ports allow a start."""
     if cfg.workers < 0 or cfg.batch_size < 1 or cfg.max_batch_delay_ms < 0:
-        raise ZooError("--workers must be at least 0 (auto), --batch-size at least 1 and --max-batch-delay "
-                       "at least 0.")
+        raise UsageError("--workers must be at least 0 (auto), --batch-size at least 1 and --max-batch-delay "
+                         "at least 0.")
     if running_server(cfg.folder):
         raise ZooError(f"A zoo server already runs on port {cfg.port}: stop it with "
                        f"`zoo serve stop --port {cfg.port}`.")

@@ -1,7 +1,7 @@
 """Several processes, one training run: torch.distributed (DDP) launched by torchrun.
 
 `zoo finetune --nproc N` starts N processes on this machine through torch.distributed.run, the
-engine behind `torchrun`; `torchrun ... -m cli finetune ...` does the same across machines. Each
+engine behind `torchrun`; `torchrun ... -m zoo.cli finetune ...` does the same across machines. Each
 process learns its place from the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK) and joins
 the process group: gloo on CPUs, nccl (one GPU per process) where CUDA is available.
 
@@ -30,12 +30,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.log import quiet
 
 T = TypeVar("T")
 LAUNCHER_ENV = "ZOO_TORCHRUN_LAUNCHER"  # set by `zoo finetune --nproc`: the launcher explains failures
 PEER_LOST_EXIT = 3  # a rank stopped because another one died; not the root cause
+WORK_FAILED_EXIT = 1  # the CLI's status for a ZooError (and for any failure of the work)
+USAGE_EXIT = 2  # the CLI's status for a UsageError (and click's usage errors)
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,15 @@ def from_main(make: Callable[[], T]) -> T:
         current, _world = _world, _SINGLE
         try:
             box[0] = ("ok", make())
-        except ZooError as e:
-            box[0] = ("error", str(e))
+        except ZooError as e:  # its class travels too: it sets the exit status (UsageError 2, others 1)
+            box[0] = ("error", (type(e), str(e)))
         finally:
             _world = current
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]
     if kind == "error":
-        raise ZooError(value, already_reported=not _world.is_main)
+        error_type, message = value
+        raise error_type(message, already_reported=not _world.is_main)
     return value
 
 
@@ -263,16 +266,16 @@ class DataParallel:
 
 # ---------------------------------------------------------------- the launcher (`zoo finetune --nproc N`)
 def launch(nproc: int, args: list[str]) -> int:
-    """`python -m cli ARGS` in nproc processes on this machine, through torch.distributed.run.
+    """`python -m zoo.cli ARGS` in nproc processes on this machine, through torch.distributed.run.
 
     Returns rank 0's exit status when rank 0 already explained the failure (a ZooError, Ctrl-C);
     raises ZooError with one sentence when a process died or failed on its own.
     """
     if launched_by_torchrun():
-        raise ZooError("--nproc starts torchrun itself: drop --nproc when you launch zoo with torchrun.")
+        raise UsageError("--nproc starts torchrun itself: drop --nproc when you launch zoo with torchrun.")
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise ZooError(f"--nproc {nproc} needs one GPU per process and this machine has {torch.cuda.device_count()}: "
-                       f"use --nproc {torch.cuda.device_count()} or fewer.")
+        raise UsageError(f"--nproc {nproc} needs one GPU per process and this machine has {torch.cuda.device_count()}: "
+                         f"use --nproc {torch.cuda.device_count()} or fewer.")
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -280,7 +283,7 @@ def launch(nproc: int, args: list[str]) -> int:
     log_dir = tempfile.mkdtemp(prefix="zoo-torchrun-")
     argv = ["--standalone", "--nproc-per-node", str(nproc), "--log-dir", log_dir,
             # ranks other than 0 write to log files: the console shows one run, not N copies of it
-            "--redirects", ",".join(f"{r}:3" for r in range(1, nproc)), "-m", "cli", *args]
+            "--redirects", ",".join(f"{r}:3" for r in range(1, nproc)), "-m", "zoo.cli", *args]
     saved_env = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.environ[LAUNCHER_ENV] = "1"
@@ -316,7 +319,7 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
     ranked = sorted(failures.items(), key=lambda kv: (not (kv[1].exitcode < 0 and kv[1].signal_name() != "SIGTERM"),
                                                       kv[1].exitcode in (-15, PEER_LOST_EXIT), kv[0]))
     rank, failure = ranked[0]
-    if rank == 0 and failure.exitcode in (2, 130):
+    if rank == 0 and failure.exitcode in (WORK_FAILED_EXIT, USAGE_EXIT, 130):
         return failure.exitcode, None, False  # a ZooError or Ctrl-C: rank 0 printed it on this console
     named_log = False
     if failure.exitcode < 0:
@@ -330,5 +333,5 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
         if rank != 0 and logs:
             how += f" (its output: {logs[0]})"
             named_log = True
-    return 2, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last finished epoch is "
-               "saved: run the same command with --resume to continue."), named_log
+    return WORK_FAILED_EXIT, (f"Process {rank} of {nproc} {how}, so torchrun stopped the whole run; the last "
+                              "finished epoch is saved: run the same command with --resume to continue."), named_log

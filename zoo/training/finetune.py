@@ -27,7 +27,9 @@ from zoo.training.options import FinetuneOptions, Resolved, resolve
 from zoo.training.plots import plot_confusion, plot_curves
 from zoo.training.recipe import TrainingData, check_resumable, load_data, make_plan, make_recipe, run_config
 from zoo.training.report import model_card, write_history
+from zoo.training.selection import SELECTION
 from zoo.training.strategies import Plan
+from zoo.training.tracking import Tracker
 
 log = get_logger(__name__)
 
@@ -57,13 +59,22 @@ def finetune(data_dir: Path | str, options: FinetuneOptions | None = None, **ove
              f"({'pretrained' if run.options.pretrained else 'random weights'}), {len(data.train)} train / "
              f"{len(data.val)} val images, {len(data.classes)} classes, augment {'on' if recipe.augment else 'off'}, "
              f"balance {recipe.balance}, on {run.compute.describe()['name']} in {run.compute.precision} -> {run.out}")
-    result = fit(run, data, plan, recipe, config)
-    metrics = evaluate(data, plan, result, recipe.epochs, started)
-    if distributed.world().is_main:
-        write_results(run.out, config, metrics, result.history, data.classes, plan)
+    tracker = Tracker(run.out, run.options.log) if distributed.world().is_main else None
+    try:
+        result = fit(run, data, plan, recipe, config, tracker)
+        metrics = evaluate(data, plan, result, recipe.epochs, started)
+        if distributed.world().is_main:
+            write_results(run.out, config, metrics, result.history, data.classes, plan, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
     distributed.barrier()  # every process returns once the run directory is complete
-    log.info(f"val accuracy {100 * metrics['accuracy']:.1f}% ({len(data.val)} images), macro-F1 "
-             f"{metrics['macro_f1']:.3f}, min recall {metrics['min_recall']:.3f}; run directory {run.out}")
+    log.info(f"val accuracy {100 * metrics['accuracy']:.1f}% ({len(data.val)} images) at the best epoch "
+             f"({metrics['best_epoch']} of {len(result.history)}), macro-F1 {metrics['macro_f1']:.3f}, min recall "
+             f"{metrics['min_recall']:.3f}; run directory {run.out}")
+    if metrics.get("test"):
+        log.info(f"test accuracy {100 * metrics['test']['accuracy']:.1f}% ({len(data.test)} held-out images): "
+                 "the final figure")
     return metrics
 
 
@@ -85,8 +96,14 @@ def evaluate(data: TrainingData, plan: Plan, result: FitResult, epochs: int, sta
     """metrics.json: the val report, what was skipped, and the time taken."""
     world = distributed.world()
     metrics = classification_report(result.val_logits, torch.tensor([r.label for r in data.val]), data.classes)
+    test = None
+    if result.test_logits is not None:
+        test = classification_report(result.test_logits, torch.tensor([r.label for r in data.test]), data.classes)
     metrics.update({
-        "images": {"train": len(data.train), "val": len(data.val), "skipped": len(data.skipped)},
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "selection": SELECTION, "test": test,
+        "images": {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                   "skipped": len(data.skipped)},
         "skipped": data.skipped,
         "epochs": epochs,
         "epoch_seconds": [h["seconds"] for h in result.history],
@@ -103,15 +120,18 @@ def evaluate(data: TrainingData, plan: Plan, result: FitResult, epochs: int, sta
 
 
 def write_results(out: Path, config: dict[str, Any], metrics: dict[str, Any], history: list[dict[str, Any]],
-                  classes: list[str], plan: Plan) -> None:
+                  classes: list[str], plan: Plan, tracker: Tracker | None = None) -> None:
     """The finished run's files, then run_complete.json: until it is written the run reads as unfinished, so a
     full disk or a kill part-way leaves a run that `--resume` finishes and that export refuses."""
     atomic_write_json(out / METRICS, metrics)
     write_history(out / "history.csv", history)
-    title = f"{config['model']} · {config['strategy']} · val accuracy {100 * metrics['accuracy']:.1f}%"
+    title = (f"{config['model']} · {config['strategy']} · val accuracy {100 * metrics['accuracy']:.1f}% "
+             f"(epoch {metrics['best_epoch']})")
     plot_confusion(metrics["confusion_matrix"], classes, out / "confusion.png", title)
     plot_curves(history, out / "curves.png", title)
     atomic_write_bytes(out / "model_card.md", model_card(config, metrics, classes).encode())
+    if tracker is not None:
+        tracker.finish(config, metrics, out / "confusion.png")
     save_weights(plan.model, out / WEIGHTS, metadata={"model": config["model"], "strategy": config["strategy"]})
     mark_complete(out)
     remove_checkpoint(out)

@@ -30,7 +30,9 @@ from zoo.training.metrics import classification_report
 from zoo.training.options import Resolved
 from zoo.training.recipe import WEIGHT_DECAY, Recipe, TrainingData
 from zoo.training.report import write_history
+from zoo.training.selection import BestEpoch, should_stop
 from zoo.training.strategies import Plan, frozen_state, param_groups, trainable_state
+from zoo.training.tracking import Tracker
 
 log = get_logger(__name__)
 
@@ -50,8 +52,11 @@ class EpochInputs:
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
-    val_logits: torch.Tensor
+    val_logits: torch.Tensor  # of the best epoch, whose weights the model holds
     cache_report: dict[str, Any] | None
+    best_epoch: int = 1
+    stopped_early: bool = False
+    test_logits: torch.Tensor | None = None  # the held-out test split, scored once with the best weights
 
 
 def epoch_inputs(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) -> tuple[EpochInputs, dict | None]:
@@ -72,8 +77,8 @@ def epoch_inputs(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) 
 
 
 def resume_point(run: Resolved, plan: Plan, optimizer: torch.optim.Optimizer,
-                 frozen_fp: str) -> tuple[int, list[dict]]:
-    """(epochs already done, their history): from the checkpoint when resuming, else (0, [])."""
+                 frozen_fp: str) -> tuple[int, list[dict], BestEpoch]:
+    """(epochs already done, their history, the best so far): from the checkpoint when resuming, else none."""
 
     def read() -> dict | None:  # rank 0 reads it, every rank resumes from it
         checkpoint = load_checkpoint(run.out) if run.state == "resume" else None
@@ -90,11 +95,11 @@ def resume_point(run: Resolved, plan: Plan, optimizer: torch.optim.Optimizer,
         if run.state == "resume":
             log.warning(f"{run.out} holds no checkpoint (it stopped before its first epoch ended): "
                         "starting from epoch 1")
-        return 0, []
+        return 0, [], BestEpoch()
     plan.model.load_state_dict(checkpoint["model"], strict=False)
     optimizer.load_state_dict(checkpoint["optimizer"])
     log.info(f"resuming after epoch {checkpoint['epoch']}")
-    return checkpoint["epoch"], checkpoint["history"]
+    return checkpoint["epoch"], checkpoint["history"], BestEpoch.from_checkpoint(checkpoint)
 
 
 def fit_linear_classifier(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, inputs: EpochInputs,
@@ -165,8 +170,8 @@ def train_one_epoch(epoch: int, run: Resolved, data: TrainingData, plan: Plan, r
             opt.parallel.sync_buffers()  # the ranks computed the same statistics; rank 0's make it exact
         val_logits = predict_images(plan.model, inputs.val_views, o.batch_size, run.workers, "validating",
                                     run.compute)
+    check_finite(plan, epoch, recipe, train_loss, val_logits)  # before the metrics, which refuse nan
     report = classification_report(val_logits, inputs.val_y, data.classes)
-    check_finite(plan, epoch, recipe, train_loss, report["loss"])
     groups = opt.optimizer.param_groups
     row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": report["loss"],
            "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"], "lr": groups[0]["lr"],
@@ -182,32 +187,26 @@ def diverged(epoch: int, recipe: Recipe, what: str) -> WorkFailed:
                       "was saved from this epoch: lower --lr (and --backbone-lr) and run again with --force.")
 
 
-def check_finite(plan: Plan, epoch: int, recipe: Recipe, train_loss: float, val_loss: float) -> None:
-    """Before this epoch's checkpoint, so the last good one stays: nan or inf never reaches a run directory."""
-    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-        raise diverged(epoch, recipe, f"train loss {train_loss:.4g}, val loss {val_loss:.4g}")
+def check_finite(plan: Plan, epoch: int, recipe: Recipe, train_loss: float, val_logits: torch.Tensor) -> None:
+    """Before this epoch's metrics and checkpoint, so the last good one stays: nan or inf never reaches a run
+    directory."""
+    if not math.isfinite(train_loss):
+        raise diverged(epoch, recipe, f"train loss {train_loss:.4g}")
+    if not bool(torch.isfinite(val_logits).all()):
+        raise diverged(epoch, recipe, "the val logits became inf or nan")
     if not all(bool(torch.isfinite(p).all()) for p in plan.model.parameters() if p.requires_grad):
         raise diverged(epoch, recipe, "weights became inf or nan")
 
 
-def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: dict) -> FitResult:
-    inputs, cache_report = epoch_inputs(run, data, plan, recipe)
-    optimizer = torch.optim.AdamW(param_groups(plan.model, recipe.lr, recipe.backbone_lr), weight_decay=WEIGHT_DECAY)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint restores decayed rates
-    weights = torch.tensor(recipe.class_weights) if recipe.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights).to(run.compute.device)
-    frozen_fp = tensors_fingerprint(frozen_state(plan))  # proves on resume that the frozen part is unchanged
-    start, history = resume_point(run, plan, optimizer, frozen_fp)
-    val_logits = None
-    if run.strategy.takes_layer:
-        history, val_logits = fit_linear_classifier(run, data, plan, recipe, inputs, config)
-        start = recipe.epochs
-    # Several processes training on images: DDP. On cached features every rank trains the same small
-    # classifier on all of them (no communication; milliseconds per epoch).
-    parallel = distributed.DataParallel(plan.model) if distributed.world().distributed and not recipe.on_features \
-        else None
-    opt = Optimisation(optimizer, base_lrs, loss_fn, parallel, run.compute.grad_scaler())
+def run_epochs(start: int, run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, inputs: EpochInputs,
+               opt: Optimisation, history: list[dict[str, Any]], best: BestEpoch, frozen_fp: str,
+               tracker: Tracker | None) -> bool:
+    """Train from epoch `start` on, checkpointing each; True when --patience stopped the run early."""
+    patience = run.options.patience
     for epoch in range(start, recipe.epochs):
+        if should_stop(history, patience):
+            log.info(f"early stop after epoch {len(history)}: val accuracy has not improved for {patience} epochs")
+            return True
         try:
             row, val_logits = train_one_epoch(epoch, run, data, plan, recipe, inputs, opt)
         except RuntimeError as e:  # AdamW's step overflows float32 before the loss can show it
@@ -215,13 +214,59 @@ def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: d
                 raise
             raise diverged(epoch, recipe, "an optimizer step overflowed") from None
         history.append(row)
+        best.update(history, trainable_state(plan), val_logits)
+        if tracker is not None:
+            tracker.epoch(row)
         if distributed.world().is_main:
             save_checkpoint(run.out, {"epoch": epoch + 1, "model": trainable_state(plan),
-                                      "optimizer": optimizer.state_dict(), "history": history,
-                                      "frozen_fingerprint": frozen_fp})
+                                      "optimizer": opt.optimizer.state_dict(), "history": history,
+                                      "frozen_fingerprint": frozen_fp, "best": best.to_checkpoint()})
             write_history(run.out / "history.csv", history)
-    if val_logits is None:  # interrupted after the last checkpoint but before the run's files were written
-        val_logits = (predict_features(plan.model, inputs.val_features) if inputs.val_features is not None else
-                      predict_images(plan.model, inputs.val_views, run.options.batch_size, run.workers, "validating",
-                                     run.compute))
-    return FitResult(history, val_logits, cache_report)
+    return False
+
+
+def keep_best(run: Resolved, plan: Plan, inputs: EpochInputs, best: BestEpoch, epochs_run: int) -> torch.Tensor:
+    """Put the best epoch's weights back into the model; its val logits (recomputed when not in memory)."""
+    if best.epoch != epochs_run:
+        plan.model.load_state_dict(best.state, strict=False)
+        log.info(f"keeping epoch {best.epoch} of {epochs_run}: the best val accuracy")
+    if best.val_logits is not None:
+        return best.val_logits
+    # resumed after the best epoch, or interrupted after the last checkpoint but before the run's files
+    if inputs.val_features is not None:
+        return predict_features(plan.model, inputs.val_features)
+    return predict_images(plan.model, inputs.val_views, run.options.batch_size, run.workers, "validating",
+                          run.compute)
+
+
+def predict_test(run: Resolved, data: TrainingData, plan: Plan) -> torch.Tensor | None:
+    """The test split's logits: the backbone runs on its images (they are never cached or trained on)."""
+    if not data.test:
+        return None
+    return predict_images(plan.model, ImageViews(data.test, data.preprocess), run.options.batch_size, run.workers,
+                          "testing", run.compute)
+
+
+def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: dict,
+        tracker: Tracker | None = None) -> FitResult:
+    inputs, cache_report = epoch_inputs(run, data, plan, recipe)
+    optimizer = torch.optim.AdamW(param_groups(plan.model, recipe.lr, recipe.backbone_lr), weight_decay=WEIGHT_DECAY)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint restores decayed rates
+    weights = torch.tensor(recipe.class_weights) if recipe.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights).to(run.compute.device)
+    frozen_fp = tensors_fingerprint(frozen_state(plan))  # proves on resume that the frozen part is unchanged
+    start, history, best = resume_point(run, plan, optimizer, frozen_fp)
+    if run.strategy.takes_layer:
+        history, val_logits = fit_linear_classifier(run, data, plan, recipe, inputs, config)
+        best.update(history, trainable_state(plan), val_logits)
+        if tracker is not None:
+            tracker.epoch(history[0])
+        start = recipe.epochs
+    # Several processes training on images: DDP. On cached features every rank trains the same small
+    # classifier on all of them (no communication; milliseconds per epoch).
+    parallel = distributed.DataParallel(plan.model) if distributed.world().distributed and not recipe.on_features \
+        else None
+    opt = Optimisation(optimizer, base_lrs, loss_fn, parallel, run.compute.grad_scaler())
+    stopped = run_epochs(start, run, data, plan, recipe, inputs, opt, history, best, frozen_fp, tracker)
+    val_logits = keep_best(run, plan, inputs, best, len(history))
+    return FitResult(history, val_logits, cache_report, best.epoch, stopped, predict_test(run, data, plan))

@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 from zoo.preprocess import PreprocessConfig
 
 SIZE_STEP = 32  # the backbones' total stride
@@ -35,11 +35,11 @@ def parse_image_size(value: str | int) -> int | None:
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise ZooError(f"--image-size must be auto or a whole number of pixels, not {value!r}: "
-                       "give e.g. 224.") from None
+        raise UsageError(f"--image-size must be auto or a whole number of pixels, not {value!r}: "
+                         "give e.g. 224.") from None
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ZooError(f"--image-size {size} is outside {MIN_SIZE}-{MAX_SIZE} pixels: give a size in that range, "
-                       "or auto.")
+        raise UsageError(f"--image-size {size} is outside {MIN_SIZE}-{MAX_SIZE} pixels: give a size in that range, "
+                         "or auto.")
     return size
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.backbones import BackboneSpec, get_spec
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 from zoo.hardware import CPU_FP32, Compute
 from zoo.log import get_logger
 from zoo.run_dir import CONFIG, METRICS, is_complete, read_json
@@ -22,6 +22,7 @@ from zoo.training import distributed
 from zoo.training.balance import BALANCE_MODES
 from zoo.training.image_size import parse_image_size
 from zoo.training.strategies import Strategy, get_strategy
+from zoo.training.tracking import check_log_mode
 
 log = get_logger(__name__)
 
@@ -48,6 +49,9 @@ class FinetuneOptions:
     force: bool = False
     pretrained: bool = True
     val_fraction: float = 0.2
+    test_fraction: float = 0.0  # held out with the seed when the data has no test/ folder; only reports
+    patience: int | None = None  # stop after this many epochs without a better val figure (None: run them all)
+    log: str = "tensorboard"  # tensorboard, mlflow (and tensorboard) or none (zoo.training.tracking)
     cache: bool = True
     cache_dir: Path | None = None
     workers: int | None = None  # data-loading processes (default: default_workers())
@@ -91,38 +95,44 @@ def default_workers() -> int:
 def _check_stages(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) -> None:
     if o.layer is not None:
         if not strategy.takes_layer:
-            raise ZooError(f"--layer only applies to --strategy svm: drop it, or use svm instead of {strategy.name}.")
+            raise UsageError(f"--layer only applies to --strategy svm: drop it, or use svm instead of {strategy.name}.")
         if o.layer not in spec.stages:
-            raise ZooError(f"{o.layer!r} is not a stage of {spec.name}: choose --layer from {', '.join(spec.stages)}.")
+            raise UsageError(f"{o.layer!r} is not a stage of {spec.name}: choose --layer from "
+                             f"{', '.join(spec.stages)}.")
     if o.freeze_until is not None:
         if not strategy.takes_freeze_until:
-            raise ZooError(f"--freeze-until only applies to --strategy partial: drop it, or use partial instead of "
-                           f"{strategy.name}.")
+            raise UsageError(f"--freeze-until only applies to --strategy partial: drop it, or use partial instead of "
+                             f"{strategy.name}.")
         if o.freeze_until not in spec.stages:
-            raise ZooError(f"{o.freeze_until!r} is not a stage of {spec.name}: choose --freeze-until from "
-                           f"{', '.join(spec.stages)}.")
+            raise UsageError(f"{o.freeze_until!r} is not a stage of {spec.name}: choose --freeze-until from "
+                             f"{', '.join(spec.stages)}.")
 
 
 def check_options(o: FinetuneOptions, strategy: Strategy, spec: BackboneSpec) -> None:
     """Every mistake a flag can hold, as one sentence, before anything is read or written."""
     _check_stages(o, strategy, spec)
     if o.balance not in BALANCE_MODES:
-        raise ZooError(f"Unknown balance mode {o.balance!r}: choose one of {', '.join(BALANCE_MODES)}.")
+        raise UsageError(f"Unknown balance mode {o.balance!r}: choose one of {', '.join(BALANCE_MODES)}.")
     for name, value in (("--epochs", o.epochs), ("--batch-size", o.batch_size), ("--views", o.views)):
         if value is not None and value < 1:
-            raise ZooError(f"{name} must be at least 1: give a positive whole number.")
+            raise UsageError(f"{name} must be at least 1: give a positive whole number.")
     for name, rate in (("--lr", o.lr), ("--backbone-lr", o.backbone_lr)):
         if rate is not None and not (math.isfinite(rate) and rate > 0):  # inf and nan train to nan
-            raise ZooError(f"{name} must be a finite number greater than 0, not {rate}: give a learning rate such "
-                           "as 0.001.")
+            raise UsageError(f"{name} must be a finite number greater than 0, not {rate}: give a learning rate such "
+                             "as 0.001.")
     if not 0 < o.val_fraction < 1:
-        raise ZooError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
+        raise UsageError("The validation fraction must be between 0 and 1: give e.g. 0.2.")
+    if not 0 <= o.test_fraction < 1 - o.val_fraction:
+        raise UsageError("--test-fraction must be at least 0 and leave images to train on: give e.g. 0.1.")
+    if o.patience is not None and o.patience < 1:
+        raise UsageError("--patience must be at least 1 epoch: give e.g. 3, or leave it out to run every epoch.")
     if o.budget is not None and o.budget < 0:
-        raise ZooError("--budget must be 0 or more minutes: give e.g. 5, or 0 for no fine-tuning pilots.")
+        raise UsageError("--budget must be 0 or more minutes: give e.g. 5, or 0 for no fine-tuning pilots.")
     parse_image_size(o.image_size)
+    check_log_mode(o.log)
     if o.resume and o.force:
-        raise ZooError("--resume and --force contradict each other: pass --resume to continue a run, "
-                       "or --force to start it over.")
+        raise UsageError("--resume and --force contradict each other: pass --resume to continue a run, "
+                         "or --force to start it over.")
 
 
 def run_dir_state(out: Path, resume: bool, force: bool) -> str:
@@ -130,12 +140,12 @@ def run_dir_state(out: Path, resume: bool, force: bool) -> str:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return "new"
     if not out.is_dir():
-        raise ZooError(f"{out} is a file: give --out a folder name.")
+        raise UsageError(f"{out} is a file: give --out a folder name.")
     if not (resume or force):
-        raise ZooError(f"{out} already exists: pass --resume to continue that run, --force to replace it, "
-                       "or --out to choose another folder.")
+        raise UsageError(f"{out} already exists: pass --resume to continue that run, --force to replace it, "
+                         "or --out to choose another folder.")
     if not (out / CONFIG).is_file():  # --force replaces runs, never a folder of something else
-        raise ZooError(f"{out} is not a run directory of `zoo finetune` (no {CONFIG}): choose another --out.")
+        raise UsageError(f"{out} is not a run directory of `zoo finetune` (no {CONFIG}): choose another --out.")
     if force:
         return "replace"
     if is_complete(out) and (out / METRICS).is_file():  # the marker comes last; a run missing its metrics is redone
@@ -156,8 +166,9 @@ def _ask_advisor(o: FinetuneOptions, state: str, workers: int, pilots: bool, com
         advice = distributed.from_main(lambda: read_json(o.run_dir / CONFIG).get("advice"))
     if advice is None:
         budget = o.budget if pilots else 0.0  # None: the advisor's default
-        settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
-                                  budget_minutes=budget, cache_dir=o.cache_dir, use_cache=o.cache,
+        settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction,
+                                  augment=o.augment, views=o.views, budget_minutes=budget, cache_dir=o.cache_dir,
+                                  use_cache=o.cache,
                                   batch_size=o.batch_size, workers=workers, balance=o.balance, compute=compute,
                                   image_size=o.image_size)
         advice = distributed.from_main(lambda: advise(o.data_dir, model=o.model, settings=settings).to_json())
@@ -187,8 +198,9 @@ def _choose_backbone(o: FinetuneOptions, workers: int, compute: Compute) -> tupl
     from zoo.advisor.backbones import available_backbones, pick_backbone, rank_backbones
     from zoo.advisor.recommend import AdviseSettings
 
-    settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, augment=o.augment, views=o.views,
-                              cache_dir=o.cache_dir, use_cache=o.cache, batch_size=o.batch_size, workers=workers,
+    settings = AdviseSettings(seed=o.seed, val_fraction=o.val_fraction, test_fraction=o.test_fraction,
+                              augment=o.augment, views=o.views, cache_dir=o.cache_dir, use_cache=o.cache,
+                              batch_size=o.batch_size, workers=workers,
                               balance=o.balance, compute=compute)
     ranked = distributed.from_main(lambda: rank_backbones(o.data_dir, available_backbones(), settings))
     pick = pick_backbone(ranked, o.max_latency_ms)

@@ -65,3 +65,23 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
             ax.set_xticks(epochs)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_reliability(calibration: dict, path: Path, title: str) -> None:
+    """Accuracy against confidence per bin (zoo.metrics.calibration); the diagonal is perfect calibration."""
+    edges = np.asarray(calibration["edges"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    acc = np.array([a if a is not None else 0.0 for a in calibration["accuracy"]])
+    counts = np.asarray(calibration["counts"])
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
+    ax.bar(centres, acc, width=width * 0.95, color="tab:blue", alpha=0.8, label="accuracy in the bin")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{title}\nexpected calibration error {calibration['ece']:.3f}")
+    ax.legend(loc="upper left")
+    hist.bar(centres, counts, width=width * 0.95, color="tab:grey")
+    hist.set_xlabel("confidence of the top label")
+    hist.set_ylabel("images")
+    hist.set_xlim(0, 1)
+    _save(fig, path)

@@ -7,7 +7,7 @@ what a resumed run must match.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 
 from zoo.backbones.registry import create_model
 from zoo.data.folder import ImageFolderData, load_image_folder
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.thresholds import is_small
@@ -32,8 +32,8 @@ log = get_logger(__name__)
 WEIGHT_DECAY = 1e-4
 # Options that change the result: a resumed run must use the values it was started with.
 RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "layer", "epochs", "lr", "backbone_lr", "batch_size",
-               "augment", "augment_views", "balance", "seed", "val_fraction", "feature_cache", "num_classes",
-               "preprocess")
+               "augment", "augment_views", "balance", "seed", "val_fraction", "test_fraction", "feature_cache",
+               "num_classes", "preprocess", "patience")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class TrainingData:
     val: list[ImageRecord]
     skipped: list[dict[str, str]]  # {path, reason} of every unreadable file
     image_size: dict[str, Any] | None = None  # --image-size: asked, chosen and why
+    test: list[ImageRecord] = field(default_factory=list)  # held out: scored once, at the end, never chosen on
 
     @property
     def classes(self) -> list[str]:
@@ -69,19 +70,20 @@ class Recipe:
 
 def load_data(run: Resolved) -> TrainingData:
     o = run.options
-    folder = load_image_folder(o.data_dir, val_fraction=o.val_fraction, seed=o.seed)
+    folder = load_image_folder(o.data_dir, val_fraction=o.val_fraction, seed=o.seed, test_fraction=o.test_fraction)
     native = run.spec.preprocess_config()
     train, skipped = scan_images(folder.train, native, "checking train images")
     val, skipped_val = scan_images(folder.val, native, "checking val images")
-    skipped += skipped_val
+    test, skipped_test = scan_images(folder.test, native, "checking test images") if folder.test else ([], [])
+    skipped += skipped_val + skipped_test
     # The size is read off the training images only, like every other choice (the val split reports).
     pre, image_size = choose_preprocess(native, o.image_size, [min(r.stored) for r in train],
                                         run.strategy.every_layer_learns)
-    train, val = at_size(train, pre), at_size(val, pre)
+    train, val, test = at_size(train, pre), at_size(val, pre), at_size(test, pre)
     if distributed.world().is_main:
         for bad in skipped:
             log.warning(f"skipping {bad['path']}: {bad['reason']}")
-    data = TrainingData(folder, pre, train, val, skipped, image_size)
+    data = TrainingData(folder, pre, train, val, skipped, image_size, test)
     counts = data.counts(train)
     if 0 in counts:
         raise ZooError(f"Class {data.classes[counts.index(0)]!r} has no readable training image: add images to its "
@@ -147,7 +149,8 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
                                     if trainable["bn_layers"] else None),
         "epochs": recipe.epochs, "batch_size": o.batch_size, "augment": recipe.augment,
         "augment_views": recipe.augment_views, "balance": recipe.balance, "class_weights": recipe.class_weights,
-        "seed": o.seed, "val_fraction": o.val_fraction, "feature_cache": recipe.on_features,
+        "seed": o.seed, "val_fraction": o.val_fraction, "test_fraction": o.test_fraction,
+        "test_split": data.folder.test_source, "patience": o.patience, "feature_cache": recipe.on_features,
         "trainable_parameters": trainable["trainable_parameters"],
         "frozen_parameters": trainable["frozen_parameters"],
         "data": {
@@ -156,7 +159,8 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
             "classes": classes,
             "train_counts": dict(zip(classes, data.counts(data.train), strict=True)),
             "val_counts": dict(zip(classes, data.counts(data.val), strict=True)),
-            "fingerprint": dataset_fingerprint(data.train + data.val),
+            "test_counts": dict(zip(classes, data.counts(data.test), strict=True)),
+            "fingerprint": dataset_fingerprint(data.train + data.val + data.test),
         },
         "backbone": {"family": spec.family, "feature_dim": spec.feature_dim, "stages": list(spec.stages)},
         "versions": {"torch": torch.__version__},
@@ -171,12 +175,12 @@ def check_resumable(saved: dict[str, Any], config: dict[str, Any], out: Path) ->
     for key in RESUME_KEYS:
         if key == "preprocess" and saved.get(key) != config.get(key):
             size = (saved.get(key) or {}).get("input_size")
-            raise ZooError(f"{out} was started at {size} px, and these options train at "
-                           f"{config[key]['input_size']} px: resume with --image-size {size}, or pass --force to "
-                           "start over.")
+            raise UsageError(f"{out} was started at {size} px, and these options train at "
+                             f"{config[key]['input_size']} px: resume with --image-size {size}, or pass --force to "
+                             "start over.")
         if saved.get(key) != config.get(key):
-            raise ZooError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume with the "
-                           "options it was started with, or pass --force to start over.")
+            raise UsageError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume "
+                             "with the options it was started with, or pass --force to start over.")
     if saved["data"]["fingerprint"] != config["data"]["fingerprint"]:
         raise ZooError(f"The images in {config['data']['dir']} changed since {out} was started: pass --force to "
                        "start over.")

@@ -23,6 +23,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _test_lines(metrics: dict) -> list[str]:
+    """The held-out test split's figure, the one to quote (the val split chose the epoch)."""
+    test = metrics.get("test")
+    if not test:
+        return []
+    return ["## Result on the held-out test split", "",
+            f"- accuracy {_pct(test['accuracy'])} on {metrics['images']['test']} images that took no part in any "
+            f"choice; top-{test['top_k']['k']} {_pct(test['top_k']['accuracy'])}; macro-F1 {test['macro_f1']:.3f}; "
+            f"expected calibration error {test['calibration']['ece']:.3f}", ""]
+
+
 def model_card(config: dict, metrics: dict, labels: list[str]) -> str:
     data = config["data"]
     rows = "\n".join(f"| {c} | {data['train_counts'][c]} | {m['support']} | {m['precision']:.3f} | "
@@ -37,7 +48,11 @@ def model_card(config: dict, metrics: dict, labels: list[str]) -> str:
         f"({'ImageNet-pretrained' if config['pretrained'] else 'randomly initialised'} backbone, "
         f"frozen up to: {frozen}).",
         "",
+        *_test_lines(metrics),
         "## Results on the validation set",
+        "",
+        f"The weights are those of epoch {metrics['best_epoch']} of {metrics['epochs_run']}, chosen on "
+        f"{metrics['selection']}" + ("; --patience stopped the run early." if metrics["stopped_early"] else "."),
         "",
         f"- accuracy {_pct(metrics['accuracy'])} on {metrics['images']['val']} images; "
         f"top-{metrics['top_k']['k']} {_pct(metrics['top_k']['accuracy'])}",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -65,13 +65,13 @@ def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
     except KeyError:
-        raise ZooError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.") from None
+        raise UsageError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.") from None
 
 
 def stages_up_to(model: ZooModel, stage: str) -> list[str]:
     if stage not in model.stages:
-        raise ZooError(f"{stage!r} is not a stage of {model.name}: choose --freeze-until from "
-                       f"{', '.join(model.stage_names)}.")
+        raise UsageError(f"{stage!r} is not a stage of {model.name}: choose --freeze-until from "
+                         f"{', '.join(model.stage_names)}.")
     return model.stage_names[: model.stage_names.index(stage) + 1]
 
 
@@ -92,7 +92,8 @@ def _head(model: ZooModel, spec: BackboneSpec, freeze_until: str | None) -> Plan
 def _svm(model: ZooModel, spec: BackboneSpec, layer: str | None) -> Plan:
     """Q3: a linear classifier on globally pooled activations of an earlier stage; nothing else learns."""
     if layer is None or layer not in model.stages:
-        raise ZooError(f"{layer!r} is not a stage of {model.name}: choose --layer from {', '.join(model.stage_names)}.")
+        raise UsageError(f"{layer!r} is not a stage of {model.name}: choose --layer from "
+                         f"{', '.join(model.stage_names)}.")
     truncated = model.truncated(layer, model.num_classes)
     frozen = tuple(f"stages.{s}" for s in truncated.stage_names)
     return Plan(truncated, frozen=frozen, freeze_until=layer, layer=layer, on_cached_features=True)

@@ -1,0 +1,143 @@
+"""What `zoo evaluate` scores: a run directory (PyTorch), an export folder or an .onnx file (ONNX Runtime:
+fp32, int8 or fp16), or a served endpoint (HTTP). Each turns one image into class probabilities, in
+the order of its own labels, and is timed per image, decoding and preprocessing included.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ZooError
+from zoo.metrics import softmax
+from zoo.preprocess import ImageError
+
+RUN_FILES = ("config.json", "model.safetensors")
+
+
+@dataclass
+class Answer:
+    probabilities: np.ndarray | None  # [C] in the target's label order; None when the image was refused
+    seconds: float
+    error: str | None = None
+
+
+class Target:
+    kind = ""
+    name = ""
+    labels: list[str] | None = None  # None: learnt from the first answer (a served model)
+    run_config: dict[str, Any] | None = None  # the training run's config.json, when it can be found
+
+    def answer(self, path: Path) -> Answer:
+        raise NotImplementedError
+
+    def timed(self, path: Path, call) -> Answer:
+        tick = time.perf_counter()
+        try:
+            probs = call()
+        except (ImageError, ValueError) as e:  # a refused image is counted, not fatal
+            return Answer(None, time.perf_counter() - tick, str(e))
+        return Answer(np.asarray(probs, dtype=np.float64), time.perf_counter() - tick)
+
+
+class RunTarget(Target):
+    """A `zoo finetune` run directory, on PyTorch in fp32 (as training validates)."""
+
+    kind = "run directory (PyTorch fp32)"
+
+    def __init__(self, run_dir: Path):
+        from zoo.run_dir import load_run
+
+        self.run = load_run(run_dir)
+        self.name, self.labels, self.run_config = str(run_dir), list(self.run.labels), self.run.config
+
+    def answer(self, path: Path) -> Answer:
+        import torch
+
+        from zoo.preprocess import preprocess
+
+        def call() -> np.ndarray:
+            with torch.no_grad():
+                logits = self.run.model(torch.from_numpy(preprocess(path, self.run.preprocess))[None])
+            return softmax(logits.numpy())[0]
+
+        return self.timed(path, call)
+
+
+class OnnxTarget(Target):
+    """An exported classifier on ONNX Runtime alone (zoo.edge), whatever its precision."""
+
+    def __init__(self, model: Path):
+        from zoo.edge import EdgeError, EdgeModel
+
+        try:
+            self.edge = EdgeModel(model, kind="classifier")
+        except EdgeError as e:
+            raise ZooError(str(e)) from None
+        self.name, self.labels = str(self.edge.path), list(self.edge.labels)
+        self.kind = f"ONNX Runtime {self.edge.provider} ({self.edge.path.name})"
+        self.run_config = _run_config_near(self.edge.path.parent)
+
+    def answer(self, path: Path) -> Answer:
+        from zoo.preprocess import preprocess
+
+        def call() -> np.ndarray:
+            out = self.edge.run(preprocess(path, self.edge.preprocess)[None])
+            return out["probabilities"][0] if "probabilities" in out else softmax(out[self.edge.output_names[0]])[0]
+
+        return self.timed(path, call)
+
+
+class ServedTarget(Target):
+    """A model served over HTTP (TorchServe); asks for every class so the probabilities are complete."""
+
+    kind = "served endpoint (HTTP, round trip)"
+
+    def __init__(self, url: str, token: str | None, classes: list[str]):
+        from zoo.serve import ServeClient
+
+        # The server tells its labels only through its answers: they are checked against the folder's classes.
+        self.client, self.name, self.labels = ServeClient(url, token=token), url, list(classes)
+
+    def answer(self, path: Path) -> Answer:
+        data = Path(path).read_bytes()
+        labels = self.labels or []
+
+        def call() -> np.ndarray:
+            answer = self.client.classify(data, topk=len(labels))
+            if set(answer) != set(labels):
+                raise ZooError(f"{self.name} answers with labels ({', '.join(sorted(answer)[:5])}, ...) other than "
+                               "the image folder's classes: give the image folder this model was trained on.")
+            return np.array([answer[label] for label in labels])
+
+        return self.timed(path, call)
+
+
+def _run_config_near(folder: Path) -> dict[str, Any] | None:
+    """config.json of the run an export came from: export_report.json's run_dir, else the parent folder."""
+    candidates = []
+    report = folder / "export_report.json"
+    if report.is_file():
+        candidates.append(Path(json.loads(report.read_text()).get("run_dir", "")) / "config.json")
+    candidates.append(folder.parent / "config.json")
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def open_target(target: str, token: str | None, classes: list[str]) -> Target:
+    """The Target `target` names, or one sentence saying what a target can be."""
+    if target.startswith(("http://", "https://")):
+        return ServedTarget(target, token, classes)
+    path = Path(target)
+    if path.is_dir() and (path / RUN_FILES[0]).is_file():
+        return RunTarget(path)
+    if (path.is_dir() and (path / "classifier.onnx").is_file()) or (path.is_file() and path.suffix == ".onnx"):
+        return OnnxTarget(path)
+    raise ZooError(f"{target} is not a run directory, an export folder, an .onnx file or a prediction URL: give one "
+                   "of those (e.g. runs/photos, runs/photos/export, or http://127.0.0.1:8080/predictions/photos).")
