@@ -312,6 +312,16 @@ def launch(nproc: int, args: list[str]) -> int:
             shutil.rmtree(log_dir, ignore_errors=True)
 
 
+def _printed_an_error(log_dir: str, local_rank: int) -> bool:
+    """Whether a process's redirected output holds an error line of its own."""
+    for name in ("stderr.log", "stdout.log"):
+        for path in glob.glob(os.path.join(log_dir, "*", "attempt_*", str(local_rank), name)):
+            with open(path, errors="replace") as f:
+                if any(line.startswith("Error:") for line in f):
+                    return True
+    return False
+
+
 def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
     """(exit status, message for the user or None when rank 0 already gave one, whether it names a log file)."""
     failures = error.failures
@@ -321,6 +331,10 @@ def _explain(error, nproc: int, log_dir: str) -> tuple[int, str | None, bool]:
     rank, failure = ranked[0]
     if rank == 0 and failure.exitcode in (WORK_FAILED_EXIT, USAGE_EXIT, 130):
         return failure.exitcode, None, False  # a ZooError or Ctrl-C: rank 0 printed it on this console
+    if failure.exitcode in (WORK_FAILED_EXIT, USAGE_EXIT) and not _printed_an_error(log_dir, failure.local_rank):
+        # It raised rank 0's error, marked already reported (zoo.cli prints nothing for those), and exited
+        # before torchrun recorded rank 0's own exit: rank 0 has told the user.
+        return failure.exitcode, None, False
     named_log = False
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
