@@ -365,13 +365,13 @@ def finetune_command(
     as_json: JsonOption = False,
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder; write the run directory (weights, metrics, plots)."""
-    from zoo.training import distributed
+    from zoo.training import distributed, launcher
 
     if nproc > 1:
         args = ["finetune", *_command_line(ctx, leave_out={"nproc"})]
         log.info(f"Starting {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m zoo.cli "
                  f"{' '.join(args)}")
-        status = distributed.launch(nproc, args)
+        status = launcher.launch(nproc, args)
         if status:
             raise typer.Exit(status)
         return
