@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
+from export.formats import DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.data.samples import SAMPLES
 from zoo.errors import ZooError
 from zoo.log import configure, get_logger
@@ -48,6 +48,7 @@ def choices(name: str, values: Iterable[str]) -> Any:
 StrategyName = choices("StrategyName", [*STRATEGIES, AUTO])
 BalanceMode = choices("BalanceMode", BALANCE_MODES)
 QuantizeMode = choices("QuantizeMode", [NO_QUANTIZATION, *QUANTIZE_VARIANTS])
+DeployMode = choices("DeployMode", DEPLOY_CHOICES)
 SampleName = choices("SampleName", SAMPLES)
 DEFAULT_STRATEGY = StrategyName("head")
 DEFAULT_BALANCE = BalanceMode("auto")
@@ -78,8 +79,11 @@ HELP = {
     "cache_dir": "Feature cache folder (default: $ZOO_CACHE_DIR/features or ~/.cache/zoo/features).",
     "nproc": "Training processes on this machine, started through torchrun (DDP: gloo on CPUs, nccl with one GPU "
              "each); --batch-size stays the global batch. Several machines: see the README.",
-    "quantize": "Also write classifier.int8.onnx (static, calibrated on the training images) or "
-                "classifier.fp16.onnx, refused if val top-1 drops more than --max-accuracy-drop.",
+    "quantize": "Also write int8 (static, calibrated on the training images) or fp16 variants of classifier.onnx "
+                "and features.onnx, each refused if val top-1 drops more than --max-accuracy-drop.",
+    "deploy": "The variant deploy.json records, which the archives, zoo predict and EdgeModel run: auto (default: the "
+              "fastest that passed its gate on this machine's execution provider, else fp32), fp32, int8 or fp16. "
+              "Alone on an existing export of the run, it only chooses again (and rewrites the archives).",
     "runtime": "What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.",
     "check_images": "Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).",
     "host": "Address to bind; anything but 127.0.0.1 exposes the server to the network.",
@@ -362,6 +366,7 @@ def export_command(
     name: Annotated[str | None, typer.Option(help="Archive (served model) name (default: the run directory's name).")]
     = None,
     runtime: Annotated[Runtime, typer.Option(help=HELP["runtime"])] = Runtime.onnx,
+    deploy: Annotated[DeployMode | None, typer.Option(help=HELP["deploy"], show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
 ) -> None:
     """Export a run to ONNX (classifier.onnx, features.onnx, dynamic batch/height/width), proven against PyTorch."""
@@ -370,7 +375,7 @@ def export_command(
 
     out_dir = out or run_dir / "export"
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
-                        max_accuracy_drop=max_accuracy_drop)
+                        max_accuracy_drop=max_accuracy_drop, deploy=deploy.value if deploy else None)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"Wrote {out_dir} (report: {out_dir / 'export_report.json'}).")

@@ -30,6 +30,7 @@ PREPROCESS = "preprocess.json"
 LABELS = "labels.json"
 OPTION_NAMES = ("topk",)  # request parameters that are options, not images
 THREADS_ENV = "ZOO_SERVE_THREADS"  # set by `zoo serve start`: intra-op threads per worker
+VARIANT_HEADER = "X-Zoo-Variant"  # every answer names the variant that computed it
 
 
 class RequestError(Exception):
@@ -155,14 +156,19 @@ def _threads() -> int:
 
 
 class OnnxRuntimeModel:
-    """One ONNX graph run by ONNX Runtime; returns the named output."""
+    """One ONNX graph run by ONNX Runtime; returns the named output.
 
-    def __init__(self, path: Path, output: str, gpu_id: int | None):
+    The deployed variant falls back to the fp32 graph, with one warning, when it cannot load here.
+    """
+
+    def __init__(self, path: Path, output: str, gpu_id: int | None, fallback: Path | None = None,
+                 variant: str = "fp32"):
         # The GPU TorchServe gave this worker, when it gave one and this onnxruntime has CUDA; else the CPU.
         on_gpu = gpu_id is not None and zoo_inference.CUDA in zoo_inference.available_providers()
-        self.session = zoo_inference.open_session(
-            path, [zoo_inference.CUDA if on_gpu else zoo_inference.CPU], threads=_threads(), inter_op_threads=1,
-            device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
+        self.session, ran = zoo_inference.open_deployed(
+            path, fallback, [zoo_inference.CUDA if on_gpu else zoo_inference.CPU], threads=_threads(),
+            inter_op_threads=1, device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
+        self.variant = "fp32" if fallback is not None and ran == fallback else variant
         self.input = self.session.get_inputs()[0].name
         self.output = output
         self.where = self.session.get_providers()[0]  # logged at start: which provider really runs
@@ -184,6 +190,7 @@ class TorchProgramModel:
         self.module = torch.export.load(str(path)).module().to(self.device)
         self.output = int(output)
         self.where = str(self.device)
+        self.variant = "fp32"  # the torch program is the fp32 model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -192,6 +199,16 @@ class TorchProgramModel:
 
 
 RUNTIMES = {"onnx": OnnxRuntimeModel, "torch": TorchProgramModel}
+
+
+def open_model(model_dir: Path, settings: dict, gpu_id: int | None):
+    """The model serving.json names: its deployed variant, with the fp32 file as the fallback (onnx runtime)."""
+    path = model_dir / settings["model_file"]
+    if settings["runtime"] != "onnx":
+        return RUNTIMES[settings["runtime"]](path, settings["output"], gpu_id)
+    fallback = settings.get("fallback_file")
+    return OnnxRuntimeModel(path, settings["output"], gpu_id, fallback=model_dir / fallback if fallback else None,
+                            variant=settings.get("variant", "fp32"))
 
 
 class ZooImageHandler:
@@ -208,11 +225,10 @@ class ZooImageHandler:
         self.labels = json.loads((model_dir / LABELS).read_text())
         self.max_images = int(self.settings.get("max_images_per_request", 32))
         self.group_size = int(self.settings.get("max_group", 8))
-        runtime = RUNTIMES[self.settings["runtime"]]
-        self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
+        self.model = open_model(model_dir, self.settings, props.get("gpu_id"))
         self.initialized = True
-        logger.info("zoo %s handler ready: %s runtime on %s, %d labels", self.settings["kind"],
-                    self.settings["runtime"], self.model.where, len(self.labels))
+        logger.info("zoo %s handler ready: %s runtime on %s, %s variant, %d labels", self.settings["kind"],
+                    self.settings["runtime"], self.model.where, self.model.variant, len(self.labels))
 
     def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
         """The JSON answer of one request from the model output of each of its images."""
@@ -244,6 +260,7 @@ class ZooImageHandler:
                     len({a.shape for t in tensors.values() for a in t}))
         for idx, answers in outputs.items():
             context.set_response_content_type(idx, "application/json")
+            context.set_response_header(idx, VARIANT_HEADER, self.model.variant)
             responses[idx] = json.dumps(self.answer(answers, parsed[idx]))
         return [responses[idx] for idx in range(len(data))]
 
