@@ -226,9 +226,10 @@ class ZooImageHandler:
         self.max_images = int(self.settings.get("max_images_per_request", 32))
         self.group_size = int(self.settings.get("max_group", 8))
         self.model = open_model(model_dir, self.settings, props.get("gpu_id"))
+        self.variant = self.model.variant  # what really loaded: the deployed variant, or fp32 after a fallback
         self.initialized = True
         logger.info("zoo %s handler ready: %s runtime on %s, %s variant, %d labels", self.settings["kind"],
-                    self.settings["runtime"], self.model.where, self.model.variant, len(self.labels))
+                    self.settings["runtime"], self.model.where, self.variant, len(self.labels))
 
     def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
         """The JSON answer of one request from the model output of each of its images."""
@@ -260,7 +261,7 @@ class ZooImageHandler:
                     len({a.shape for t in tensors.values() for a in t}))
         for idx, answers in outputs.items():
             context.set_response_content_type(idx, "application/json")
-            context.set_response_header(idx, VARIANT_HEADER, self.model.variant)
+            context.set_response_header(idx, VARIANT_HEADER, self.variant)
             responses[idx] = json.dumps(self.answer(answers, parsed[idx]))
         return [responses[idx] for idx in range(len(data))]
 

@@ -133,6 +133,8 @@ def test_a_variant_that_cannot_load_falls_back_to_fp32_with_one_line(int8_export
     assert "classifier.int8.onnx could not be loaded" in result.stderr  # the one line, on stderr
     with pytest.raises(EdgeError, match="not a usable ONNX model"):  # a file named explicitly is not replaced
         EdgeModel(out / "classifier.int8.onnx")
+    (out / "features.int8.onnx").unlink()  # deployed but gone: fp32 too, not an error
+    assert EdgeModel(out, kind="features").variant == "fp32"
 
 
 # ---------------------------------------------------------------- --deploy

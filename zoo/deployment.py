@@ -37,14 +37,17 @@ def read_manifest(export_dir: Path) -> dict | None:
     return manifest
 
 
-def deployed(export_dir: Path, kind: str, variant: str | None = None) -> tuple[str, str]:
-    """(file name, variant) of `kind` to run: `variant` when given, else what deploy.json names, else fp32."""
+def deployed(export_dir: Path, kind: str, variant: str | None = None, must_exist: bool = True) -> tuple[str, str]:
+    """(file name, variant) of `kind` to run: `variant` when given, else what deploy.json names, else fp32.
+
+    must_exist=False lets a missing deployed file through, for callers that fall back to fp32.
+    """
     if variant is None:
         entry = (read_manifest(export_dir) or {}).get(kind) or {}
         variant = entry.get("variant", FP32)
     if variant not in VARIANTS:
         raise ZooError(f"{variant!r} is not a variant zoo deploys: choose {', '.join(VARIANTS)}.")
     name = variant_file(kind, variant)
-    if not (Path(export_dir) / name).is_file():
+    if must_exist and not (Path(export_dir) / name).is_file():
         raise ZooError(f"{export_dir} holds no {name}: export with `--quantize {variant}` or deploy fp32.")
     return name, variant

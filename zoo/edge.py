@@ -61,7 +61,8 @@ def _resolve_model_path(path: Path, kind: str | None, variant: str | None) -> tu
         if not fp32.is_file():
             raise EdgeError(f"{path} holds no {fp32.name}: give a folder written by `zoo export` or an .onnx file.")
         try:
-            name, chosen = deployed(path, kind, variant)
+            # What deploy.json names may be missing (fp32 then, with the fallback's warning); a named variant may not.
+            name, chosen = deployed(path, kind, variant, must_exist=variant is not None)
         except ZooError as e:
             raise EdgeError(str(e)) from None
         return path / name, (fp32 if name != fp32.name else None), chosen
