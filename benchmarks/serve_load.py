@@ -5,13 +5,13 @@
                                     [--no-kill]
 
 Without --export it builds a lite0 run (pretrained backbone, new 3-class head: speed does not
-depend on the head's weights) on the textures sample and exports it with `zoo.export.onnx_export.export_run` and `--quantize int8
---deploy int8` (the accuracy gate opened wide: speed is measured here, accuracy in the export
-report). Each variant gets its own archive of the same export (lite0-fp32, lite0-int8), served by
-the same server with the same workers; every answer's X-Zoo-Variant header is checked, so a row
-is only credited to the variant that really answered. Every request
-carries one JPEG of a different size and aspect ratio (six real photos from scikit-image, 300 to
-1000 pixels a side), so the server sees mixed shapes.
+depend on the head's weights) on the textures sample and exports it with
+`zoo.export.onnx_export.export_run`, `--quantize int8 --deploy int8` (the accuracy gate opened
+wide: speed is measured here, accuracy in the export report). Each variant gets its own archive of
+the same export (lite0-fp32, lite0-int8), served by the same server with the same workers; every
+answer's X-Zoo-Variant header is checked, so a row is only credited to the variant that really
+answered. Every request carries one JPEG of a different size and aspect ratio (six real photos from
+scikit-image, 300 to 1000 pixels a side), so the server sees mixed shapes.
 
 In-process means the same images in this process: zoo.preprocess plus an ONNX Runtime session, as
 an application embedding the model would do, with one caller (ORT's default threads) and with two
@@ -303,8 +303,8 @@ def report(results: dict[str, list[dict]], concurrency: int, variants: list[str]
                | {"failed": sum(x["failed"] for x in runs), "ran": set().union(*(x["variants"] for x in runs)),
                   "recovery_s": runs[0].get("recovery_s")}
                for label, runs in results.items()}
-    print(f"\n{'engine':56} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'answered by':>12} {'recovery s':>11} "
-          f"{'vs in-process':>14}")
+    print(f"\n{'engine':56} {'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'answered by':>12} "
+          f"{'recovery s':>11} {'vs in-process':>14}")
     ok = True
     best_served: dict[str, dict] = {}
     for v in variants:

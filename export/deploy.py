@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zoo.export.formats import AUTO_DEPLOY
 from zoo.atomic import atomic_write_json
 from zoo.deployment import FP32, KINDS, MANIFEST, variant_file
 from zoo.errors import UsageError, ZooError
+from zoo.export.formats import AUTO_DEPLOY
 from zoo.inference import CPU, open_session
 
 MANIFEST_VERSION = 1

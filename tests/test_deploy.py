@@ -17,10 +17,10 @@ import pytest
 from export_runs import make_run
 
 from zoo.cli import app
-from zoo.export import deploy
-from zoo.export.onnx_export import export_run
 from zoo.edge import EdgeError, EdgeModel
 from zoo.errors import ZooError
+from zoo.export import deploy
+from zoo.export.onnx_export import export_run
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +220,8 @@ def test_int8_instructions_are_read_from_cpuinfo(tmp_path):
 def test_served_answers_name_the_variant_and_a_broken_int8_falls_back(int8_export, run_dir, textures, tmp_path_factory,
                                                                       monkeypatch, runner):
     """int8 as exported, fp32 put back by --deploy, and int8 damaged after export: three archives, one server."""
-    from zoo.export.archive import write_archives
     from zoo import serve
+    from zoo.export.archive import write_archives
 
     out = int8_export[0]
     root = tmp_path_factory.mktemp("deploy-serve")
