@@ -210,7 +210,9 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     opset = check_opset(opset)
     variants = check_quantize(quantize)
     if deploy is not None and not variants and not force and deploy_mod.is_export_of(out_dir, REPORT, run_dir):
-        return deploy_mod.redeploy(out_dir, REPORT, check_deploy(deploy, [*QUANTIZE_VARIANTS]))
+        asked = check_deploy(deploy, [*QUANTIZE_VARIANTS])
+        with writing(out_dir):  # a read-only folder: one sentence, deploy.json left as it was
+            return deploy_mod.redeploy(out_dir, REPORT, asked)
     asked = check_deploy(deploy, variants)
     check_out_dir(out_dir, force)
     run = load_run(run_dir)

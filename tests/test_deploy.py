@@ -18,7 +18,7 @@ from export_runs import make_run
 
 from zoo.cli import app
 from zoo.edge import EdgeError, EdgeModel
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.export import deploy
 from zoo.export.onnx_export import export_run
 
@@ -157,10 +157,14 @@ def test_deploy_fp32_alone_puts_fp32_back_without_exporting_again(int8_export, r
     assert again.exit_code == 0 and json.loads((out / "deploy.json").read_text())["classifier"]["variant"] == "int8"
 
 
-def test_deploy_needs_the_variant_it_names(run_dir, int8_export, tmp_path):
-    with pytest.raises(ZooError, match=r"--deploy fp16 needs the fp16 variant: add --quantize fp16"):
+def test_deploy_needs_the_variant_it_names(run_dir, int8_export, tmp_path, runner):
+    with pytest.raises(UsageError, match=r"--deploy fp16 needs the fp16 variant: add --quantize fp16"):
         export_run(run_dir, tmp_path / "new", quantize="int8", deploy="fp16")
     assert not (tmp_path / "new").exists(), "nothing is written before the refusal"
+    for flags in (["--quantize", "int8", "--deploy", "fp16"], ["--deploy", "bf16"]):  # bad flags: exit 2
+        bad = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "new"), "--no-archive", *flags])
+        assert bad.exit_code == 2, bad.output
+    assert not (tmp_path / "new").exists()
     out = _copy(int8_export[0], tmp_path)
     with pytest.raises(ZooError, match="holds no accepted fp16 variant"):
         export_run(run_dir, out, deploy="fp16")
