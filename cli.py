@@ -22,7 +22,7 @@ from zoo.atomic import write_failure
 from zoo.data.samples import SAMPLES
 from zoo.errors import UsageError, ZooError
 from zoo.evaluate.split import SPLITS as EVAL_SPLITS
-from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
+from zoo.export.formats import DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.log import configure, get_logger
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD
 from zoo.training.balance import BALANCE_MODES
@@ -63,6 +63,7 @@ def choices(name: str, values: Iterable[str]) -> Any:
 StrategyName = choices("StrategyName", [*STRATEGIES, AUTO])
 BalanceMode = choices("BalanceMode", BALANCE_MODES)
 QuantizeMode = choices("QuantizeMode", [NO_QUANTIZATION, *QUANTIZE_VARIANTS])
+DeployMode = choices("DeployMode", DEPLOY_CHOICES)
 SampleName = choices("SampleName", SAMPLES)
 EvalSplit = choices("EvalSplit", EVAL_SPLITS)
 LogMode = choices("LogMode", LOG_MODES)
@@ -97,8 +98,11 @@ HELP = {
     "cache_dir": "Feature cache folder (default: $ZOO_CACHE_DIR/features or ~/.cache/zoo/features).",
     "nproc": "Training processes on this machine, started through torchrun (DDP: gloo on CPUs, nccl with one GPU "
              "each); --batch-size stays the global batch. Several machines: see the README.",
-    "quantize": "Also write classifier.int8.onnx (static, calibrated on the training images) or "
-                "classifier.fp16.onnx, refused if val top-1 drops more than --max-accuracy-drop.",
+    "quantize": "Also write int8 (static, calibrated on the training images) or fp16 variants of classifier.onnx "
+                "and features.onnx, each refused if val top-1 drops more than --max-accuracy-drop.",
+    "deploy": "The variant deploy.json records, which the archives, zoo predict and EdgeModel run: auto (default: the "
+              "fastest that passed its gate on this machine's execution provider, else fp32), fp32, int8 or fp16. "
+              "Alone on an existing export of the run, it only chooses again (and rewrites the archives).",
     "runtime": "What the archives run: the ONNX graphs on ONNX Runtime, or torch.export programs on PyTorch.",
     "check_images": "Folder of imagenet_<i>_<label>.jpg photos (default: the ones in the foolbox wheel).",
     "host": "Address to bind; anything but 127.0.0.1 exposes the server to the network.",
@@ -431,6 +435,7 @@ def export_command(
     name: Annotated[str | None, typer.Option(help="Archive (served model) name (default: the run directory's name).")]
     = None,
     runtime: Annotated[Runtime, typer.Option(help=HELP["runtime"])] = Runtime.onnx,
+    deploy: Annotated[DeployMode | None, typer.Option(help=HELP["deploy"], show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in the output folder.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -445,7 +450,7 @@ def export_command(
 
         name = check_archive_name(name or default_archive_name(run_dir))
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
-                        max_accuracy_drop=max_accuracy_drop)
+                        max_accuracy_drop=max_accuracy_drop, deploy=deploy.value if deploy else None)
     mars = []
     if archive:
         from zoo.export.archive import write_archives

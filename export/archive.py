@@ -1,9 +1,10 @@
 """TorchServe archives: `<name>.mar` (classifier) and `<name>-features.mar` (bottleneck extractor).
 
-Each archive holds the model (an ONNX graph run by ONNX Runtime, or with runtime "torch" a
+Each archive holds the model (the ONNX graph variant the export folder's deploy.json names, with
+the fp32 graph beside it to fall back to, run by ONNX Runtime; or with runtime "torch" a
 torch.export program), the handler, handlers/zoo_serving.py, copies of zoo/preprocess.py and
 zoo/inference.py named zoo_preprocess.py and zoo_inference.py, preprocess.json, labels.json and
-serving.json (runtime, model file, output).
+serving.json (runtime, model file and its variant, fallback file, output).
 Nothing in it imports the zoo package, so it runs on any TorchServe with numpy, Pillow and
 onnxruntime (or torch). torch-model-archiver does the packing.
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from zoo.atomic import atomic_write
+from zoo.deployment import FP32, deployed
 from zoo.errors import UsageError, ZooError
 from zoo.export.formats import Runtime
 
@@ -58,19 +60,23 @@ def _zoo_module_copies() -> dict[str, Path]:
 
 
 def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir: Path,
-                    default_topk: int = 5, max_images_per_request: int = 32) -> Path:
+                    default_topk: int = 5, max_images_per_request: int = 32, variant: str | None = None) -> Path:
     """Lay out the files of one archive in out_dir, exactly as TorchServe unpacks them.
 
-    The archiver packs this folder; tests load a handler straight from it.
+    The archiver packs this folder; tests load a handler straight from it. `variant` overrides
+    the one deploy.json names (the benchmarks serve fp32 and int8 of one export side by side).
     """
     runtime = Runtime(runtime)
     handler, onnx_file, output, program_output, _ = KINDS[kind]
     export_dir, out_dir = Path(export_dir), Path(out_dir)
-    model_file = onnx_file if runtime is Runtime.onnx else TORCH_PROGRAM
-    needed = [model_file, "preprocess.json", "labels.json"]
+    model_file, chosen = TORCH_PROGRAM, FP32
+    if runtime is Runtime.onnx:  # the deployed variant, and fp32 beside it (missing fp32: said below)
+        model_file, chosen = deployed(export_dir, kind, variant) if (export_dir / onnx_file).is_file() \
+            else (onnx_file, FP32)
+    needed = list(dict.fromkeys([model_file, onnx_file if runtime is Runtime.onnx else model_file,
+                                 "preprocess.json", "labels.json"]))
     missing = [f for f in needed if not (export_dir / f).is_file()]
-    if (export_dir / f"{model_file}.data").is_file():  # ONNX weights stored beside the graph
-        needed.append(f"{model_file}.data")
+    needed += [f"{f}.data" for f in needed if (export_dir / f"{f}.data").is_file()]  # ONNX weights beside a graph
     if missing:
         hint = "export with `--runtime torch`" if runtime is Runtime.torch else "run `zoo export RUN_DIR` first"
         raise ZooError(f"{export_dir} lacks {', '.join(missing)}: {hint}.")
@@ -82,7 +88,9 @@ def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir
         shutil.copyfile(HANDLERS_DIR / module, out_dir / module)
     for name, source in _zoo_module_copies().items():
         shutil.copyfile(source, out_dir / name)
-    settings = {"kind": kind, "runtime": runtime.value, "model_file": model_file,
+    settings = {"kind": kind, "runtime": runtime.value, "model_file": model_file, "variant": chosen,
+                # the fp32 graph a variant falls back to when it cannot load on the server
+                "fallback_file": onnx_file if model_file != onnx_file and runtime is Runtime.onnx else None,
                 "output": output if runtime is Runtime.onnx else program_output, "default_topk": default_topk,
                 "max_images_per_request": max_images_per_request, "max_pixels_per_request": MAX_PIXELS_PER_REQUEST,
                 # ONNX Runtime's CPU kernels give each image of a same-shape group the bits it gets
@@ -102,10 +110,11 @@ def check_archive_name(name: str) -> str:
 
 def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODEL_STORE,
                    runtime: Runtime | str = Runtime.onnx, run_dir: Path | None = None,
-                   default_topk: int = 5) -> list[Path]:
+                   default_topk: int = 5, variant: str | None = None) -> list[Path]:
     """Write <name>.mar and <name>-features.mar into model_store; returns their paths.
 
-    With runtime "torch" the torch.export program is made from run_dir first (into export_dir).
+    Each holds the variant deploy.json names (or `variant`). With runtime "torch" the torch.export
+    program is made from run_dir first (into export_dir).
     """
     runtime = Runtime(runtime)
     check_archive_name(name)
@@ -120,7 +129,8 @@ def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODE
     written = []
     with tempfile.TemporaryDirectory(prefix=".zoo-archive-", dir=model_store) as tmp:
         for kind, model_name in archive_names(name).items():
-            stage = stage_model_dir(export_dir, kind, runtime, Path(tmp) / f"stage-{kind}", default_topk)
+            stage = stage_model_dir(export_dir, kind, runtime, Path(tmp) / f"stage-{kind}", default_topk,
+                                    variant=variant)
             _run_archiver(stage, KINDS[kind][0], model_name, Path(tmp))
         # Both archives are built before either lands: a failure leaves the store as it was, never half a pair,
         # and a server never sees half an archive.

@@ -1,5 +1,5 @@
 """`zoo export`: a run directory -> classifier.onnx, features.onnx, preprocess.json, labels.json,
-export_report.json, and accuracy-gated int8/fp16 variants of the classifier.
+export_report.json, accuracy-gated int8/fp16 variants of both graphs, and deploy.json (which runs).
 
 Both graphs take "image", float32 [N, 3, H, W] already normalised by zoo.preprocess, with dynamic
 batch, height and width. Nothing is moved into the output folder until the graphs pass
@@ -25,10 +25,12 @@ import zoo.preprocess as zoo_preprocess
 from zoo.atomic import atomic_write_json, writing
 from zoo.backbones import ZooModel
 from zoo.data.folder import ImageFolderData
+from zoo.deployment import MANIFEST
 from zoo.errors import UsageError, ZooError
+from zoo.export import deploy as deploy_mod
 from zoo.export import parity
 from zoo.export import report as report_mod
-from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS
+from zoo.export.formats import AUTO_DEPLOY, DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS
 from zoo.export.run_images import parity_images, run_data
 from zoo.log import get_logger
 from zoo.run_dir import LABELS, TrainedRun, load_run
@@ -42,8 +44,8 @@ PREPROCESS = "preprocess.json"
 # needs nothing but this folder and `pip install onnxruntime numpy pillow` (see the README snippet).
 PREPROCESS_MODULE = "preprocess.py"
 REPORT = "export_report.json"
-OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT) + tuple(
-    f"classifier.{v}.onnx" for v in QUANTIZE_VARIANTS)
+OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT, MANIFEST) + tuple(
+    f"{kind}.{v}.onnx" for kind in ("classifier", "features") for v in QUANTIZE_VARIANTS)
 
 # The dynamo-based exporter (torch.export) is used. Both it and the TorchScript one (dynamo=False,
 # about 3x faster to export but deprecated) keep efficientnet_lite's TF-SAME padding dynamic: the
@@ -172,6 +174,14 @@ def check_quantize(quantize: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def check_deploy(deploy: str | None, variants: list[str]) -> str:
+    asked = AUTO_DEPLOY if deploy is None else str(deploy)
+    if asked not in DEPLOY_CHOICES:
+        raise UsageError(f"--deploy {asked} is not a choice: choose {', '.join(DEPLOY_CHOICES)}.")
+    deploy_mod.check_asked(asked, variants)
+    return asked
+
+
 def check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} is a file: choose another --out folder.")
@@ -185,9 +195,12 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
 def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: int | None = None,
                quantize: str | Sequence[str] | None = NO_QUANTIZATION, force: bool = False,
                data_dir: Path | str | None = None, max_accuracy_drop: float = 1.0, parity_atol: float = 1e-4,
-               parity_sizes: Sequence[tuple[int, int]] | None = None, calibration_images: int = 64) -> dict:
+               parity_sizes: Sequence[tuple[int, int]] | None = None, calibration_images: int = 64,
+               deploy: str | None = None) -> dict:
     """Export a run directory; returns the export report (also written to OUT/export_report.json).
 
+    `deploy` (default auto) chooses the variant deploy.json records (export/deploy.py). Given alone
+    on a folder that already holds an export of this run, it only chooses again: nothing is re-exported.
     Raises ZooError when parity fails or when a quantized variant loses more than
     `max_accuracy_drop` top-1 points on the val split (the fp32 export is kept in that case).
     """
@@ -196,6 +209,11 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
     opset = check_opset(opset)
     variants = check_quantize(quantize)
+    if deploy is not None and not variants and not force and deploy_mod.is_export_of(out_dir, REPORT, run_dir):
+        asked = check_deploy(deploy, [*QUANTIZE_VARIANTS])
+        with writing(out_dir):  # a read-only folder: one sentence, deploy.json left as it was
+            return deploy_mod.redeploy(out_dir, REPORT, asked)
+    asked = check_deploy(deploy, variants)
     check_out_dir(out_dir, force)
     run = load_run(run_dir)
     data = run_data(run, data_dir)
@@ -210,6 +228,8 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
             check_parity(run, data, staging, out_dir, report, parity_sizes or parity.DEFAULT_SIZES, parity_atol)
             measure_accuracy(run, data, staging, report)
             refused = make_variants(run, data, staging, report, variants, calibration_images, max_accuracy_drop)
+            report["deploy"] = deploy_mod.manifest(report, asked, report["target"])
+            deploy_mod.write(staging, report["deploy"])
             report["seconds"] = round(time.perf_counter() - started, 1)
             report["ok"] = True
             report_mod.write(staging / REPORT, report)
@@ -264,18 +284,23 @@ def measure_accuracy(run: TrainedRun, data: ImageFolderData | None, staging: Pat
 
 def make_variants(run: TrainedRun, data: ImageFolderData | None, staging: Path, report: dict, variants: list[str],
                   calibration_images: int, max_accuracy_drop: float) -> list[dict]:
-    """Each asked-for variant, made and gated; returns the refused ones."""
+    """Each asked-for variant of both graphs, made, gated and timed where they will run; returns the refused ones."""
+    report["target"] = deploy_mod.detect_target(staging / CLASSIFIER)
     if not variants:
         return []
     from zoo.export import quantize as quantize_mod  # onnxruntime.quantization loads only when asked for
 
-    report["variants"] = {}
-    for variant in variants:
-        log.info(f"Making the {variant} variant and measuring it against fp32")
-        report["variants"][variant] = quantize_mod.make_variant(
-            variant, staging, run, data, int(run.model.feature_dim), calibration_images=calibration_images,
-            max_accuracy_drop=max_accuracy_drop)
-    return [info for info in report["variants"].values() if info["status"] == "refused"]
+    refused = []
+    for kind, key in deploy_mod.REPORT_KEYS.items():
+        report[key] = {}
+        for variant in variants:
+            log.info(f"Making the {variant} variant of {kind}.onnx and measuring it against fp32")
+            info = quantize_mod.make_variant(
+                variant, staging, run, data, int(run.model.feature_dim), calibration_images=calibration_images,
+                max_accuracy_drop=max_accuracy_drop, kind=kind, provider=report["target"]["provider"])
+            report[key][variant] = info
+            refused += [info] if info["status"] == "refused" else []
+    return refused
 
 
 def _publish(staging: Path, out_dir: Path, only_report: dict | None = None) -> None:

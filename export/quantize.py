@@ -1,4 +1,4 @@
-"""int8 and fp16 variants of classifier.onnx, each measured against fp32 and refused past a threshold.
+"""int8 and fp16 variants of classifier.onnx and features.onnx, each gated against fp32 and timed.
 
 int8: ONNX Runtime's static quantization, QDQ format, per-channel int8 weights and uint8
 activations (the U8S8 pair that x86 VNNI kernels run fastest), calibrated on the run's training
@@ -19,12 +19,14 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from zoo.export.onnx_export import CLASSIFIER, set_metadata
+from zoo.export.onnx_export import set_metadata
 from zoo.export.parity import onnx_accuracy
 from zoo.export.run_images import spread
 from zoo.inference import CPU, open_session
 from zoo.preprocess import ImageError, preprocess
 from zoo.run_dir import TrainedRun
+
+CLASSIFIER_KIND = "classifier"
 
 
 class TrainingImages(CalibrationDataReader):
@@ -164,9 +166,9 @@ def quantized_ops(model: onnx.ModelProto) -> dict:
     return {"quantized": dict(quantized), "float": dict(float_ops)}
 
 
-def latency_ms(path: Path, x: np.ndarray, runs: int = 20) -> float:
-    """Median batch-1 latency on the CPU with ORT's default (all) graph optimisations."""
-    session = open_session(path, [CPU])
+def latency_ms(path: Path, x: np.ndarray, runs: int = 20, provider: str = CPU) -> float:
+    """Median batch-1 latency on `provider` with ORT's default (all) graph optimisations."""
+    session = open_session(path, [provider])
     for _ in range(3):
         session.run(None, {"image": x})
     times = []
@@ -177,11 +179,10 @@ def latency_ms(path: Path, x: np.ndarray, runs: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def make_variant(variant: str, staging: Path, run: TrainedRun, data, feature_dim: int, calibration_images: int = 64,
-                 max_accuracy_drop: float = 1.0) -> dict:
-    """Write classifier.<variant>.onnx into staging, measure it, and delete it again if the gate refuses it."""
-    fp32_path = staging / CLASSIFIER
-    path = staging / f"classifier.{variant}.onnx"
+def write_variant(variant: str, kind: str, staging: Path, run: TrainedRun, data, feature_dim: int,
+                  calibration_images: int) -> dict:
+    """<kind>.<variant>.onnx in staging, with zoo's metadata; returns how it was made."""
+    fp32_path, path = staging / f"{kind}.onnx", staging / f"{kind}.{variant}.onnx"
     info: dict = {"file": path.name}
     if variant == "int8":
         reader = TrainingImages([s.path for s in spread(data.train, calibration_images)], run.preprocess)
@@ -192,25 +193,42 @@ def make_variant(variant: str, staging: Path, run: TrainedRun, data, feature_dim
         convert_fp16(fp32_path, path)
         info.update(method="float16 weights and activations (onnxconverter-common), float32 input and outputs")
     model = onnx.load(str(path))
-    set_metadata(model, "classifier", run, feature_dim, precision=variant)
+    set_metadata(model, kind, run, feature_dim, precision=variant)
     onnx.save_model(model, str(path))
     if variant == "int8":
         info["ops"] = quantized_ops(model)
+    return info
 
-    fp32_acc = onnx_accuracy(fp32_path, data.val)["accuracy"]
-    acc = onnx_accuracy(path, data.val)["accuracy"]
+
+def make_variant(variant: str, staging: Path, run: TrainedRun, data, feature_dim: int, calibration_images: int = 64,
+                 max_accuracy_drop: float = 1.0, kind: str = CLASSIFIER_KIND, provider: str = CPU) -> dict:
+    """Write <kind>.<variant>.onnx into staging, gate and time it, and delete it again if the gate refuses it.
+
+    The classifier's gate is its own val top-1; the features graph's is the run's classifier applied
+    to its vectors (export/feature_gate.py). Latency is measured on `provider`, where it will run.
+    """
+    fp32_path = staging / f"{kind}.onnx"
+    info = write_variant(variant, kind, staging, run, data, feature_dim, calibration_images)
+    path = staging / info["file"]
+    if kind == CLASSIFIER_KIND:
+        fp32_acc = onnx_accuracy(fp32_path, data.val)["accuracy"]
+        acc = onnx_accuracy(path, data.val)["accuracy"]
+        info.update(gate="val top-1 of this classifier against classifier.onnx")
+    else:
+        from zoo.export.feature_gate import features_agreement
+
+        info.update(features_agreement(fp32_path, path, run, data.val))
+        fp32_acc, acc = info["fp32_val_accuracy"], info["val_accuracy"]
     drop = round(100 * (fp32_acc - acc), 3)
     x = preprocess(data.val[0].path, run.preprocess)[None]
-    fp32_ms, variant_ms = latency_ms(fp32_path, x), latency_ms(path, x)
+    fp32_ms, variant_ms = latency_ms(fp32_path, x, provider=provider), latency_ms(path, x, provider=provider)
     info.update(val_accuracy=acc, fp32_val_accuracy=fp32_acc, val_images=len(data.val), drop_points=drop,
                 threshold_points=max_accuracy_drop, latency_ms=round(variant_ms, 3), fp32_latency_ms=round(fp32_ms, 3),
-                latency_input=list(x.shape), speed_ratio=round(fp32_ms / variant_ms, 3),
+                latency_input=list(x.shape), latency_provider=provider, speed_ratio=round(fp32_ms / variant_ms, 3),
                 size_bytes=path.stat().st_size, fp32_size_bytes=fp32_path.stat().st_size)
-    if drop > max_accuracy_drop:
-        info["status"] = "refused"
+    info["status"] = "refused" if drop > max_accuracy_drop else "accepted"
+    if info["status"] == "refused":
         path.unlink()
-    else:
-        info["status"] = "accepted"
     return info
 
 

@@ -51,8 +51,14 @@ def summary_lines(report: dict) -> list[str]:
         ref = acc.get("metrics_json")
         lines.append(f"val accuracy (ONNX Runtime, {acc['images']} images): {acc['onnx_fp32']:.2%}"
                      + (f"; metrics.json {ref:.2%} (Δ {acc['delta_points']:+.2f} points)" if ref is not None else ""))
-    for name, v in report.get("variants", {}).items():
-        lines.append(f"{name}: {v['status']}, val accuracy {v['val_accuracy']:.2%} "
-                     f"(drop {v['drop_points']:+.2f} points, "
-                     f"limit {v['threshold_points']}), {v['speed_ratio']:.2f}x the speed of fp32 at batch 1")
+    for key, kind in (("variants", "classifier"), ("feature_variants", "features")):
+        for name, v in report.get(key, {}).items():
+            extra = f", cosine to fp32 {v['cosine_mean']:.4f} (min {v['cosine_min']:.4f})" if "cosine_mean" in v else ""
+            lines.append(f"{kind} {name}: {v['status']}, val accuracy {v['val_accuracy']:.2%} "
+                         f"(drop {v['drop_points']:+.2f} points, limit {v['threshold_points']}){extra}, "
+                         f"{v['speed_ratio']:.2f}x the speed of fp32 at batch 1")
+    for kind in ("classifier", "features"):
+        entry = report.get("deploy", {}).get(kind)
+        if entry:
+            lines.append(f"deployed {kind}: {entry['variant']} ({entry['file']}): {entry['reason']}")
     return lines

@@ -39,6 +39,7 @@ SETTINGS = "serving.json"
 PREPROCESS = "preprocess.json"
 LABELS = "labels.json"
 THREADS_ENV = "ZOO_SERVE_THREADS"  # set by `zoo serve start`: intra-op threads per worker
+VARIANT_HEADER = "X-Zoo-Variant"  # every answer names the variant that computed it
 
 
 REASONS = {400: "Bad Request", 413: "Payload Too Large"}
@@ -52,14 +53,19 @@ def _threads() -> int:
 
 
 class OnnxRuntimeModel:
-    """One ONNX graph run by ONNX Runtime; returns the named output."""
+    """One ONNX graph run by ONNX Runtime; returns the named output.
 
-    def __init__(self, path: Path, output: str, gpu_id: int | None):
+    The deployed variant falls back to the fp32 graph, with one warning, when it cannot load here.
+    """
+
+    def __init__(self, path: Path, output: str, gpu_id: int | None, fallback: Path | None = None,
+                 variant: str = "fp32"):
         # The GPU TorchServe gave this worker, when it gave one and this onnxruntime has CUDA; else the CPU.
         on_gpu = gpu_id is not None and zoo_inference.CUDA in zoo_inference.available_providers()
-        self.session = zoo_inference.open_session(
-            path, [zoo_inference.CUDA if on_gpu else zoo_inference.CPU], threads=_threads(), inter_op_threads=1,
-            device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
+        self.session, ran = zoo_inference.open_deployed(
+            path, fallback, [zoo_inference.CUDA if on_gpu else zoo_inference.CPU], threads=_threads(),
+            inter_op_threads=1, device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
+        self.variant = "fp32" if fallback is not None and ran == fallback else variant
         self.input = self.session.get_inputs()[0].name
         self.output = output
         self.where = self.session.get_providers()[0]  # logged at start: which provider really runs
@@ -83,6 +89,7 @@ class TorchProgramModel:
         self.module = torch.export.load(str(path)).module().to(self.device)
         self.output = int(output)
         self.where = str(self.device)
+        self.variant = "fp32"  # the torch program is the fp32 model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -91,6 +98,16 @@ class TorchProgramModel:
 
 
 RUNTIMES = {"onnx": OnnxRuntimeModel, "torch": TorchProgramModel}
+
+
+def open_model(model_dir: Path, settings: dict, gpu_id: int | None):
+    """The model serving.json names: its deployed variant, with the fp32 file as the fallback (onnx runtime)."""
+    path = model_dir / settings["model_file"]
+    if settings["runtime"] != "onnx":
+        return RUNTIMES[settings["runtime"]](path, settings["output"], gpu_id)
+    fallback = settings.get("fallback_file")
+    return OnnxRuntimeModel(path, settings["output"], gpu_id, fallback=model_dir / fallback if fallback else None,
+                            variant=settings.get("variant", "fp32"))
 
 
 class ZooImageHandler:
@@ -109,15 +126,15 @@ class ZooImageHandler:
         self.group_size = int(self.settings.get("max_group", 8))
         self.pixel_budget = int(self.settings.get("max_pixels_per_request", DEFAULT_PIXEL_BUDGET))
         keep_repeated_fields()  # every file of a repeated multipart field name is answered, not just the last
-        runtime = RUNTIMES[self.settings["runtime"]]
-        self.model = runtime(model_dir / self.settings["model_file"], self.settings["output"], props.get("gpu_id"))
+        self.model = open_model(model_dir, self.settings, props.get("gpu_id"))
+        self.variant = self.model.variant  # what really loaded: the deployed variant, or fp32 after a fallback
         width = getattr(self.model, "width", None)
         if self.settings["kind"] == "classifier" and width is not None and width != len(self.labels):
             raise ValueError(f"labels.json names {len(self.labels)} classes but {self.settings['model_file']} has "
                              f"{width} outputs: re-export the model with `zoo export` so they match.")
         self.initialized = True
-        logger.info("zoo %s handler ready: %s runtime on %s, %d labels", self.settings["kind"],
-                    self.settings["runtime"], self.model.where, len(self.labels))
+        logger.info("zoo %s handler ready: %s runtime on %s, %s variant, %d labels", self.settings["kind"],
+                    self.settings["runtime"], self.model.where, self.variant, len(self.labels))
 
     def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
         """The JSON answer of one request from the model output of each of its images."""
@@ -149,6 +166,7 @@ class ZooImageHandler:
                     len({a.shape for t in tensors.values() for a in t}))
         for idx, answers in outputs.items():
             context.set_response_content_type(idx, "application/json")
+            context.set_response_header(idx, VARIANT_HEADER, self.variant)
             responses[idx] = json.dumps(self.answer(answers, parsed[idx]))
         return [responses[idx] for idx in range(len(data))]
 

@@ -141,6 +141,7 @@ class MockContext:
         self.headers = headers or []
         self.status: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.response_headers: dict[int, dict[str, str]] = {}
 
     def get_all_request_header(self, idx: int) -> dict:
         return self.headers[idx] if idx < len(self.headers) else {}
@@ -150,6 +151,9 @@ class MockContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 TINY_LABELS = ["cat", "dog", "fish"]

@@ -68,9 +68,16 @@ def test_run_export_int8_and_server_give_the_same_test_accuracy(runner, trained,
     root, data, metrics = trained
     n_test = sum(1 for _ in (data / "test").rglob("*.png"))
     run = _evaluate(runner, [str(root / "run"), str(data), "--out", str(tmp_path / "run")])
-    fp32 = _evaluate(runner, [str(root / "export"), str(data), "--out", str(tmp_path / "fp32")])
+    fp32 = _evaluate(runner, [str(root / "export" / "classifier.onnx"), str(data), "--out", str(tmp_path / "fp32")])
     int8 = _evaluate(runner, [str(root / "export" / "classifier.int8.onnx"), str(data), "--out",
                               str(tmp_path / "int8")])
+    # The export folder runs what deploy.json names (int8 where it passed and is faster here), and says so.
+    deployed = _evaluate(runner, [str(root / "export"), str(data), "--out", str(tmp_path / "deployed")])
+    variant = json.loads((root / "export" / "deploy.json").read_text())["classifier"]["variant"]
+    assert deployed["variant"] == variant and variant in deployed["kind"], deployed["kind"]
+    assert (fp32["variant"], int8["variant"], run["variant"]) == ("fp32", "int8", "fp32")
+    same = dict(fp32=fp32, int8=int8)[variant]
+    assert deployed["metrics"]["accuracy"] == same["metrics"]["accuracy"]
     url = f"{served.inference_url}/predictions/textures"
     token = serve.read_key(served.key_file, "inference")
     # No key file where the client looks (another ZOO_SERVE_HOME): the token comes from ZOO_TOKEN alone.
@@ -79,10 +86,11 @@ def test_run_export_int8_and_server_give_the_same_test_accuracy(runner, trained,
     for result in (run, fp32, int8, http):
         assert result["images"] == n_test and result["split_settings"]["test_split"] == "folder"
     top1 = {name: r["metrics"]["accuracy"] for name, r in dict(run=run, fp32=fp32, int8=int8, http=http).items()}
-    assert top1["run"] == top1["fp32"] == top1["http"] == pytest.approx(metrics["test"]["accuracy"]), top1
+    assert top1["run"] == top1["fp32"] == pytest.approx(metrics["test"]["accuracy"]), top1
+    assert top1["http"] == top1[variant], top1  # the archives serve the deployed variant too
     assert abs(top1["int8"] - top1["fp32"]) * 100 <= INT8_GATE, top1
     assert run["metrics"]["confusion_matrix"] == metrics["test"]["confusion_matrix"]
-    assert http["metrics"]["loss"] == pytest.approx(fp32["metrics"]["loss"], abs=1e-3)
+    assert http["metrics"]["loss"] == pytest.approx(same["metrics"]["loss"], abs=1e-3)
     for name in ("report.md", "confusion.png", "reliability.png", "evaluation.json"):
         assert (tmp_path / "http" / name).stat().st_size > 0
     assert "expected calibration error" in (tmp_path / "int8" / "report.md").read_text()

@@ -186,13 +186,15 @@ class Context:
     status = {{}}
     def set_response_status(self, code=200, phrase="", idx=0): self.status[idx] = code
     def set_response_content_type(self, idx, value): pass
+    def set_response_header(self, idx, key, value): self.status[(idx, key)] = value
     def get_all_request_header(self, idx): return {{}}
 
 handler = classifier_handler.ClassifierHandler()
 context = Context()
 handler.initialize(context)
 good, bad = handler.handle([{{"body": open("image.jpg", "rb").read()}}, {{"body": b"junk"}}], context)
-assert "zoo" not in sys.modules and context.status == {{1: 400}}, (sorted(sys.modules), context.status)
+assert "zoo" not in sys.modules and context.status == {{1: 400, (0, "X-Zoo-Variant"): "fp32"}}, (
+    sorted(sys.modules), context.status)
 print(good)
 """
     result = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True,

@@ -138,6 +138,7 @@ def serve_check(paths: DemoPaths, edge_result: dict[str, Any], port: int | None)
         stop(cfg.folder)
         log.info("7/7 server stopped")
     return {"requests": len(variants), "top1_agreement": agree / len(variants), "max_abs_dp": max_dp,
+            "variant": client.variant,
             "p50_ms": 1000 * float(np.median(latencies)), "sizes": sorted({n for n, _ in variants})}
 
 
@@ -157,6 +158,9 @@ def run_demo(out: Path = Path("demo-out"), model: str = "efficientnet_lite0", po
         "test_accuracy_onnx": edge["accuracy"], "test_ece_onnx": edge["ece"], "test_images": len(edge["data"].test),
         "parity_max_abs_logits": report["parity"]["max_abs_logits"],
         "int8": report.get("variants", {}).get("int8"),
+        "deployed": {kind: entry["variant"] for kind, entry in report.get("deploy", {}).items()
+                     if kind in ("classifier", "features")},
+        "edge_variant": edge["edge"].variant, "served_variant": served.get("variant"),
         "edge_ms_per_image": 1000 * edge["seconds_per_image"], "served": served,
         "artifacts": {"run": str(paths.run), "export": str(paths.export), "archives": trained["archives"]},
         "timings_s": clock.timings, "total_s": time.perf_counter() - clock.started,
@@ -179,6 +183,9 @@ def summary_table(s: dict[str, Any]) -> Any:
     if s["int8"]:
         v = s["int8"]
         add("int8", f"{v['status']}: accuracy {v['val_accuracy']:.2%}, {v['speed_ratio']:.2f}x fp32 speed")
+    if s.get("deployed"):
+        ran = f"; edge ran {s['edge_variant']}" + (f", server answered {s['served_variant']}" if s["served"] else "")
+        add("deployed (deploy.json)", ", ".join(f"{k} {v}" for k, v in s["deployed"].items()) + ran)
     add("edge latency", f"{s['edge_ms_per_image']:.1f} ms / image")
     if s["served"]:
         sv = s["served"]

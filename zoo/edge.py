@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zoo.inference import open_session, same_shape_groups
+from zoo.deployment import FP32, deployed, variant_file
+from zoo.errors import ZooError
+from zoo.inference import open_deployed, same_shape_groups
 from zoo.inference import top_k as _top_k  # predict() has an argument named top_k
 from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, PreprocessConfigError, preprocess
 
@@ -47,16 +49,26 @@ class EdgeResult:
         return next(iter(self.top_k), None)
 
 
-def _resolve_model_path(path: Path, kind: str | None) -> Path:
+def _resolve_model_path(path: Path, kind: str | None, variant: str | None) -> tuple[Path, Path | None, str | None]:
+    """(model file, its fp32 fallback or None, variant or None when the file's metadata must say).
+
+    A folder runs the variant its deploy.json names (or `variant`); a file runs as given.
+    """
     path = Path(path)
     if path.is_dir():
-        name = FEATURES_FILE if kind == "features" else CLASSIFIER_FILE
-        if not (path / name).is_file():
-            raise EdgeError(f"{path} holds no {name}: give a folder written by `zoo export` or an .onnx file.")
-        return path / name
+        kind = "features" if kind == "features" else "classifier"
+        fp32 = path / variant_file(kind, FP32)
+        if not fp32.is_file():
+            raise EdgeError(f"{path} holds no {fp32.name}: give a folder written by `zoo export` or an .onnx file.")
+        try:
+            # What deploy.json names may be missing (fp32 then, with the fallback's warning); a named variant may not.
+            name, chosen = deployed(path, kind, variant, must_exist=variant is not None)
+        except ZooError as e:
+            raise EdgeError(str(e)) from None
+        return path / name, (fp32 if name != fp32.name else None), chosen
     if not path.is_file():
         raise EdgeError(f"{path} does not exist: give a folder written by `zoo export` or an .onnx file.")
-    return path
+    return path, None, variant
 
 
 def _read_json_beside(model_path: Path, name: str):
@@ -81,16 +93,19 @@ class EdgeModel:
 
     Images are preprocessed one by one by zoo.preprocess and only images that come out the same
     shape share a batch, with no padding, so an image's answer never depends on its neighbours.
+    Given an export folder it runs the variant deploy.json names (`variant` overrides), falling back
+    to the fp32 graph with one warning when that variant cannot load; `.variant` says which ran.
     """
 
     def __init__(self, path: Path | str, kind: str | None = None, providers: Sequence[str] | None = None,
-                 options: ort.SessionOptions | None = None):
-        self.path = _resolve_model_path(Path(path), kind)
+                 options: ort.SessionOptions | None = None, variant: str | None = None):
+        model, fallback, chosen = _resolve_model_path(Path(path), kind, variant)
         try:
-            self.session = open_session(self.path, providers, options=options)
+            self.session, self.path = open_deployed(model, fallback, providers, options=options)
         except Exception as e:  # ORT raises its own types for bad files
-            raise EdgeError(f"{self.path} is not a usable ONNX model ({e}): re-run `zoo export`.") from None
+            raise EdgeError(f"{model} is not a usable ONNX model ({e}): re-run `zoo export`.") from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.variant: str = FP32 if self.path == fallback else chosen or meta.get("zoo.precision") or FP32
         self.kind = meta.get("zoo.kind") or ("features" if self.path.name.startswith("features") else "classifier")
         pre = _read_json_beside(self.path, "preprocess.json") or _json_or_none(meta.get("zoo.preprocess"))
         if pre is None:

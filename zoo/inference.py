@@ -7,6 +7,7 @@ needs the grouping and top-k but not onnxruntime.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+logger = logging.getLogger("zoo.inference")  # under zoo's logger in the package; the worker's log in an archive
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -67,6 +70,28 @@ def open_session(model: Path | str | bytes, providers: Sequence[str] | None = No
                                     providers=with_options)
     finally:
         ort.set_default_logger_severity(2)
+
+
+def open_deployed(model: Path, fallback: Path | None, providers: Sequence[str] | None = None,
+                  **kwargs: Any) -> tuple[ort.InferenceSession, Path]:
+    """A session on the deployed variant `model`, or, when it cannot load or run, on the fp32 `fallback`.
+
+    A variant can fail where fp32 runs (an execution provider without int8 kernels, a damaged
+    file): the caller gets the fp32 graph and one warning line, never an error. One small image is
+    run through a variant before it is trusted, because some providers refuse a kernel only at run
+    time. Returns the session and the file it runs. kwargs go to open_session.
+    """
+    if fallback is None or Path(fallback) == Path(model):
+        return open_session(model, providers, **kwargs), Path(model)
+    try:
+        session = open_session(model, providers, **kwargs)
+        session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 64), np.float32)})
+        return session, Path(model)
+    except Exception as e:  # ORT raises its own exception types for unreadable files and missing kernels
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        logger.warning("%s could not be loaded (%s): running %s (fp32) instead", Path(model).name, reason,
+                       Path(fallback).name)
+    return open_session(fallback, providers, **kwargs), Path(fallback)
 
 
 def same_shape_groups(items: Sequence[Any], max_group: int) -> list[list[int]]:

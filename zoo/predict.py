@@ -41,7 +41,7 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
 
 
 def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int) -> tuple[list[dict], str]:
-    """Per-image {path, top_k, error} and the ONNX Runtime provider that ran them."""
+    """Per-image {path, top_k, error, variant} and where they ran (the ONNX Runtime provider and the variant)."""
     from zoo.edge import EdgeError, EdgeModel
 
     try:
@@ -49,8 +49,9 @@ def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int) 
         results = edge.predict(images, top_k=top_k, batch_size=batch_size)
     except EdgeError as e:
         raise ZooError(str(e)) from None
-    rows = [{"path": str(p), "top_k": r.top_k, "error": r.error} for p, r in zip(images, results, strict=True)]
-    return rows, edge.provider
+    rows = [{"path": str(p), "top_k": r.top_k, "error": r.error, "variant": edge.variant}
+            for p, r in zip(images, results, strict=True)]
+    return rows, f"{edge.provider}, {edge.variant}"
 
 
 def format_json(rows: list[dict]) -> str:
@@ -60,12 +61,13 @@ def format_json(rows: list[dict]) -> str:
 def format_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "rank", "label", "probability", "error"])
+    writer.writerow(["path", "rank", "label", "probability", "error", "variant"])
     for row in rows:
+        variant = row.get("variant") or ""
         if row["error"]:
-            writer.writerow([row["path"], "", "", "", row["error"]])
+            writer.writerow([row["path"], "", "", "", row["error"], variant])
         for rank, (label, p) in enumerate(row["top_k"].items(), start=1):
-            writer.writerow([row["path"], rank, label, f"{p:.6f}", ""])
+            writer.writerow([row["path"], rank, label, f"{p:.6f}", "", variant])
     return buf.getvalue()
 
 

@@ -61,7 +61,7 @@ def evaluate(target: str, data_dir: Path | str, split: str = "test", out: Path |
     log.info(f"Evaluating {model.name} ({model.kind}) on {len(chosen.samples)} {split} images of {data_dir}")
     answers, report = score(model, chosen)
     result = {
-        "target": model.name, "kind": model.kind, "data_dir": str(data_dir), "split": split,
+        "target": model.name, "kind": model.kind, "variant": model.variant, "data_dir": str(data_dir), "split": split,
         "split_settings": chosen.settings, "classes": chosen.classes,
         "images": sum(a.probabilities is not None for a in answers),
         "unreadable": [{"path": str(s.path), "reason": a.error} for a, s in zip(answers, chosen.samples, strict=True)

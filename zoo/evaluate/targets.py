@@ -31,6 +31,7 @@ class Target:
     name = ""
     labels: list[str] | None = None  # None: learnt from the first answer (a served model)
     run_config: dict[str, Any] | None = None  # the training run's config.json, when it can be found
+    variant: str | None = None  # the variant that ran (fp32, int8, fp16), when the target says
 
     def answer(self, path: Path) -> Answer:
         raise NotImplementedError
@@ -48,6 +49,7 @@ class RunTarget(Target):
     """A `zoo finetune` run directory, on PyTorch in fp32 (as training validates)."""
 
     kind = "run directory (PyTorch fp32)"
+    variant = "fp32"
 
     def __init__(self, run_dir: Path):
         from zoo.run_dir import load_run
@@ -79,7 +81,9 @@ class OnnxTarget(Target):
         except EdgeError as e:
             raise ZooError(str(e)) from None
         self.name, self.labels = str(self.edge.path), list(self.edge.labels)
-        self.kind = f"ONNX Runtime {self.edge.provider} ({self.edge.path.name})"
+        # An export folder runs what its deploy.json names (fp32 after a fallback): the report names what ran.
+        self.variant = self.edge.variant
+        self.kind = f"ONNX Runtime {self.edge.provider} ({self.edge.path.name}, {self.variant})"
         self.run_config = _run_config_near(self.edge.path.parent)
 
     def answer(self, path: Path) -> Answer:

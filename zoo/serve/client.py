@@ -15,6 +15,7 @@ from zoo.serve.keys import KEY_FILE, read_key
 from zoo.serve.state import load_state
 
 TOKEN_REFUSED = ("InvalidKeyException", "Token Authorization failed")
+VARIANT_HEADER = "X-Zoo-Variant"  # the handler names the variant (fp32, int8, fp16) that answered
 
 
 def split_endpoint(url: str) -> tuple[str, str]:
@@ -39,6 +40,7 @@ class ServeClient:
         self.token = token
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        self.variant: str | None = None  # what the last answer said ran; None from a server that does not say
         if urlsplit(self.base).hostname in ("127.0.0.1", "localhost", "::1"):
             self.session.trust_env = False  # a proxy from the environment must not see local traffic
 
@@ -91,6 +93,7 @@ class ServeClient:
             if attempt == 0 and any(t in r.text for t in TOKEN_REFUSED) and not self.token and self._refresh_token():
                 continue
             break
+        self.variant = r.headers.get(VARIANT_HEADER)
         try:
             body = r.json()
         except ValueError:
@@ -121,17 +124,19 @@ class ServeClient:
 
 
 def predict_remote(server: str, paths: list[Path], top_k: int = 3, token: str | None = None) -> list[dict]:
-    """Per-image {path, top_k, error} from a served classifier, like zoo.predict.predict_local."""
+    """Per-image {path, top_k, error, variant} from a served classifier, like zoo.predict.predict_local."""
     client = ServeClient(server, token=token)
     rows: list[dict] = []
     for path in paths:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
-            rows.append({"path": str(path), "top_k": {}, "error": f"cannot read the file ({e.strerror or e})"})
+            rows.append({"path": str(path), "top_k": {}, "error": f"cannot read the file ({e.strerror or e})",
+                         "variant": None})
             continue
         try:
-            rows.append({"path": str(path), "top_k": client.classify(data, top_k), "error": None})
+            rows.append({"path": str(path), "top_k": client.classify(data, top_k), "error": None,
+                         "variant": client.variant})
         except ValueError as e:  # the server refused this image; the others still go
-            rows.append({"path": str(path), "top_k": {}, "error": str(e)})
+            rows.append({"path": str(path), "top_k": {}, "error": str(e), "variant": client.variant})
     return rows
