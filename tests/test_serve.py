@@ -199,6 +199,21 @@ def test_topk_never_exceeds_the_classes(server):
     assert len(server.post("lite0", server.images["square.jpg"], headers={"X-Topk": "1"}).json()) == 1
 
 
+def test_one_access_log_line_per_request_and_no_per_request_frontend_chatter(server):
+    logs = Path(server.info.log_dir)
+    before = (logs / "access_log.log").read_text().count("POST /predictions/lite0 ")
+    for _ in range(5):
+        assert server.post("lite0", server.images["square.jpg"]).status_code == 200
+    assert (logs / "access_log.log").read_text().count("POST /predictions/lite0 ") == before + 5
+    frontend = (logs / "ts_log.log").read_text()
+    assert "Inference API bind to" in frontend  # lifecycle lines stay
+    for chatter in ("Sending response for jobId", "Backend response time", "Waiting time ns", "[DEBUG]"):
+        assert chatter not in frontend, chatter
+    assert not (logs / "ts_metrics.log").exists() and not (logs / "model_metrics.log").exists()
+    metrics = requests.get(f"{server.info.metrics_url}/metrics", timeout=30)
+    assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text  # metrics live here
+
+
 def test_secure_by_default(server):
     r = server.post("lite0", server.images["square.jpg"], token=False)
     assert r.status_code in (400, 401, 403) and "Token" in r.text

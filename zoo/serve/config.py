@@ -121,6 +121,8 @@ def config_properties(cfg: ServeConfig, models: dict[str, str], worker_base: int
         # A torch.export program takes a while to load on a busy CPU; TorchServe's 120 s would kill the worker.
         "default_startup_timeout": 900,
         "disable_system_metrics": "true",
+        # Metrics on the metrics endpoint, not as log lines for every request (see log_config.py).
+        "metrics_mode": "prometheus",
     }
     return "".join(f"{k}={_escape(str(v))}\n" for k, v in lines.items())
 
