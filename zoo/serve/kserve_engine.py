@@ -93,6 +93,10 @@ class ZooModel(Model):
         if not isinstance(payload, InferRequest) or len(payload.inputs) != 1:
             raise InvalidInput(f"{self.name} answers Open Inference Protocol requests with one input: POST "
                                f"/v2/models/{self.name}/infer.")
+        unknown = [o.name for o in payload.request_outputs or [] if o.name not in v2.OUTPUTS[self.kind]]
+        if unknown:
+            raise RequestError(400, f'{self.name} has no output "{unknown[0][:40]}": ask for '
+                                    f"{', '.join(v2.OUTPUTS[self.kind])}, or leave \"outputs\" out.")
         given = payload.inputs[0]
         tensor = v2.Tensor(given.name, given.datatype, given.shape, given.data)
         source = v2.request_images(tensor, self.limits) if tensor.datatype == "BYTES" \

@@ -30,6 +30,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 DATATYPES = ("BYTES", "FP32")
 SEND = ('send {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [BASE64]}]}, '
         "or FP32 pixels [N, 3, H, W]")
+OUTPUTS = {"classifier": ("labels", "probabilities", "ood_score", "ood_threshold", "out_of_distribution"),
+           "features": ("features",)}  # what answer_tensors may name; the ood_* ones when the export checks OOD
 MAX_ELEMENTS = 64_000_000  # what a shape may claim before any data is read (a 32 MB body holds 8M floats)
 
 
