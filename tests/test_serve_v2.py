@@ -3,15 +3,22 @@ request may take, a one-sentence 4xx for every malformed one (hypothesis), the a
 out-of-distribution field included), and the endpoint forms `zoo predict --server` accepts."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
 import struct
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from importlib.util import find_spec
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
+from serve_helpers import write_tiny_export
 
 from zoo.errors import UsageError
 from zoo.handlers.zoo_requests import RequestError
@@ -197,3 +204,59 @@ def test_endpoint_forms():
     for url in ("http://h:9", "http://h:9/v2/models", "http://h:9/v2/models/m/ready", "ftp://h/predictions/m"):
         with pytest.raises(UsageError, match="v2/models/MODEL_NAME"):
             parse_endpoint(url)
+
+
+@pytest.mark.skipif(find_spec("kserve") is None, reason="the kserve package is not installed")
+def test_the_kserve_model_answers_from_edge_results_and_passes_the_ood_field_on(monkeypatch, tmp_path):
+    """The engine's kserve.Model, in this process: EdgeModel's results become the response's tensors, and a field
+    EdgeResult gains (the out-of-distribution check, stubbed here) reaches the client without engine changes."""
+    monkeypatch.setattr(sys, "argv", ["zoo-test"])  # kserve.model_server reads the command line when imported
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from zoo.serve.kserve_engine import ZooModel
+
+    model = ZooModel("tiny", write_tiny_export(tmp_path / "export"), "classifier", ThreadPoolExecutor(1), 1,
+                     v2.Limits())
+    model.load()
+    edge_predict = model.model.predict
+
+    def with_ood(*args, **kwargs):
+        results = edge_predict(*args, **kwargs)
+        for r in results:
+            r.ood = {"score": 3.0, "threshold": 2.0, "out_of_distribution": True}
+        return results
+
+    monkeypatch.setattr(model.model, "predict", with_ood)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (120, 40, 200)).save(buf, format="PNG")
+    request = InferRequest("tiny", [InferInput("image", [1], "BYTES", data=[buf.getvalue()])],
+                           parameters={"topk": 2})
+    headers: dict[str, str] = {}
+    body, _ = asyncio.run(model.predict(request, {}, headers)).to_rest()
+    outputs = {o["name"]: o["data"] for o in body["outputs"]}
+    want = edge_predict([buf.getvalue()], 2)[0].top_k
+    assert outputs["labels"] == list(want) and outputs["probabilities"] == pytest.approx(list(want.values()))
+    assert outputs["ood_score"] == [3.0] and outputs["out_of_distribution"] == [True]
+    assert headers["X-Zoo-Variant"] == "fp32"
+
+
+def test_the_readme_manifest_holds_a_configuration_the_engine_accepts():
+    """No cluster here: this checks the README's InferenceService as far as this machine can."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from zoo.serve.kserve_process import engine_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = re.search(r"<!-- kserve-manifest -->\n```yaml\n(.*?)```", readme, re.S).group(1)
+    config_map, service = yaml.safe_load_all(text)
+    cfg = engine_config(json.loads(config_map["data"]["kserve.json"]))
+    assert cfg["export_dir"] == "/mnt/models" and set(cfg["models"].values()) == {"classifier", "features"}
+    container = service["spec"]["predictor"]["containers"][0]
+    assert container["command"][:3] == ["python", "-m", "zoo.serve.kserve_engine"]
+    assert container["ports"][0]["containerPort"] == cfg["port"] and cfg["host"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    with pytest.raises(ValueError, match="export_dir"):
+        engine_config({"models": {}})

@@ -45,6 +45,7 @@ from zoo.handlers.zoo_requests import (
 )
 from zoo.serve import v2
 from zoo.serve.client import VARIANT_HEADER
+from zoo.serve.kserve_process import engine_config
 
 logger = logging.getLogger("zoo.serve.kserve_engine")
 DEFAULT_TOPK = 5  # as the TorchServe archives (serving.json's default_topk); never more than the classes
@@ -264,8 +265,14 @@ class _ModelServer(ModelServer):
 
 
 def main(config_file: str) -> None:
-    """Serve what `zoo serve start --engine kserve` wrote into config_file, until SIGTERM."""
-    cfg = json.loads(Path(config_file).read_text())
+    """Serve what config_file says (`zoo serve start --engine kserve` writes one; a container gets its own), until
+    SIGTERM."""
+    try:
+        cfg = engine_config(json.loads(Path(config_file).read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        print(f"zoo: {config_file} is not an engine configuration ({e}): see `zoo serve start --engine kserve`.",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
     limits = v2.Limits(**cfg["limits"])
     pool = ThreadPoolExecutor(cfg["workers"], thread_name_prefix="zoo-inference")
     models = {name: ZooModel(name, Path(cfg["export_dir"]), kind, pool, cfg["threads"], limits)

@@ -50,6 +50,23 @@ class KServeConfig:
         return self.threads or max(1, (os.cpu_count() or 1) // self.worker_count)
 
 
+def engine_config(cfg: dict) -> dict:
+    """What the engine process serves, from its JSON configuration, defaults filled in: export_dir and models
+    ({name: "classifier" | "features"}) are needed; host 127.0.0.1, port 8080, workers and threads as
+    KServeConfig's, limits as v2.Limits'. ValueError names what is wrong."""
+    if not isinstance(cfg.get("export_dir"), str) or not isinstance(cfg.get("models"), dict) or not cfg["models"]:
+        raise ValueError('it needs "export_dir" (a folder) and "models" ({name: "classifier" or "features"})')
+    odd = [kind for kind in cfg["models"].values() if kind not in ("classifier", "features")]
+    if odd:
+        raise ValueError(f'a model\'s kind is {odd[0]!r}, not "classifier" or "features"')
+    defaults = KServeConfig(export_dir=Path(cfg["export_dir"]), workers=max(0, int(cfg.get("workers", 0))),
+                            threads=max(0, int(cfg.get("threads", 0))))
+    limits = cfg.get("limits") or {}
+    return {"export_dir": cfg["export_dir"], "models": dict(cfg["models"]), "host": str(cfg.get("host", defaults.host)),
+            "port": int(cfg.get("port", defaults.port)), "workers": defaults.worker_count,
+            "threads": defaults.thread_count, "limits": vars(Limits(**limits))}
+
+
 def model_name(export_dir: Path) -> str:
     """The name `zoo export` gave this export's archives: the run directory's (export_report.json says which)."""
     try:
