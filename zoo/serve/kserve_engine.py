@@ -56,9 +56,10 @@ class ZooModel(Model):
     """One graph of an export folder (classifier or features) as a KServe model."""
 
     def __init__(self, name: str, export_dir: Path, kind: str, pool: ThreadPoolExecutor, threads: int,
-                 limits: v2.Limits):
+                 limits: v2.Limits, variant: str | None = None):
         super().__init__(name, return_response_headers=True)
         self.export_dir, self.kind, self.pool, self.threads, self.limits = Path(export_dir), kind, pool, threads, limits
+        self.variant = variant  # None: the one deploy.json names
         self.edge: EdgeModel | None = None
 
     def load(self) -> bool:
@@ -67,7 +68,7 @@ class ZooModel(Model):
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        self.edge = EdgeModel(self.export_dir, kind=self.kind, options=options)
+        self.edge = EdgeModel(self.export_dir, kind=self.kind, options=options, variant=self.variant)
         self.ready = True
         return True
 
@@ -231,7 +232,9 @@ def _infer_request(model_name: str, parsed: v2.V2Request) -> InferRequest:
 
 
 async def _torchserve_answer(request: Request, model: ZooModel, limits: v2.Limits) -> Any:
-    """What the TorchServe handler answers: one image's answer, or a list when several were sent."""
+    """What the TorchServe handler answers: one image's answer, or a list when several were sent. It is the
+    handlers' shape ({label: probability}, or the vector), so fields beyond it (the OOD check) must follow
+    whatever shape the handlers give them; the v2 route carries them as tensors already."""
     try:
         body = await read_body(request, limits.max_body_bytes)
         parsed = parse_request(await torchserve_fields(request, body, limits.max_body_bytes), limits.max_images)
@@ -275,7 +278,7 @@ def main(config_file: str) -> None:
         sys.exit(2)
     limits = v2.Limits(**cfg["limits"])
     pool = ThreadPoolExecutor(cfg["workers"], thread_name_prefix="zoo-inference")
-    models = {name: ZooModel(name, Path(cfg["export_dir"]), kind, pool, cfg["threads"], limits)
+    models = {name: ZooModel(name, Path(cfg["export_dir"]), kind, pool, cfg["threads"], limits, cfg["variant"])
               for name, kind in cfg["models"].items()}
     try:
         for model in models.values():

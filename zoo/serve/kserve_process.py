@@ -34,6 +34,7 @@ class KServeConfig:
     workers: int = 0  # inferences at once; 0 means one per CPU core, at most 4
     threads: int = 0  # ONNX Runtime threads per inference; 0 means the CPU count divided by the workers
     features: bool = True  # also serve features.onnx as NAME-features, when the export has it
+    variant: str | None = None  # fp32, int8 or fp16 instead of what deploy.json names (the benchmarks compare them)
     state_dir: Path | None = None  # default ZOO_SERVE_HOME/<port>
     limits: Limits = field(default_factory=Limits)
 
@@ -52,19 +53,19 @@ class KServeConfig:
 
 def engine_config(cfg: dict) -> dict:
     """What the engine process serves, from its JSON configuration, defaults filled in: export_dir and models
-    ({name: "classifier" | "features"}) are needed; host 127.0.0.1, port 8080, workers and threads as
-    KServeConfig's, limits as v2.Limits'. ValueError names what is wrong."""
+    ({name: "classifier" | "features"}) are needed; host 127.0.0.1, port 8080, workers, threads and variant
+    as KServeConfig's, limits as v2.Limits'. ValueError names what is wrong."""
     if not isinstance(cfg.get("export_dir"), str) or not isinstance(cfg.get("models"), dict) or not cfg["models"]:
         raise ValueError('it needs "export_dir" (a folder) and "models" ({name: "classifier" or "features"})')
     odd = [kind for kind in cfg["models"].values() if kind not in ("classifier", "features")]
     if odd:
         raise ValueError(f'a model\'s kind is {odd[0]!r}, not "classifier" or "features"')
     defaults = KServeConfig(export_dir=Path(cfg["export_dir"]), workers=max(0, int(cfg.get("workers", 0))),
-                            threads=max(0, int(cfg.get("threads", 0))))
+                            threads=max(0, int(cfg.get("threads", 0))), variant=cfg.get("variant"))
     limits = cfg.get("limits") or {}
     return {"export_dir": cfg["export_dir"], "models": dict(cfg["models"]), "host": str(cfg.get("host", defaults.host)),
             "port": int(cfg.get("port", defaults.port)), "workers": defaults.worker_count,
-            "threads": defaults.thread_count, "limits": vars(Limits(**limits))}
+            "threads": defaults.thread_count, "variant": defaults.variant, "limits": vars(Limits(**limits))}
 
 
 def model_name(export_dir: Path) -> str:
@@ -122,7 +123,8 @@ def start_kserve(cfg: KServeConfig, timeout_s: float = 300.0, env: dict[str, str
     config = state_dir / KSERVE_CONFIG_FILE
     config.write_text(json.dumps({"export_dir": str(Path(cfg.export_dir).resolve()), "models": models,
                                   "host": cfg.host, "port": cfg.port, "workers": cfg.worker_count,
-                                  "threads": cfg.thread_count, "limits": vars(cfg.limits)}, indent=2) + "\n")
+                                  "threads": cfg.thread_count, "variant": cfg.variant, "limits": vars(cfg.limits)},
+                                 indent=2) + "\n")
     with open(log_dir / "server.out", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", KSERVE_MODULE, str(config)], cwd=state_dir, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
