@@ -585,9 +585,9 @@ def serve_start(
 
     json_mode(as_json)
     if engine.value == KSERVE:
-        if export_dir is None or batch_size != 1:
+        if export_dir is None or batch_size != 1 or models is not None:
             raise UsageError("--engine kserve serves an export folder, each request on its own: give EXPORT_DIR "
-                             "(e.g. runs/NAME/export), without --batch-size.")
+                             "(e.g. runs/NAME/export), without --models or --batch-size.")
         if host not in ("127.0.0.1", "localhost"):
             log.warning(f"serving on {host} without authorization: put the server behind an ingress or proxy that "
                         "authenticates.")

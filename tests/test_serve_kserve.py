@@ -321,3 +321,25 @@ def test_cli_start_status_stop_without_java(engine, tmp_path):
     assert stopped.returncode == 0 and "Stopped the KServe engine" in stopped.stdout, stopped.stderr
     assert serve.live_group_members(pid) == []
     assert run("serve", "status", "--port", port).returncode == 1
+
+
+def test_refusals_before_and_while_starting(engine, tmp_path, runner):
+    from zoo.cli import app
+    from zoo.errors import UsageError, ZooError
+
+    home = tmp_path / "home"
+    with pytest.raises(UsageError, match="holds no classifier.onnx"):
+        serve.start_kserve(serve.KServeConfig(export_dir=tmp_path, state_dir=home / "1"))
+    busy = int(engine.url.rsplit(":", 1)[1])
+    with pytest.raises(ZooError, match="in use"):
+        serve.start_kserve(serve.KServeConfig(export_dir=engine.export_dir, port=busy, state_dir=home / "2"))
+    # A variant the export does not hold: the engine exits, and start says why in the server's own words.
+    port = serve.free_port_block(24700, count=1, step=157)
+    with pytest.raises(ZooError, match="exited with status 1") as failed:
+        serve.start_kserve(serve.KServeConfig(export_dir=engine.export_dir, port=port, variant="fp16",
+                                              state_dir=home / "3"), timeout_s=300)
+    assert "zoo: " in str(failed.value) and "fp16" in str(failed.value)
+    assert serve.running_server(home / "3") is None
+    for args in (["serve", "start", "--engine", "kserve"], ["serve", "start", str(engine.export_dir)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
