@@ -581,20 +581,14 @@ def serve_start(
     as_json: JsonOption = False,
 ) -> None:
     """Start a server and wait until every model answers a prediction."""
-    from zoo.serve import KServeConfig, ServeConfig, describe, start, start_kserve
+    from zoo.serve import ServeConfig, describe, start
 
     json_mode(as_json)
     if engine.value == KSERVE:
         if export_dir is None or batch_size != 1 or models is not None:
             raise UsageError("--engine kserve serves an export folder, each request on its own: give EXPORT_DIR "
                              "(e.g. runs/NAME/export), without --models or --batch-size.")
-        if host not in ("127.0.0.1", "localhost"):
-            log.warning(f"serving on {host} without authorization: put the server behind an ingress or proxy that "
-                        "authenticates.")
-        cfg: KServeConfig | ServeConfig = KServeConfig(export_dir=export_dir, name=name, port=port, host=host,
-                                                       workers=workers, threads=threads)
-        log.info(f"Starting the KServe engine on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
-        info = start_kserve(cfg, timeout_s=timeout)
+        info = _start_kserve(export_dir, name, port, host, workers, threads, timeout)
     else:
         if export_dir is not None or name is not None:
             raise UsageError("TorchServe serves the .mar archives in --model-store (named by `zoo export --name`): "
@@ -613,6 +607,18 @@ def serve_start(
         return
     typer.echo(describe(info.to_json()))
     typer.echo(f"Stop it with `zoo serve stop --port {port}`.")
+
+
+def _start_kserve(export_dir: Path, name: str | None, port: int, host: str, workers: int, threads: int,
+                  timeout: float) -> Any:
+    from zoo.serve import KServeConfig, start_kserve
+
+    if host not in ("127.0.0.1", "localhost"):
+        log.warning(f"serving on {host} without authorization: put the server behind an ingress or proxy that "
+                    "authenticates.")
+    cfg = KServeConfig(export_dir=export_dir, name=name, port=port, host=host, workers=workers, threads=threads)
+    log.info(f"Starting the KServe engine on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
+    return start_kserve(cfg, timeout_s=timeout)
 
 
 @serve_app.command("stop")
