@@ -293,6 +293,7 @@ def test_metadata_readiness_and_the_bind_address(engine):
     listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
                  if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port]
     assert listening == [f"0100007F:{port:04X}"]  # 127.0.0.1 only
+    assert "libtorch" not in Path(f"/proc/{engine.info.pid}/maps").read_text()  # zoo[kserve] needs no PyTorch
     assert not Path(engine.info.state_dir, "key_file.json").exists()
 
 

@@ -94,6 +94,7 @@ def _input(**over) -> bytes:
      "binary_data_size"),
     (b'{"inputs": 1}', "1000", 400, "Inference-Header-Content-Length"),
     (b'{"inputs": 1}', "x", 400, "Inference-Header-Content-Length"),
+    (b'{"inputs": 1}', "\u00b2", 400, "Inference-Header-Content-Length"),  # a digit to str.isdigit, not to int()
     (json.dumps({**json.loads(_input()), "parameters": [1]}).encode(), None, 400, '"parameters" is a list'),
     (json.dumps({**json.loads(_input()), "id": 7}).encode(), None, 400, '"id" is a number'),
     (json.dumps({**json.loads(_input()), "outputs": ["labels"]}).encode(), None, 400, '"outputs" must be'),

@@ -144,7 +144,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     too_big = RequestError(413, f"The body is larger than the limit of {limit / 1e6:.0f} MB: send fewer or smaller "
                                 "images per request.")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():

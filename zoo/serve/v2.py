@@ -85,7 +85,7 @@ def parse_request(body: bytes, header_length: str | None = None) -> V2Request:
     end = len(body)
     if header_length is not None:
         text = header_length.strip()
-        if not text.isdigit() or not 0 < int(text) <= len(body):
+        if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= len(body):  # "²".isdigit() is True
             raise RequestError(400, f"{HEADER_LENGTH} is {_shown(header_length)!r} for a body of {len(body)} "
                                     "bytes: give the length of the JSON header that starts the body.")
         end = int(text)
