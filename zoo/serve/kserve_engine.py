@@ -196,8 +196,7 @@ def register_routes(app: FastAPI, models: dict[str, ZooModel], limits: v2.Limits
             return JSONResponse({"error": f"No model {model_name!r} here: the models are {', '.join(models)}."},
                                 status_code=404)
         try:
-            parsed = v2.parse_request(await read_body(request, limits.max_body_bytes),
-                                      request.headers.get(v2.HEADER_LENGTH))
+            parsed = await _read_v2(request, limits)
             response, headers = await model(_infer_request(model_name, parsed), headers=dict(request.headers))
             body, json_length = response.to_rest()
         except (RequestError, InvalidInput) as e:
@@ -221,6 +220,17 @@ def register_routes(app: FastAPI, models: dict[str, ZooModel], limits: v2.Limits
     for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
         app.add_api_route(path, v2_infer, methods=["POST"], include_in_schema=False)
     app.add_api_route("/predictions/{model_name}", predictions, methods=["POST"], include_in_schema=False)
+
+
+async def _read_v2(request: Request, limits: v2.Limits) -> v2.V2Request:
+    body = await read_body(request, limits.max_body_bytes)
+    try:
+        return v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH))
+    except RequestError:
+        raise
+    except Exception as e:  # a reader's bug on odd bytes is still that request's problem, never a 500
+        logger.warning("Could not read a v2 request", exc_info=True)
+        raise RequestError(400, f"The request could not be read ({type(e).__name__}): {v2.SEND}.") from None
 
 
 def _infer_request(model_name: str, parsed: v2.V2Request) -> InferRequest:
