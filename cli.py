@@ -24,6 +24,7 @@ from zoo.errors import UsageError, ZooError
 from zoo.evaluate.split import SPLITS as EVAL_SPLITS
 from zoo.export.formats import DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
 from zoo.log import configure, get_logger
+from zoo.serve.config import ENGINE_NAMES, ENGINES, KSERVE, TORCHSERVE
 from zoo.thresholds import IMBALANCE_THRESHOLD, SIZE_THRESHOLD
 from zoo.training.balance import BALANCE_MODES
 from zoo.training.strategies import AUTO, STRATEGIES
@@ -67,6 +68,8 @@ DeployMode = choices("DeployMode", DEPLOY_CHOICES)
 SampleName = choices("SampleName", SAMPLES)
 EvalSplit = choices("EvalSplit", EVAL_SPLITS)
 LogMode = choices("LogMode", LOG_MODES)
+Engine = choices("Engine", ENGINES)
+DEFAULT_ENGINE = Engine(TORCHSERVE)
 DEFAULT_LOG = LogMode("tensorboard")
 DEFAULT_SPLIT = EvalSplit("test")
 DEFAULT_STRATEGY = StrategyName("head")
@@ -77,7 +80,8 @@ app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, pretty_exceptions_enable=
                   help="zoo: from a folder of labelled images to a served, edge-ready image classifier.")
 models_app = typer.Typer(no_args_is_help=False, help="The backbone catalogue and its pretrained weights.")
 data_app = typer.Typer(no_args_is_help=True, help="Sample datasets and dataset inspection.")
-serve_app = typer.Typer(no_args_is_help=True, help="Run TorchServe on the archives in a model store.")
+serve_app = typer.Typer(no_args_is_help=True, help="Serve exports over HTTP: TorchServe on a model store's archives, "
+                        "or the KServe engine (Open Inference Protocol, no Java) on an export folder.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(serve_app, name="serve")
@@ -446,7 +450,7 @@ def export_command(
     json_mode(as_json)
     out_dir = out or run_dir / "export"
     if archive:  # a name TorchServe would refuse is found now, not after minutes of exporting
-        from zoo.export.archive import check_archive_name, default_archive_name
+        from zoo.export.formats import check_archive_name, default_archive_name
 
         name = check_archive_name(name or default_archive_name(run_dir))
     report = export_run(run_dir, out_dir, opset=opset, quantize=quantize.value, force=force, data_dir=data,
@@ -472,7 +476,8 @@ def export_command(
 @app.command("evaluate")
 def evaluate_command(
     target: Annotated[str, typer.Argument(help="A run directory, an export folder, an .onnx file (fp32, int8 or "
-                                          "fp16), or a served endpoint http://HOST:PORT/predictions/NAME.")],
+                                          "fp16), or a served endpoint http://HOST:PORT/predictions/NAME or "
+                                          "http://HOST:PORT/v2/models/NAME.")],
     data_dir: Annotated[Path, typer.Argument(help=DATA_DIR_HELP + " DIR/test/<class> is the test split if present.")],
     split: Annotated[EvalSplit, typer.Option(help="The split to score: test (held out), val, or all images.")]
     = DEFAULT_SPLIT,
@@ -509,8 +514,9 @@ def predict_command(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images (searched recursively).")],
     model: Annotated[Path | None, typer.Option(help="An export folder (classifier.onnx inside) or an .onnx file.")]
     = None,
-    server: Annotated[str | None, typer.Option(help="Ask a TorchServe endpoint instead, e.g. "
-                                               "http://127.0.0.1:8080/predictions/NAME.")] = None,
+    server: Annotated[str | None, typer.Option(help="Ask a server instead: http://HOST:PORT/predictions/NAME "
+                                               "(TorchServe) or http://HOST:PORT/v2/models/NAME (KServe, Open "
+                                               "Inference Protocol).")] = None,
     token: TokenOption = None,
     top_k: Annotated[int, typer.Option(help="Labels per image (never more than the number of classes).", min=1)] = 3,
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call (same-size images only).", min=1)] = 8,
@@ -548,40 +554,71 @@ PortOption = Annotated[int, typer.Option(help="Inference port; management, metri
 
 @serve_app.command("start")
 def serve_start(
+    export_dir: Annotated[Path | None, typer.Argument(help="--engine kserve: the export folder to serve "
+                                                      "(classifier.onnx, and features.onnx as NAME-features).")]
+    = None,
+    engine: Annotated[Engine, typer.Option(help="torchserve: TorchServe (Java 11+) on the .mar archives in "
+                                           "--model-store; kserve: KServe's model server on EXPORT_DIR, Open "
+                                           "Inference Protocol (v2) and /predictions/NAME, no Java.")]
+    = DEFAULT_ENGINE,
     model_store: Annotated[Path, typer.Option(help="Folder of .mar archives written by `zoo export`.")]
     = Path("model_store"),
     models: Annotated[str | None, typer.Option(help="Comma-separated archive names to serve (default: all).")] = None,
+    name: Annotated[str | None, typer.Option(help="--engine kserve: the model's name in URLs (default: the run's, "
+                                             "as `zoo export` names archives).")] = None,
     port: PortOption = 8080,
-    workers: Annotated[int, typer.Option(help="Worker processes per model (0: one per CPU core, at most 4).", min=0)]
-    = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes per model (kserve: inferences at once); 0: one per "
+                                         "CPU core, at most 4.", min=0)] = 0,
     batch_size: Annotated[int, typer.Option(help="TorchServe batching: most requests per handler call (1 = off).",
                                             min=1)] = 1,
     max_batch_delay: Annotated[int, typer.Option(help="Milliseconds TorchServe waits to fill a batch.", min=0)] = 50,
     threads: Annotated[int, typer.Option(help="Inference threads per worker (0: CPU count / workers).", min=0)] = 0,
     host: Annotated[str, typer.Option(help=HELP["host"])] = "127.0.0.1",
     token_auth: Annotated[bool, typer.Option("--token-auth/--no-token-auth", help="TorchServe token authorization "
-                                             "(keep it on).")] = True,
+                                             "(keep it on; the KServe engine has none: keep it on 127.0.0.1 or "
+                                             "behind an authenticating ingress).")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every model to answer.", min=1)] = 300,
     as_json: JsonOption = False,
 ) -> None:
-    """Start TorchServe and wait until every model answers a prediction."""
+    """Start a server and wait until every model answers a prediction."""
     from zoo.serve import ServeConfig, describe, start
 
     json_mode(as_json)
-    names = tuple(n.strip().removesuffix(".mar") for n in (models or "").split(",") if n.strip())
-    if host not in ("127.0.0.1", "localhost") or not token_auth:
-        log.warning(f"serving on {host} with token authorization {'on' if token_auth else 'OFF'}; "
-                    "the defaults (127.0.0.1, tokens on) are the safe ones.")
-    cfg = ServeConfig(model_store=model_store, models=names, port=port, host=host, workers=workers,
-                      batch_size=batch_size, max_batch_delay_ms=max_batch_delay, threads=threads,
-                      token_auth=token_auth)
-    log.info(f"Starting TorchServe on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
-    info = start(cfg, timeout_s=timeout)
+    if engine.value == KSERVE:
+        if export_dir is None or batch_size != 1 or models is not None:
+            raise UsageError("--engine kserve serves an export folder, each request on its own: give EXPORT_DIR "
+                             "(e.g. runs/NAME/export), without --models or --batch-size.")
+        info = _start_kserve(export_dir, name, port, host, workers, threads, timeout)
+    else:
+        if export_dir is not None or name is not None:
+            raise UsageError("TorchServe serves the .mar archives in --model-store (named by `zoo export --name`): "
+                             "EXPORT_DIR and --name are for --engine kserve.")
+        names = tuple(n.strip().removesuffix(".mar") for n in (models or "").split(",") if n.strip())
+        if host not in ("127.0.0.1", "localhost") or not token_auth:
+            log.warning(f"serving on {host} with token authorization {'on' if token_auth else 'OFF'}; "
+                        "the defaults (127.0.0.1, tokens on) are the safe ones.")
+        cfg = ServeConfig(model_store=model_store, models=names, port=port, host=host, workers=workers,
+                          batch_size=batch_size, max_batch_delay_ms=max_batch_delay, threads=threads,
+                          token_auth=token_auth)
+        log.info(f"Starting TorchServe on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
+        info = start(cfg, timeout_s=timeout)
     if as_json:
         typer.echo(json.dumps(info.to_json(), indent=2, default=str))
         return
     typer.echo(describe(info.to_json()))
     typer.echo(f"Stop it with `zoo serve stop --port {port}`.")
+
+
+def _start_kserve(export_dir: Path, name: str | None, port: int, host: str, workers: int, threads: int,
+                  timeout: float) -> Any:
+    from zoo.serve import KServeConfig, start_kserve
+
+    if host not in ("127.0.0.1", "localhost"):
+        log.warning(f"serving on {host} without authorization: put the server behind an ingress or proxy that "
+                    "authenticates.")
+    cfg = KServeConfig(export_dir=export_dir, name=name, port=port, host=host, workers=workers, threads=threads)
+    log.info(f"Starting the KServe engine on {host}:{port} (logs in {cfg.folder / 'logs'}) ...")
+    return start_kserve(cfg, timeout_s=timeout)
 
 
 @serve_app.command("stop")
@@ -593,7 +630,7 @@ def serve_stop(port: PortOption = 8080) -> None:
     if info is None:
         log.error(f"No zoo server is running on port {port}: nothing to stop.")
         raise typer.Exit(1)
-    typer.echo(f"Stopped TorchServe (pid {info.pid}) on port {port}.")
+    typer.echo(f"Stopped {ENGINE_NAMES.get(info.engine, info.engine)} (pid {info.pid}) on port {port}.")
 
 
 @serve_app.command("status")

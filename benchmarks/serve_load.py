@@ -1,8 +1,9 @@
-"""Served lite0 classifier under load, fp32 and the deployed int8 side by side, beside in-process ONNX Runtime.
+"""Served lite0 classifier under load, fp32 and the deployed int8 side by side, beside in-process ONNX Runtime;
+TorchServe and zoo's KServe engine side by side on the same export.
 
     python benchmarks/serve_load.py [--export EXPORT_DIR] [--requests 160] [--concurrency 8]
                                     [--workers 1,2] [--batch-size 1] [--rounds 3] [--variants fp32,int8]
-                                    [--no-kill]
+                                    [--engines torchserve,kserve] [--no-kill]
 
 Without --export it builds a lite0 run (pretrained backbone, new 3-class head: speed does not
 depend on the head's weights) on the textures sample and exports it with
@@ -21,6 +22,15 @@ each, both started before measuring). Rounds interleave the engines so that load
 processes falls on all of them alike; each figure is the median over rounds. Targets, with no
 failed request: served throughput at concurrency 8 at least 50% of the best in-process figure of
 the same variant, and served int8 at least 1.5x served fp32 (best worker count of each).
+
+The KServe engine (`zoo serve start --engine kserve`, no Java) serves the same export, one engine per
+variant and worker count (`--workers` there is inferences at once, each with the CPU count divided
+by the workers as ONNX Runtime threads, as TorchServe's workers get), and takes the same load in
+the same rounds, each image sent the way `zoo predict --server .../v2/models/NAME` sends it (the
+Open Inference Protocol's binary tensor data); TorchServe gets the raw bytes with its token. The
+last table puts the two engines side by side per variant and worker count: throughput, p50, p99
+and failed requests at the same concurrency. Its rows must have no failed request and be answered
+by their own variant; the targets above stay TorchServe's.
 
 Worker kill (unless --no-kill): each server then takes the same load once more per variant while
 one of its workers is killed (SIGKILL) after a quarter of the requests; the row beside the clean
@@ -50,6 +60,7 @@ from zoo import serve
 from zoo.deployment import variant_file
 from zoo.inference import CPU, open_session
 from zoo.preprocess import PreprocessConfig, preprocess
+from zoo.serve import v2
 from zoo.serve.client import VARIANT_HEADER
 
 
@@ -125,11 +136,19 @@ def in_process(export_dir: Path, images: list[bytes], n: int, callers: int, vari
     return _summary(n, time.perf_counter() - start, latencies, failed=0, variants={variant})
 
 
+def _requests_for(info: serve.ServerInfo, model: str, images: list[bytes]) -> tuple[str, list[tuple[bytes, dict]]]:
+    """(URL, (body, headers) per image) in each engine's own protocol: raw bytes with the token for TorchServe,
+    the Open Inference Protocol's binary tensor data for the KServe engine."""
+    if info.engine == serve.KSERVE:
+        return f"{info.inference_url}/v2/models/{model}/infer", [v2.encode_images([data]) for data in images]
+    headers = {"Authorization": f"Bearer {serve.read_key(info.key_file)}", "Content-Type": "application/octet-stream"}
+    return f"{info.inference_url}/predictions/{model}", [(data, headers) for data in images]
+
+
 def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, concurrency: int,
            quarter: threading.Event | None = None) -> dict:
     """`n` requests from `concurrency` client threads; `quarter` is set once a quarter of them are answered."""
-    url = f"{info.inference_url}/predictions/{model}"
-    headers = {"Authorization": f"Bearer {serve.read_key(info.key_file)}", "Content-Type": "application/octet-stream"}
+    url, bodies = _requests_for(info, model, images)
     local = threading.local()
     counter = iter(range(n))
     lock = threading.Lock()
@@ -144,8 +163,9 @@ def served(info: serve.ServerInfo, model: str, images: list[bytes], n: int, conc
             if i is None:
                 return
             t = time.perf_counter()
+            body, headers = bodies[i % len(bodies)]
             try:
-                r = local.session.post(url, data=images[i % len(images)], headers=headers, timeout=120)
+                r = local.session.post(url, data=body, headers=headers, timeout=120)
                 ok = r.status_code == 200
             except requests.RequestException:
                 ok, r = False, None
@@ -235,6 +255,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1, help="TorchServe batch size (1: batching off).")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default="fp32,int8", help="Comma-separated variants, one archive each.")
+    ap.add_argument("--engines", default="torchserve,kserve",
+                    help="Comma-separated: torchserve (zoo serve start), kserve (zoo serve start --engine kserve).")
     ap.add_argument("--kill", action=argparse.BooleanOptionalAction, default=True,
                     help="Also run the load once per server while one worker is SIGKILLed.")
     args = ap.parse_args()
@@ -247,11 +269,39 @@ def main() -> None:
         results = measure(export_dir, tmp, variants, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    sys.exit(0 if report(results, args.concurrency, variants) else 1)
+    workers = [int(x) for x in args.workers.split(",")]
+    sys.exit(0 if report(results, args.concurrency, variants, workers) else 1)
+
+
+def start_servers(store: Path, export_dir: Path, models: dict[str, str], args: argparse.Namespace,
+                  stops: list[Path]) -> tuple[dict[int, serve.ServerInfo], dict[tuple[str, int], serve.ServerInfo]]:
+    """TorchServe per worker count (every variant's archive), the KServe engine per variant and worker count;
+    each state folder goes into `stops` as soon as its server starts."""
+    engines = {e.strip() for e in args.engines.split(",")}
+    workers = [int(x) for x in args.workers.split(",")]
+    torchserve: dict[int, serve.ServerInfo] = {}
+    kserve: dict[tuple[str, int], serve.ServerInfo] = {}
+    for w in workers if serve.TORCHSERVE in engines else []:
+        port = serve.free_port_block(23000, step=211)
+        cfg = serve.ServeConfig(model_store=store, models=tuple(models.values()), port=port, workers=w,
+                                batch_size=args.batch_size, max_batch_delay_ms=5)
+        stops.append(cfg.folder)
+        torchserve[w] = serve.start(cfg, timeout_s=600)
+        print(f"started TorchServe, {w} worker(s) per variant, on port {port}", flush=True)
+    for v, name in models.items() if serve.KSERVE in engines else []:
+        for w in workers:
+            port = serve.free_port_block(24000, count=1, step=223)
+            kcfg = serve.KServeConfig(export_dir=export_dir, name=name, variant=v, port=port, workers=w,
+                                      features=False)
+            stops.append(kcfg.folder)
+            kserve[(v, w)] = serve.start_kserve(kcfg, timeout_s=600)
+            print(f"started the KServe engine, {v}, {w} at once, on port {port}", flush=True)
+    return torchserve, kserve
 
 
 def measure(export_dir: Path, tmp: Path, variants: list[str], args: argparse.Namespace) -> dict[str, list[dict]]:
-    """Every engine, round after round: in-process per variant, then each server's archive per variant."""
+    """Every engine, round after round: in-process per variant, then each server's archive (TorchServe) and each
+    KServe engine per variant."""
     from zoo.export.archive import write_archives
 
     store = tmp / "model_store"
@@ -263,40 +313,63 @@ def measure(export_dir: Path, tmp: Path, variants: list[str], args: argparse.Nam
     shapes = sorted({preprocess(b, cfg).shape[1:] for b in images})
     print(f"images: {len(images)} JPEGs, model input shapes {', '.join(f'{h}x{w}' for h, w in shapes)}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    servers: dict[int, serve.ServeConfig] = {}
+    stops: list[Path] = []
     results: dict[str, list[dict]] = {}
+    c = args.concurrency
     try:
-        for w in (int(x) for x in args.workers.split(",")):
-            port = serve.free_port_block(23000, step=211)
-            servers[w] = serve.ServeConfig(model_store=store, models=tuple(models.values()), port=port, workers=w,
-                                           batch_size=args.batch_size, max_batch_delay_ms=5)
-            serve.start(servers[w], timeout_s=600)
-            print(f"started {w} worker(s) per variant on port {port}", flush=True)
-        infos = {w: serve.running_server(c.folder) for w, c in servers.items()}
+        infos, engines = start_servers(store, export_dir, models, args, stops)
         for info in infos.values():  # warm-up: every worker sees every shape once
             for name in models.values():
-                served(info, name, images, 4 * len(images), args.concurrency)
+                served(info, name, images, 4 * len(images), c)
+        for (v, _), info in engines.items():
+            served(info, models[v], images, 4 * len(images), c)
         for r in range(args.rounds):
             for v, name in models.items():
                 for callers in (1, 2):
                     label = f"{v} in-process ORT, " + ("1 caller" if callers == 1 else "2 callers x 1 thread")
                     results.setdefault(label, []).append(in_process(export_dir, images, args.requests, callers, v))
                 for w, info in infos.items():
-                    label = f"{v} served, {w} worker{'s' if w > 1 else ''}, c={args.concurrency}"
-                    results.setdefault(label, []).append(served(info, name, images, args.requests, args.concurrency))
+                    label = served_label(serve.TORCHSERVE, v, w, c)
+                    results.setdefault(label, []).append(served(info, name, images, args.requests, c))
+                for (ev, w), info in engines.items():
+                    if ev == v:
+                        label = served_label(serve.KSERVE, v, w, c)
+                        results.setdefault(label, []).append(served(info, name, images, args.requests, c))
             print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})", flush=True)
-        if args.kill:
+        if args.kill:  # TorchServe's workers; the KServe engine is one process, with nothing to kill but itself
             for v, name in models.items():
                 for w, info in infos.items():
-                    label = f"{v} served, {w} worker{'s' if w > 1 else ''}, c={args.concurrency}, 1 killed"
-                    results[label] = [served_with_kill(info, name, images, args.requests, args.concurrency, w)]
+                    label = served_label(serve.TORCHSERVE, v, w, c) + ", 1 killed"
+                    results[label] = [served_with_kill(info, name, images, args.requests, c, w)]
     finally:
-        for c in servers.values():
-            serve.stop(c.folder)
+        for folder in stops:
+            serve.stop(folder)
     return results
 
 
-def report(results: dict[str, list[dict]], concurrency: int, variants: list[str]) -> bool:
+def served_label(engine: str, variant: str, workers: int, concurrency: int) -> str:
+    if engine == serve.KSERVE:
+        return f"{variant} kserve, {workers} at once, c={concurrency}"
+    return f"{variant} served, {workers} worker{'s' if workers > 1 else ''}, c={concurrency}"
+
+
+def compare_engines(medians: dict[str, dict], variants: list[str], workers: list[int], concurrency: int) -> None:
+    """TorchServe and the KServe engine side by side, per variant and worker count (median over rounds)."""
+    pairs = [(v, w, medians.get(served_label(serve.TORCHSERVE, v, w, concurrency)),
+              medians.get(served_label(serve.KSERVE, v, w, concurrency))) for v in variants for w in workers]
+    if not any(t and k for _, _, t, k in pairs):
+        return
+    print(f"\nTorchServe and the KServe engine side by side, same export and images, c={concurrency}:")
+    print(f"{'variant':8} {'workers':>7} | {'TorchServe images/s':>19} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} | "
+          f"{'KServe images/s':>15} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} | {'KServe/TorchServe':>17}")
+    for v, w, t, k in pairs:
+        if t and k:
+            print(f"{v:8} {w:>7} | {t['throughput']:19.1f} {t['p50']:7.0f} {t['p99']:7.0f} {t['failed']:6d} | "
+                  f"{k['throughput']:15.1f} {k['p50']:7.0f} {k['p99']:7.0f} {k['failed']:6d} | "
+                  f"{k['throughput'] / t['throughput']:16.2f}x")
+
+
+def report(results: dict[str, list[dict]], concurrency: int, variants: list[str], workers: list[int]) -> bool:
     """Print the median of each engine over the rounds, the variants side by side and worker-kill runs beside their
     clean run; True when the targets are met (clean runs only: a killed worker's requests are expected to fail)."""
     medians = {label: {k: statistics.median(x[k] for x in runs) for k in ("throughput", "p50", "p99")}
@@ -316,10 +389,12 @@ def report(results: dict[str, list[dict]], concurrency: int, variants: list[str]
                   f"{','.join(sorted(m['ran'])):>12} {recovery:>11} {m['throughput'] / base:13.2f}x")
             if not label.endswith("killed"):  # a row counts only for the variant that answered
                 ok = ok and m["failed"] == 0 and m["ran"] == {v}
-        best_served[v] = max((m for label, m in rows.items() if "served" in label and not label.endswith("killed")),
-                             key=lambda m: m["throughput"])
-        ok = ok and best_served[v]["throughput"] / base >= 0.5
-    print(f"\nserved at c={concurrency}, best worker count of each: "
+        torchserve = [m for label, m in rows.items() if " served, " in label and not label.endswith("killed")]
+        if torchserve:  # the targets are TorchServe's; the KServe rows count for failures and variants above
+            best_served[v] = max(torchserve, key=lambda m: m["throughput"])
+            ok = ok and best_served[v]["throughput"] / base >= 0.5
+    compare_engines(medians, variants, workers, concurrency)
+    print(f"\nserved by TorchServe at c={concurrency}, best worker count of each: "
           + "; ".join(f"{v} {m['throughput']:.1f} images/s, p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms"
                       for v, m in best_served.items()))
     if "fp32" in best_served and "int8" in best_served:

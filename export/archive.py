@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import torch
 from zoo.atomic import atomic_write
 from zoo.deployment import FP32, deployed
 from zoo.errors import UsageError, ZooError
-from zoo.export.formats import Runtime
+from zoo.export.formats import FEATURES_SUFFIX, Runtime, check_archive_name
 
 if TYPE_CHECKING:
     from zoo.backbones import ZooModel
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 ARCHIVE_VERSION = "1.0"  # TorchServe's model version; `zoo serve` registers this version
 HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 DEFAULT_MODEL_STORE = Path("model_store")
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")  # what TorchServe accepts as a model name (fullmatch)
 MAX_PIXELS_PER_REQUEST = 128_000_000  # the sum over a request's images (each alone: preprocess.json's max_pixels)
 HANDLER_MODULES = ("zoo_serving.py", "zoo_requests.py")  # shared by both handlers, copied into every archive
 
@@ -42,7 +40,7 @@ TORCH_PROGRAM = "model.pt2"  # one torch.export program for both archives: (prob
 # kind -> (handler file, ONNX file, ONNX output name, torch program output index, archive name suffix)
 KINDS = {
     "classifier": ("classifier_handler.py", "classifier.onnx", "probabilities", 0, ""),
-    "features": ("features_handler.py", "features.onnx", "features", 1, "-features"),
+    "features": ("features_handler.py", "features.onnx", "features", 1, FEATURES_SUFFIX),
 }
 
 
@@ -98,14 +96,6 @@ def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir
                 "max_group": 8 if runtime is Runtime.onnx else 1}
     (out_dir / "serving.json").write_text(json.dumps(settings, indent=2) + "\n")
     return out_dir
-
-
-def check_archive_name(name: str) -> str:
-    """The whole name must fit (fullmatch: a trailing newline does not); `zoo export` checks it before exporting."""
-    if not NAME_PATTERN.fullmatch(name):
-        raise UsageError(f"{name!r} cannot name a TorchServe model: use letters, digits, '-', '_' and '.', "
-                         "starting with a letter.")
-    return name
 
 
 def write_archives(export_dir: Path, name: str, model_store: Path = DEFAULT_MODEL_STORE,
@@ -188,9 +178,3 @@ class _ProbabilitiesAndFeatures(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)
         return torch.softmax(self.model.forward_head(features), dim=1), features
-
-
-def default_archive_name(run_dir: Path) -> str:
-    """A valid TorchServe model name from the run directory's name."""
-    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", Path(run_dir).resolve().name).strip("-.") or "model"
-    return name if name[0].isalpha() else f"m{name}"

@@ -52,7 +52,7 @@ def _kind(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _decode_base64(text: str, where: str) -> bytes:
+def decode_base64(text: str, where: str) -> bytes:
     if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
         text = text.split(",", 1)[1]
     try:
@@ -65,13 +65,13 @@ def _decode_base64(text: str, where: str) -> bytes:
 def _from_json(obj, options: dict) -> tuple[list[bytes], bool]:
     """JSON forms: {"image": B64}, {"images": [B64, ...]}, [B64, ...] or a bare B64 string."""
     if isinstance(obj, str):
-        return [_decode_base64(obj, "The JSON string")], False
+        return [decode_base64(obj, "The JSON string")], False
     if isinstance(obj, list):
         odd = [i for i, x in enumerate(obj) if not isinstance(x, str)]
         if odd:
             raise RequestError(400, f"Item {odd[0]} of the JSON list is {_kind(obj[odd[0]])}: the list must hold "
                                     "base64 strings, one per image.")
-        return [_decode_base64(x, f"Image {i} of the JSON list") for i, x in enumerate(obj)], True
+        return [decode_base64(x, f"Image {i} of the JSON list") for i, x in enumerate(obj)], True
     if isinstance(obj, dict):
         for name in OPTION_NAMES:
             if name in obj:
@@ -79,7 +79,7 @@ def _from_json(obj, options: dict) -> tuple[list[bytes], bool]:
         if "image" in obj:
             if not isinstance(obj["image"], str):
                 raise RequestError(400, f'The JSON key "image" holds {_kind(obj["image"])}: give it a base64 string.')
-            return [_decode_base64(obj["image"], 'The JSON key "image"')], False
+            return [decode_base64(obj["image"], 'The JSON key "image"')], False
         if "images" in obj:
             if not isinstance(obj["images"], list):
                 raise RequestError(400, f'The JSON key "images" holds {_kind(obj["images"])}: give it a list of '
@@ -111,7 +111,7 @@ def _from_text(text: str) -> list[bytes]:
     if not text.strip():
         return [b""]  # the image decoder says "empty"
     try:
-        return [_decode_base64(text, "The text body")]
+        return [decode_base64(text, "The text body")]
     except RequestError:
         raise RequestError(400, f"The body is {len(text)} characters of text, not an image or base64: "
                                 f"{SEND}.") from None

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +221,28 @@ def write_tiny_export(out: Path) -> Path:
         out / "preprocess.json")
     (out / "labels.json").write_text(json.dumps(TINY_LABELS))
     return out
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        out[rng.randrange(len(out))] = rng.randrange(256)
+    return bytes(out[: rng.randint(0, len(out))])
+
+
+def malformed_request(rng: random.Random, good: bytes) -> dict:
+    """One hostile request as keyword arguments for requests.post (seeded: the same sequence every run); `good`
+    is a valid image, mutated into some of them. The live fuzz tests of both engines send these."""
+    junk = [b"", b"hello world", rng.randbytes(rng.randint(1, 400)), _mutate(rng, good), b"{" + rng.randbytes(20),
+            b'{"image": 12}', b'{"images": "x"}', b"[" * rng.randint(1, 5000), b'"not base64!"',
+            json.dumps({"images": ["aGk="] * 40}).encode(), b"\x89PNG\r\n\x1a\n" + rng.randbytes(30)]
+    body = rng.choice(junk)
+    topk = rng.choice([None, "0", "-3", "abc", "\u00b2", "1.5", "9" * 30, "2"])
+    headers = {"X-Topk": topk} if topk else {}
+    form = rng.random()
+    if form < 0.25:  # multipart, sometimes with a repeated name
+        names = rng.choice([["file"], ["file", "file"], ["a", "b"], ["topk", "file"], ["file", "topk", "topk"]])
+        return {"files": [(n, (f"{n}.bin", rng.choice(junk))) for n in names], "headers": headers}
+    content_type = rng.choice(["application/octet-stream", "application/json", "text/plain", "image/png",
+                               "application/x-custom"])
+    return {"data": body, "headers": {**headers, "Content-Type": content_type}}

@@ -57,6 +57,7 @@ def _choices(command_path: tuple[str, ...], option: str) -> list[str]:
 def test_cli_choices_are_the_library_registries():
     from zoo.data.samples import SAMPLES
     from zoo.export.formats import NO_QUANTIZATION, QUANTIZE_VARIANTS, Runtime
+    from zoo.serve.config import ENGINES
     from zoo.training.balance import BALANCE_MODES
     from zoo.training.strategies import AUTO, STRATEGIES
 
@@ -65,6 +66,7 @@ def test_cli_choices_are_the_library_registries():
     assert _choices(("export",), "quantize") == [NO_QUANTIZATION, *QUANTIZE_VARIANTS]
     assert _choices(("export",), "runtime") == [r.value for r in Runtime]
     assert _choices(("data", "sample"), "name") == list(SAMPLES)
+    assert _choices(("serve", "start"), "engine") == list(ENGINES)
 
 
 def test_advisor_and_finetune_share_the_size_and_imbalance_thresholds():

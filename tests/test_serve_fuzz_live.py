@@ -15,7 +15,7 @@ import random
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import write_tiny_export
+from serve_helpers import malformed_request, write_tiny_export
 
 from zoo import serve
 from zoo.export.archive import write_archives
@@ -93,35 +93,11 @@ def test_token_refusal_is_the_documented_400(live):
     assert r.status_code == 400 and "Token Authorization failed" in r.text
 
 
-def _mutate(rng: random.Random, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        out[rng.randrange(len(out))] = rng.randrange(256)
-    return bytes(out[: rng.randint(0, len(out))])
-
-
-def _malformed(rng: random.Random) -> dict:
-    """One hostile request as keyword arguments for requests.post (seeded: the same sequence every run)."""
-    junk = [b"", b"hello world", rng.randbytes(rng.randint(1, 400)), _mutate(rng, GOOD), b"{" + rng.randbytes(20),
-            b'{"image": 12}', b'{"images": "x"}', b"[" * rng.randint(1, 5000), b'"not base64!"',
-            json.dumps({"images": ["aGk="] * 40}).encode(), b"\x89PNG\r\n\x1a\n" + rng.randbytes(30)]
-    body = rng.choice(junk)
-    topk = rng.choice([None, "0", "-3", "abc", "\u00b2", "1.5", "9" * 30, "2"])
-    headers = {"X-Topk": topk} if topk else {}
-    form = rng.random()
-    if form < 0.25:  # multipart, sometimes with a repeated name
-        names = rng.choice([["file"], ["file", "file"], ["a", "b"], ["topk", "file"], ["file", "topk", "topk"]])
-        return {"files": [(n, (f"{n}.bin", rng.choice(junk))) for n in names], "headers": headers}
-    content_type = rng.choice(["application/octet-stream", "application/json", "text/plain", "image/png",
-                               "application/x-custom"])
-    return {"data": body, "headers": {**headers, "Content-Type": content_type}}
-
-
 def test_seeded_fuzz_pass_never_gets_a_5xx_or_hangs(live):
     rng = random.Random(17)
     statuses: dict[int, int] = {}
     for i in range(FUZZ_REQUESTS):
-        kwargs = _malformed(rng)
+        kwargs = malformed_request(rng, GOOD)
         try:
             r = live.post(**kwargs)
         except requests.Timeout:

@@ -235,7 +235,7 @@ def test_archive_mistakes_are_clear(tiny_export, tmp_path):
 
 
 def test_default_archive_name():
-    from zoo.export.archive import default_archive_name
+    from zoo.export.formats import default_archive_name
 
     assert default_archive_name(Path("runs/tex_head")) == "tex_head"
     assert default_archive_name(Path("runs/2024 run#1")) == "m2024-run-1"

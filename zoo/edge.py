@@ -171,10 +171,18 @@ class EdgeModel:
         for i, msg in errors.items():
             results[i].error = msg
         for indices, batch in groups:
-            probs = self._probabilities(self.run(batch))
-            for row, i in zip(probs, indices, strict=True):
-                results[i].top_k = _top_k(row, self.labels, top_k)
+            for i, result in zip(indices, self.predict_batch(batch, top_k), strict=True):
+                result.source = results[i].source
+                results[i] = result
         return results
+
+    def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list[EdgeResult]:
+        """Top-k per image of an already preprocessed float32 batch [N, 3, H, W]: what `predict` answers for
+        each group of same-shape images, and what a server answers for a tensor it was sent."""
+        if self.kind != "classifier":
+            raise EdgeError(f"{self.path} is a feature extractor: use .features(), or open classifier.onnx to predict.")
+        probs = self._probabilities(self.run(batch))
+        return [EdgeResult(f"<row {n}>", top_k=_top_k(row, self.labels, top_k)) for n, row in enumerate(probs)]
 
     def features(self, sources: Iterable[ImageSource], batch_size: int = 1) -> list[EdgeResult]:
         """The bottleneck vector per image (features.onnx), in input order; unreadable files get an error."""
@@ -183,12 +191,16 @@ class EdgeModel:
         groups, errors = self._batches(sources, batch_size)
         for i, msg in errors.items():
             results[i].error = msg
-        name = "features" if "features" in self.output_names else self.output_names[0]
         for indices, batch in groups:
-            out = self.run(batch)[name]
-            for row, i in zip(out, indices, strict=True):
-                results[i].features = row
+            for i, result in zip(indices, self.features_batch(batch), strict=True):
+                result.source = results[i].source
+                results[i] = result
         return results
+
+    def features_batch(self, batch: np.ndarray) -> list[EdgeResult]:
+        """The bottleneck vector per image of an already preprocessed float32 batch [N, 3, H, W]."""
+        name = "features" if "features" in self.output_names else self.output_names[0]
+        return [EdgeResult(f"<row {n}>", features=row) for n, row in enumerate(self.run(batch)[name])]
 
 
 def _json_or_none(text: str | None):

@@ -1,16 +1,23 @@
-"""Client side of `zoo serve`: send images to a TorchServe endpoint with the right token.
+"""Client side of `zoo serve`: send images to a served model, whichever engine serves it.
 
-The token comes from --token, or from the key file of the server `zoo serve start` runs on that
-port. TorchServe's inference key expires (60 minutes by default); when the server refuses it, a
-fresh one is asked for with the key file's API key and the request is sent once more.
+The URL says the protocol: http://HOST:PORT/predictions/NAME is TorchServe's (zoo's KServe engine
+answers it too): the image's bytes as the body. http://HOST:PORT/v2/models/NAME is the Open Inference
+Protocol (zoo's KServe engine, or any v2 server running a zoo export): one BYTES tensor in the binary
+tensor data extension (zoo/serve/v2.py). A path before /predictions or /v2 (an ingress prefix) is kept.
+
+The token comes from --token, or from the key file of the TorchServe `zoo serve start` runs on that
+port; the KServe engine has none (an ingress in front may ask for --token). TorchServe's inference key
+expires (60 minutes by default); when the server refuses it, a fresh one is asked for with the key
+file's API key and the request is sent once more.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from zoo.errors import UsageError, ZooError
-from zoo.serve.config import state_dir_for
+from zoo.serve.config import KSERVE, TORCHSERVE, state_dir_for
 from zoo.serve.keys import KEY_FILE, read_key
 from zoo.serve.state import load_state
 
@@ -18,13 +25,40 @@ TOKEN_REFUSED = ("InvalidKeyException", "Token Authorization failed")
 VARIANT_HEADER = "X-Zoo-Variant"  # the handler names the variant (fp32, int8, fp16) that answered
 
 
-def split_endpoint(url: str) -> tuple[str, str]:
-    """(base URL, model name) from http://HOST:PORT/predictions/NAME."""
+@dataclass(frozen=True)
+class Endpoint:
+    base: str  # scheme, host, port and any path prefix
+    model: str
+    protocol: str  # TORCHSERVE (/predictions/NAME) or KSERVE (/v2/models/NAME, the Open Inference Protocol)
+
+    @property
+    def url(self) -> str:
+        """Where the images go."""
+        if self.protocol == KSERVE:
+            return f"{self.base}/v2/models/{self.model}/infer"
+        return f"{self.base}/predictions/{self.model}"
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """The endpoint http://HOST:PORT[/PREFIX]/predictions/NAME or .../v2/models/NAME[/infer] names."""
     parts = urlsplit(url)
     path = parts.path.rstrip("/").split("/")
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(path) < 3 or path[-2] != "predictions":
-        raise UsageError(f"{url} is not a prediction endpoint: give http://HOST:PORT/predictions/MODEL_NAME.")
-    return f"{parts.scheme}://{parts.netloc}", path[-1]
+    if path[-1:] == ["infer"] and path[-4:-2] == ["v2", "models"]:
+        path = path[:-1]
+    if parts.scheme in ("http", "https") and parts.hostname and len(path) >= 3 and path[-1]:
+        prefix = f"{parts.scheme}://{parts.netloc}"
+        if path[-2] == "predictions":
+            return Endpoint(prefix + "/".join(path[:-2]), path[-1], TORCHSERVE)
+        if path[-3:-1] == ["v2", "models"]:
+            return Endpoint(prefix + "/".join(path[:-3]), path[-1], KSERVE)
+    raise UsageError(f"{url} is not a prediction endpoint: give http://HOST:PORT/predictions/MODEL_NAME (TorchServe) "
+                     "or http://HOST:PORT/v2/models/MODEL_NAME (KServe, the Open Inference Protocol).")
+
+
+def split_endpoint(url: str) -> tuple[str, str]:
+    """(base URL, model name) from http://HOST:PORT/predictions/NAME or http://HOST:PORT/v2/models/NAME."""
+    endpoint = parse_endpoint(url)
+    return endpoint.base, endpoint.model
 
 
 class ServeClient:
@@ -33,7 +67,8 @@ class ServeClient:
     def __init__(self, url: str, token: str | None = None, key_file: Path | None = None, timeout_s: float = 120.0):
         import requests
 
-        self.base, self.model = split_endpoint(url)
+        self.endpoint = parse_endpoint(url)
+        self.base, self.model = self.endpoint.base, self.endpoint.model
         port = urlsplit(self.base).port or 80
         self.state_dir = state_dir_for(port)
         self.key_file = None if token else Path(key_file) if key_file else self.state_dir / KEY_FILE
@@ -71,20 +106,26 @@ class ServeClient:
         parts = urlsplit(self.base)
         return f"{parts.scheme}://{parts.hostname}:{(parts.port or 80) + 1}"
 
+    def _request(self, image: bytes, topk: int | None) -> tuple[bytes, dict[str, str]]:
+        """(body, headers) of one image's request in the endpoint's protocol, without the token."""
+        if self.endpoint.protocol == KSERVE:
+            from zoo.serve.v2 import encode_images
+
+            return encode_images([image], topk)
+        return image, {"Content-Type": "application/octet-stream", **({"X-Topk": str(topk)} if topk else {})}
+
     def post(self, image: bytes, topk: int | None = None):
-        """The server's answer for one image: (status code, parsed JSON body or text)."""
+        """The server's answer for one image: (status code, parsed JSON body or text). A 200 from a v2 server is
+        turned into what TorchServe answers: {label: probability}, or the features vector."""
         import requests
 
+        body, headers = self._request(image, topk)
         for attempt in range(2):
-            headers = {"Content-Type": "application/octet-stream"}
             token = self._token()
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-            if topk is not None:
-                headers["X-Topk"] = str(topk)
             try:
-                r = self.session.post(f"{self.base}/predictions/{self.model}", data=image, headers=headers,
-                                      timeout=self.timeout_s)
+                r = self.session.post(self.endpoint.url, data=body, headers=headers, timeout=self.timeout_s)
             except requests.ConnectionError:
                 raise ZooError(f"No server answers at {self.base}: start one with `zoo serve start`.") from None
             except requests.Timeout:
@@ -95,15 +136,25 @@ class ServeClient:
             break
         self.variant = r.headers.get(VARIANT_HEADER)
         try:
-            body = r.json()
+            answer = r.json()
         except ValueError:
-            body = r.text
-        return r.status_code, body
+            return r.status_code, r.text
+        if r.status_code == 200 and self.endpoint.protocol == KSERVE:
+            from zoo.serve.v2 import read_answers
+
+            try:
+                return 200, read_answers(answer)[0]
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise ZooError(f"{self.endpoint.url} answered without zoo's outputs (labels and probabilities, or "
+                               "features): is it serving a zoo export?") from None
+        return r.status_code, answer
 
     def _answer(self, image: bytes, topk: int | None):
         """The 200 answer, or (for a refused image) the server's one-sentence reason as a ValueError."""
         code, body = self.post(image, topk)
-        message = body.get("message") if isinstance(body, dict) and "code" in body else None
+        message = None
+        if isinstance(body, dict) and code != 200:  # TorchServe's {"code", "message"}, or the v2 {"error"}
+            message = body.get("message") if "code" in body else body.get("error")
         if code == 200:
             return body
         if any(t in str(body) for t in TOKEN_REFUSED):

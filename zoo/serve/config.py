@@ -12,6 +12,12 @@ from zoo.errors import UsageError, ZooError
 
 DEFAULT_PORT = 8080
 CONFIG_FILE = "config.properties"
+TORCHSERVE = "torchserve"  # `zoo serve start --engine`: TorchServe on a model store's .mar archives (Java)
+KSERVE = "kserve"  # KServe's ModelServer on an export folder, the Open Inference Protocol (no Java)
+ENGINES = (TORCHSERVE, KSERVE)
+ENGINE_NAMES = {TORCHSERVE: "TorchServe", KSERVE: "the KServe engine"}
+KSERVE_CONFIG_FILE = "kserve.json"  # what zoo.serve.kserve_engine serves, in the state folder
+KSERVE_MODULE = "zoo.serve.kserve_engine"
 
 
 def serve_home() -> Path:

@@ -37,14 +37,14 @@ def read_key(key_file: Path | str, kind: str = "inference", settle_s: float = 2.
 
 
 def request(url: str, method: str = "GET", key: str | None = None, body: bytes | None = None,
-            timeout: float = 10.0) -> tuple[int, bytes]:
+            timeout: float = 10.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """(status, body); status 0 when nothing answers. No proxy, no retries."""
     import requests
 
-    headers = {}
+    headers = dict(headers or {})
     if body is not None:
         # Without it TorchServe may parse a body as form fields: say it is bytes.
-        headers["Content-Type"] = "application/octet-stream"
+        headers.setdefault("Content-Type", "application/octet-stream")
     if key:
         headers["Authorization"] = f"Bearer {key}"
     with requests.Session() as session:

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from zoo.serve.config import CONFIG_FILE
+from zoo.serve.config import CONFIG_FILE, KSERVE_CONFIG_FILE, KSERVE_MODULE, TORCHSERVE
 
 STATE_FILE = "server.json"
 SERVER_CLASS = "org.pytorch.serve.ModelServer"  # the Java class TorchServe's frontend runs
@@ -30,6 +30,8 @@ class ServerInfo:
     batch_size: int
     max_batch_delay_ms: int
     started: float = field(default_factory=time.time)
+    engine: str = TORCHSERVE  # or KSERVE; server.json files written before there was a choice are TorchServe's
+    threads: int = 0  # KServe engine: ONNX Runtime threads per inference (TorchServe: see its workers)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -51,7 +53,8 @@ def load_state(state_dir: Path) -> ServerInfo | None:
 
 
 def is_our_server(pid: int, state_dir: Path) -> bool:
-    """The pid runs TorchServe with this state folder's config (pids are reused after a reboot)."""
+    """The pid runs TorchServe or zoo's KServe engine with this state folder's config (pids are reused after a
+    reboot)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -60,7 +63,9 @@ def is_our_server(pid: int, state_dir: Path) -> bool:
         except OSError:
             return False
         return True  # no /proc (macOS): trust server.json
-    return SERVER_CLASS.encode() in cmdline and str(Path(state_dir) / CONFIG_FILE).encode() in cmdline
+    engines = ((SERVER_CLASS, CONFIG_FILE), (KSERVE_MODULE, KSERVE_CONFIG_FILE))
+    return any(marker.encode() in cmdline and str(Path(state_dir) / config).encode() in cmdline
+               for marker, config in engines)
 
 
 def running_server(state_dir: Path) -> ServerInfo | None:

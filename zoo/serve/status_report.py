@@ -4,15 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from zoo.serve.config import KSERVE
 from zoo.serve.keys import read_key, request
 from zoo.serve.state import running_server
 
 
 def status(state_dir: Path) -> dict | None:
-    """None when no server runs from state_dir; else server.json plus each model's worker states."""
+    """None when no server runs from state_dir; else server.json plus each model's worker states (TorchServe)
+    or readiness (the KServe engine)."""
     info = running_server(Path(state_dir))
     if info is None:
         return None
+    if info.engine == KSERVE:
+        ready = {}
+        for name in info.models:
+            code, _ = request(f"{info.inference_url}/v2/models/{name}/ready")
+            ready[name] = {"status": "READY" if code == 200 else f"not ready (HTTP {code})" if code else "no answer"}
+        return {**info.to_json(), "model_status": ready}
     key = read_key(info.key_file, "management") if info.key_file and Path(info.key_file).is_file() else None
     models: dict[str, dict] = {}
     for name in info.models:
@@ -30,6 +38,8 @@ def status(state_dir: Path) -> dict | None:
 
 def describe(info: dict) -> str:
     """Human lines for `zoo serve start|status`."""
+    if info.get("engine") == KSERVE:
+        return _describe_kserve(info)
     lines = [f"TorchServe (pid {info['pid']}) serves from {info['model_store']}:"]
     statuses = info.get("model_status", {})
     for name in info["models"]:
@@ -47,5 +57,21 @@ def describe(info: dict) -> str:
                      f"(send 'Authorization: Bearer <inference key>'; `zoo predict --server` reads it)")
     else:
         lines.append("token authorization OFF: anyone who reaches these addresses can use the APIs")
+    lines.append(f"logs in {info['log_dir']}")
+    return "\n".join(lines)
+
+
+def _describe_kserve(info: dict) -> str:
+    url, statuses = info["inference_url"], info.get("model_status", {})
+    lines = [f"The KServe engine (pid {info['pid']}, ONNX Runtime, no TorchServe or Java) serves "
+             f"{info['model_store']}:"]
+    for name in info["models"]:
+        state = (statuses.get(name) or {}).get("status", "")
+        lines.append(f"  {url}/v2/models/{name}/infer  (raw image bytes: {url}/predictions/{name})"
+                     + (f"  {state}" if state else ""))
+    lines.append(f"health {url}/v2/health/ready, metrics {info['metrics_url']}; {info['workers']} inference(s) at "
+                 f"once, {info.get('threads') or 'auto'} ONNX Runtime thread(s) each")
+    lines.append(f"no token authorization: bound to {url.split('//', 1)[1].rsplit(':', 1)[0]}; anything wider belongs "
+                 "behind an ingress or proxy that authenticates")
     lines.append(f"logs in {info['log_dir']}")
     return "\n".join(lines)
