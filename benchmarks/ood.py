@@ -126,9 +126,9 @@ def measure_pair(inside: dict, outside: dict) -> dict:
     val, test, out = (shipped.score(x) for x in (inside["val"], inside["test"], outside["val"]))
     limit = shipped.threshold("fp32")
     row["shipped"] = {"k": shipped.k, "auroc": auroc(val, out), "threshold": limit,
-                      "val_false_alarms": float((val > limit).mean()), "test_false_alarms": float((test > limit).mean()),
-                      "outside_flagged": float((out > limit).mean()), "val_images": len(val), "test_images": len(test),
-                      "outside_images": len(out)}
+                      "val_false_alarms": float((val > limit).mean()),
+                      "test_false_alarms": float((test > limit).mean()), "outside_flagged": float((out > limit).mean()),
+                      "val_images": len(val), "test_images": len(test), "outside_images": len(out)}
     return row
 
 

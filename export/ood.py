@@ -109,15 +109,16 @@ def write_summary(run: TrainedRun, data: ImageFolderData | None, staging: Path, 
     entry.update(thresholds=thresholds, calibration=calibration)
     final = make_scorer(train, thresholds, {"method": METHOD, "percentile": PERCENTILE,
                                             "calibration_split": calibration["split"]})
-    atomic_write(staging / OOD_FILE, lambda tmp: _save(tmp, final), suffix=".npz")
+    atomic_write(staging / OOD_FILE, lambda tmp: save(tmp, final), suffix=".npz")
     entry["bytes"] = (staging / OOD_FILE).stat().st_size
     log.info(f"OOD summary: {entry['bank']} training features, k={entry['k']}, threshold {thresholds[FP32]:.4f} "
              f"(the {PERCENTILE:.0f}th percentile of {calibration['split']} scores)")
     return entry
 
 
-def _save(tmp: Path, scorer: OodScorer) -> None:
-    with open(tmp, "wb") as f:
+def save(path: Path, scorer: OodScorer) -> None:
+    """ood.npz at `path`: the bank and the metadata, plain arrays only (np.load needs no pickle to read them)."""
+    with open(path, "wb") as f:
         arrays = scorer.arrays()
         np.savez(f, bank=arrays["bank"], meta=arrays["meta"])
 

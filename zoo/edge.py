@@ -103,6 +103,8 @@ class EdgeModel:
     shape share a batch, with no padding, so an image's answer never depends on its neighbours.
     Given an export folder it runs the variant deploy.json names (`variant` overrides), falling back
     to the fp32 graph with one warning when that variant cannot load; `.variant` says which ran.
+    A classifier with an OOD summary (ood.npz) beside it scores every image with it (`.ood`, an
+    OodScorer, at the threshold of the variant that ran): `EdgeResult.ood`.
     """
 
     def __init__(self, path: Path | str, kind: str | None = None, providers: Sequence[str] | None = None,

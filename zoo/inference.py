@@ -197,6 +197,8 @@ class OodScorer:
             raise OodError(str(e) if str(e).startswith(str(path)) else f"{path} is damaged ({e}): {advice}") from None
         except Exception as e:  # zip, JSON, key and value errors: a truncated copy or someone else's file
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            if "pickle" in reason:  # numpy's own advice (load it unsafely) is not one to pass on
+                reason = "it holds pickled objects, which are never loaded"
             raise OodError(f"{path} is damaged or not an OOD summary ({type(e).__name__}: {reason}): "
                            f"{advice}") from None
         if "fp32" not in scorer.thresholds or not np.isfinite(scorer.bank).all():
