@@ -104,7 +104,24 @@ def _cut(combined: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
         [o for o in combined.graph.output if o.name in outputs], list(combined.graph.initializer))
     model = onnx.helper.make_model(graph, opset_imports=list(combined.opset_import), ir_version=combined.ir_version,
                                    functions=list(combined.functions))
-    return _prune(model)
+    return _output_apart(_prune(model), "features")
+
+
+def _output_apart(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Make graph output `name` the result of an Identity, so no node reads a graph output.
+
+    The classifier's pooled features feed its last layer and are an output too; onnxconverter-common
+    (fp16) then writes a mistyped graph (the last layer reading float32 and float16). An Identity
+    between them keeps the internal tensor internal; ONNX Runtime removes it again when it loads.
+    """
+    if not any(name in node.input for node in model.graph.node):
+        return model
+    inner = f"{name}_pooled"
+    for node in model.graph.node:
+        node.output[:] = [inner if o == name else o for o in node.output]
+        node.input[:] = [inner if i == name else i for i in node.input]
+    model.graph.node.append(onnx.helper.make_node("Identity", [inner], [name], name=f"{name}_output"))
+    return model
 
 
 def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
