@@ -528,6 +528,7 @@ def predict_command(
     """Classify images with an exported model on ONNX Runtime alone (no PyTorch), or through a server."""
     from zoo.predict import collect_images, format_csv, format_json, format_text, predict_local
 
+    json_mode(as_json or as_csv)  # machine-readable output: stderr carries warnings and errors only
     if (model is None) == (server is None):
         raise UsageError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
     paths = collect_images(images)

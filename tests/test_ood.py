@@ -279,3 +279,17 @@ def test_the_client_tells_the_field_from_the_labels():
     assert split_ood({"ood": 0.7, "cat": 0.3}) == ({"ood": 0.7, "cat": 0.3}, None)  # a class named "ood"
     with pytest.raises(ValueError):
         split_ood([{"cat": 1.0}])
+
+
+def test_a_summary_beside_a_graph_without_features_is_a_warning_not_an_error(tiny_old, tiny_ood, tmp_path):
+    """An old classifier.onnx (no features output) with a new ood.npz: answers as before, one warning."""
+    mixed = Path(shutil.copytree(tiny_old, tmp_path / "export"))
+    shutil.copyfile(tiny_ood / OOD_FILE, mixed / OOD_FILE)
+    with _Records("zoo.edge") as records:
+        edge = EdgeModel(mixed)
+    assert edge.ood is None and edge.predict([sample_images()["square.jpg"]])[0].ood is None
+    assert [r.levelno for r in records] == [logging.WARNING] and "no features output" in records[0].getMessage()
+    with _Records("zoo_serving") as records:
+        handler, _ = load_handler(stage_model_dir(mixed, "classifier", "onnx", tmp_path / "cls"), "classifier")
+    answer = json.loads(handler.handle([{"body": sample_images()["square.jpg"]}], MockContext(Path(".")))[0])
+    assert "ood" not in answer and any("no features output" in r.getMessage() for r in records)
