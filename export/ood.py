@@ -130,8 +130,8 @@ def _calibrate(run: TrainedRun, data: ImageFolderData, staging: Path, report: di
         scores = held_out_scores(train, labels)
         return {FP32: threshold(scores)}, {
             "split": f"train ({FOLDS} held-out folds: the run has no val split)", "images": len(scores),
-            "note": "each training image is scored against the other folds, a bank 1/5 smaller than the one "
-                    "served, so the served false-alarm rate is at most about 5%"}
+            "note": "each training image is scored against the other folds, a bank a fifth smaller than the one "
+                    "served, which tends to raise the threshold: fewer false alarms than 5%, not more"}
     made = [v for v, i in (report.get("variants") or {}).items()
             if i.get("status") == "accepted" and (staging / variant_file("classifier", v)).is_file()]
     thresholds, rates, images = {}, {}, 0

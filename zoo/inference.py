@@ -127,7 +127,8 @@ def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> dict[str,
 # It was chosen over Mahalanobis distance (class means, a shrunk shared covariance, raw, L2-normalised
 # or PCA-reduced features) by benchmarks/ood.py: a higher AUROC on average and on the hardest pair
 # (the README has the table). The score is higher for stranger images; the threshold is the 95th
-# percentile of the val split's scores, one per deployed variant, so about 5% of val raises it.
+# percentile of the val split's scores, one per classifier variant (each on its own features), so
+# about 5% of val images are flagged.
 OOD_FILE = "ood.npz"
 OOD_FORMAT = "zoo-ood-knn"
 OOD_VERSION = 1
