@@ -490,6 +490,9 @@ def evaluate_command(
                                                        "run's).")] = None,
     test_fraction: Annotated[float | None, typer.Option(help="Test share held out when DIR has no test/ folder "
                                                         "(default: the run's).")] = None,
+    ood_folder: Annotated[Path | None, typer.Option(help="Also report the OOD score's AUROC between the split and "
+                                                    "every image under this folder (an export or a server).")]
+    = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score a model on a split of an image folder: accuracy, top-k, per-class figures, calibration, latency."""
@@ -497,7 +500,7 @@ def evaluate_command(
 
     json_mode(as_json)
     result = evaluate(target, data_dir, split.value, out=out, force=force, token=token, seed=seed,
-                      val_fraction=val_fraction, test_fraction=test_fraction)
+                      val_fraction=val_fraction, test_fraction=test_fraction, ood_folder=ood_folder)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -505,6 +508,11 @@ def evaluate_command(
     typer.echo(f"{result['split']}: top-1 {m['accuracy']:.2%}, top-{m['top_k']['k']} {m['top_k']['accuracy']:.2%}, "
                f"macro-F1 {m['macro_f1']:.3f}, ECE {m['calibration']['ece']:.3f} on {result['images']} images; "
                f"{lat['mean']:.1f} ms per image ({result['kind']})")
+    if "ood" in result:
+        o = result["ood"]
+        typer.echo(f"OOD against {o['folder']}: AUROC {o['auroc']:.4f}; at the threshold {o['threshold']:.4f}, "
+                   f"{o['false_alarm_rate']:.1%} false alarms on the split and {o['detection_rate']:.1%} of the "
+                   f"folder's {o['out_images']} images flagged")
     typer.echo(f"Wrote {result['out']} (report.md, confusion.png, reliability.png, evaluation.json).")
 
 
@@ -526,6 +534,7 @@ def predict_command(
     """Classify images with an exported model on ONNX Runtime alone (no PyTorch), or through a server."""
     from zoo.predict import collect_images, format_csv, format_json, format_text, predict_local
 
+    json_mode(as_json or as_csv)  # machine-readable output: stderr carries warnings and errors only
     if (model is None) == (server is None):
         raise UsageError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
     paths = collect_images(images)

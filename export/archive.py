@@ -3,8 +3,9 @@
 Each archive holds the model (the ONNX graph variant the export folder's deploy.json names, with
 the fp32 graph beside it to fall back to, run by ONNX Runtime; or with runtime "torch" a
 torch.export program), the handler, handlers/zoo_serving.py, copies of zoo/preprocess.py and
-zoo/inference.py named zoo_preprocess.py and zoo_inference.py, preprocess.json, labels.json and
-serving.json (runtime, model file and its variant, fallback file, output).
+zoo/inference.py named zoo_preprocess.py and zoo_inference.py, preprocess.json, labels.json,
+ood.npz (the OOD summary, when the export has one) and serving.json (runtime, model file and its
+variant, fallback file, output, OOD file and the output it reads).
 Nothing in it imports the zoo package, so it runs on any TorchServe with numpy, Pillow and
 onnxruntime (or torch). torch-model-archiver does the packing.
 """
@@ -25,6 +26,7 @@ from zoo.atomic import atomic_write
 from zoo.deployment import FP32, deployed
 from zoo.errors import UsageError, ZooError
 from zoo.export.formats import FEATURES_SUFFIX, Runtime, check_archive_name
+from zoo.inference import OOD_FILE
 
 if TYPE_CHECKING:
     from zoo.backbones import ZooModel
@@ -86,10 +88,17 @@ def stage_model_dir(export_dir: Path, kind: str, runtime: Runtime | str, out_dir
         shutil.copyfile(HANDLERS_DIR / module, out_dir / module)
     for name, source in _zoo_module_copies().items():
         shutil.copyfile(source, out_dir / name)
+    # The OOD summary travels in both archives; the classifier handler scores every image with it. An export
+    # made before it existed has none, and its answers then carry no ood field.
+    ood_file = OOD_FILE if (export_dir / OOD_FILE).is_file() else None
+    if ood_file:
+        shutil.copyfile(export_dir / OOD_FILE, out_dir / OOD_FILE)
     settings = {"kind": kind, "runtime": runtime.value, "model_file": model_file, "variant": chosen,
                 # the fp32 graph a variant falls back to when it cannot load on the server
                 "fallback_file": onnx_file if model_file != onnx_file and runtime is Runtime.onnx else None,
                 "output": output if runtime is Runtime.onnx else program_output, "default_topk": default_topk,
+                # where the classifier's pooled features come from: the graph's "features" output, the program's 2nd
+                "ood_file": ood_file, "ood_output": "features" if runtime is Runtime.onnx else 1,
                 "max_images_per_request": max_images_per_request, "max_pixels_per_request": MAX_PIXELS_PER_REQUEST,
                 # ONNX Runtime's CPU kernels give each image of a same-shape group the bits it gets
                 # alone (tested); PyTorch's may not, so the torch runtime runs images one by one.

@@ -28,10 +28,11 @@ from zoo.data.folder import ImageFolderData
 from zoo.deployment import MANIFEST
 from zoo.errors import UsageError, ZooError
 from zoo.export import deploy as deploy_mod
-from zoo.export import parity
+from zoo.export import ood, parity
 from zoo.export import report as report_mod
 from zoo.export.formats import AUTO_DEPLOY, DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS
 from zoo.export.run_images import parity_images, run_data
+from zoo.inference import OOD_FILE
 from zoo.log import get_logger
 from zoo.run_dir import LABELS, TrainedRun, load_run
 
@@ -44,7 +45,7 @@ PREPROCESS = "preprocess.json"
 # needs nothing but this folder and `pip install onnxruntime numpy pillow` (see the README snippet).
 PREPROCESS_MODULE = "preprocess.py"
 REPORT = "export_report.json"
-OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT, MANIFEST) + tuple(
+OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT, MANIFEST, OOD_FILE) + tuple(
     f"{kind}.{v}.onnx" for kind in ("classifier", "features") for v in QUANTIZE_VARIANTS)
 
 # The dynamo-based exporter (torch.export) is used. Both it and the TorchScript one (dynamo=False,
@@ -86,9 +87,14 @@ def _export_combined(model: ZooModel, opset: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+# The classifier graph also answers the pooled features it computes anyway, so the OOD score
+# (zoo.inference.OodScorer) costs one small matrix product per image and no second forward pass.
+CLASSIFIER_OUTPUTS = ("logits", "probabilities", "features")
+
+
 def classifier_graph(model: ZooModel, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The classifier graph alone (logits, probabilities), unchecked: what latency is measured on."""
-    return _cut(_export_combined(model.eval(), opset), ("logits", "probabilities"))
+    """The classifier graph (logits, probabilities, features), unchecked: what latency is measured on."""
+    return _cut(_export_combined(model.eval(), opset), CLASSIFIER_OUTPUTS)
 
 
 def _cut(combined: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
@@ -98,7 +104,24 @@ def _cut(combined: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
         [o for o in combined.graph.output if o.name in outputs], list(combined.graph.initializer))
     model = onnx.helper.make_model(graph, opset_imports=list(combined.opset_import), ir_version=combined.ir_version,
                                    functions=list(combined.functions))
-    return _prune(model)
+    return _output_apart(_prune(model), "features")
+
+
+def _output_apart(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Make graph output `name` the result of an Identity, so no node reads a graph output.
+
+    The classifier's pooled features feed its last layer and are an output too; onnxconverter-common
+    (fp16) then writes a mistyped graph (the last layer reading float32 and float16). An Identity
+    between them keeps the internal tensor internal; ONNX Runtime removes it again when it loads.
+    """
+    if not any(name in node.input for node in model.graph.node):
+        return model
+    inner = f"{name}_pooled"
+    for node in model.graph.node:
+        node.output[:] = [inner if o == name else o for o in node.output]
+        node.input[:] = [inner if i == name else i for i in node.input]
+    model.graph.node.append(onnx.helper.make_node("Identity", [inner], [name], name=f"{name}_output"))
+    return model
 
 
 def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -118,13 +141,15 @@ def _prune(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def output_descriptions(kind: str, num_classes: int, feature_dim: int) -> dict:
+    features = {"features": {"shape": ["batch", feature_dim],
+                             "meaning": "the bottleneck vector: globally pooled activations before the classifier"}}
     if kind == "classifier":
         return {"logits": {"shape": ["batch", num_classes],
                            "meaning": "unnormalised class scores, in labels.json order"},
                 "probabilities": {"shape": ["batch", num_classes],
-                                  "meaning": "softmax of logits (computed in the graph)"}}
-    return {"features": {"shape": ["batch", feature_dim],
-                         "meaning": "the bottleneck vector: globally pooled activations before the classifier"}}
+                                  "meaning": "softmax of logits (computed in the graph)"},
+                **features}
+    return features
 
 
 def set_metadata(model: onnx.ModelProto, kind: str, run: TrainedRun, feature_dim: int, precision: str = "fp32") -> None:
@@ -228,6 +253,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str | None = None, opset: in
             check_parity(run, data, staging, out_dir, report, parity_sizes or parity.DEFAULT_SIZES, parity_atol)
             measure_accuracy(run, data, staging, report)
             refused = make_variants(run, data, staging, report, variants, calibration_images, max_accuracy_drop)
+            report["ood"] = ood.write_summary(run, data, staging, report)
             report["deploy"] = deploy_mod.manifest(report, asked, report["target"])
             deploy_mod.write(staging, report["deploy"])
             report["seconds"] = round(time.perf_counter() - started, 1)
@@ -248,7 +274,7 @@ def write_graphs(run: TrainedRun, staging: Path, out_dir: Path, opset: int) -> d
     model, feature_dim = run.model.eval(), int(run.model.feature_dim)
     log.info(f"Exporting {run.config['model']} to ONNX (opset {opset}, dynamic batch, height and width)")
     combined = _export_combined(model, opset)
-    graphs = {"classifier": _cut(combined, ("logits", "probabilities")), "features": _cut(combined, ("features",))}
+    graphs = {"classifier": _cut(combined, CLASSIFIER_OUTPUTS), "features": _cut(combined, ("features",))}
     for kind, graph in graphs.items():
         set_metadata(graph, kind, run, feature_dim)
         save_checked(graph, staging / f"{kind}.onnx")

@@ -10,5 +10,5 @@ from zoo_serving import ZooImageHandler
 
 class FeaturesHandler(ZooImageHandler):
     def answer(self, outputs, request: ParsedRequest):
-        vectors = [v.reshape(-1).tolist() for v in outputs]
+        vectors = [v.reshape(-1).tolist() for v, *_ in outputs]
         return vectors if request.many else vectors[0]

@@ -53,13 +53,13 @@ def _threads() -> int:
 
 
 class OnnxRuntimeModel:
-    """One ONNX graph run by ONNX Runtime; returns the named output.
+    """One ONNX graph run by ONNX Runtime; returns the named output, and the `extra` one when asked for.
 
     The deployed variant falls back to the fp32 graph, with one warning, when it cannot load here.
     """
 
     def __init__(self, path: Path, output: str, gpu_id: int | None, fallback: Path | None = None,
-                 variant: str = "fp32"):
+                 variant: str = "fp32", extra: str | None = None):
         # The GPU TorchServe gave this worker, when it gave one and this onnxruntime has CUDA; else the CPU.
         on_gpu = gpu_id is not None and zoo_inference.CUDA in zoo_inference.available_providers()
         self.session, ran = zoo_inference.open_deployed(
@@ -67,19 +67,22 @@ class OnnxRuntimeModel:
             inter_op_threads=1, device_id=int(gpu_id) if on_gpu and gpu_id is not None else None)
         self.variant = "fp32" if fallback is not None and ran == fallback else variant
         self.input = self.session.get_inputs()[0].name
-        self.output = output
+        names = [o.name for o in self.session.get_outputs()]
+        self.has_extra = extra is not None and extra in names  # a graph exported without it: no extra
+        self.outputs = [output] + ([extra] if extra is not None and self.has_extra else [])
         self.where = self.session.get_providers()[0]  # logged at start: which provider really runs
         shape = next((o.shape for o in self.session.get_outputs() if o.name == output), None)
         self.width = shape[-1] if shape and isinstance(shape[-1], int) else None  # classes, when the graph says
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: batch})[0]
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.outputs, {self.input: batch})
 
 
 class TorchProgramModel:
-    """A torch.export program (.pt2) with dynamic batch, height and width; returns output number `output`."""
+    """A torch.export program (.pt2) with dynamic batch, height and width; returns output number `output`
+    (and number `extra` when asked for: zoo's program returns (probabilities, features))."""
 
-    def __init__(self, path: Path, output: int, gpu_id: int | None):
+    def __init__(self, path: Path, output: int, gpu_id: int | None, extra: int | None = None):
         import torch
 
         if _threads():
@@ -87,31 +90,52 @@ class TorchProgramModel:
         self.torch = torch
         self.device = torch.device(f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu")
         self.module = torch.export.load(str(path)).module().to(self.device)
-        self.output = int(output)
+        self.outputs = [int(output)] + ([int(extra)] if extra is not None else [])
+        self.has_extra = extra is not None
         self.where = str(self.device)
         self.variant = "fp32"  # the torch program is the fp32 model
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         with self.torch.inference_mode():
-            out = self.module(self.torch.from_numpy(batch).to(self.device))[self.output]
-        return out.float().cpu().numpy()
+            out = self.module(self.torch.from_numpy(batch).to(self.device))
+        return [out[i].float().cpu().numpy() for i in self.outputs]
 
 
 RUNTIMES = {"onnx": OnnxRuntimeModel, "torch": TorchProgramModel}
 
 
-def open_model(model_dir: Path, settings: dict, gpu_id: int | None):
-    """The model serving.json names: its deployed variant, with the fp32 file as the fallback (onnx runtime)."""
+def open_model(model_dir: Path, settings: dict, gpu_id: int | None, extra=None):
+    """The model serving.json names: its deployed variant, with the fp32 file as the fallback (onnx runtime).
+
+    `extra` names a second output to return with the first (the pooled features the OOD score reads)."""
     path = model_dir / settings["model_file"]
     if settings["runtime"] != "onnx":
-        return RUNTIMES[settings["runtime"]](path, settings["output"], gpu_id)
+        return RUNTIMES[settings["runtime"]](path, settings["output"], gpu_id, extra=extra)
     fallback = settings.get("fallback_file")
     return OnnxRuntimeModel(path, settings["output"], gpu_id, fallback=model_dir / fallback if fallback else None,
-                            variant=settings.get("variant", "fp32"))
+                            variant=settings.get("variant", "fp32"), extra=extra)
+
+
+def open_ood(model_dir: Path, settings: dict, labels: list):
+    """The archive's OOD summary (zoo_inference.OodScorer), or None, said once, for an archive without one.
+
+    A damaged file stops the model from loading with one sentence in the log (zoo_inference.OodError)."""
+    name = settings.get("ood_file")
+    if not name or "ood" in labels:
+        logger.info("zoo: this archive holds no OOD summary (exported before zoo wrote ood.npz, or without the "
+                    "run's images): answers carry no ood field")
+        return None
+    return zoo_inference.OodScorer.load(model_dir / name)
 
 
 class ZooImageHandler:
-    """initialize -> handle; subclasses say only how one image's output becomes its answer."""
+    """initialize -> handle; subclasses say only how one image's outputs become its answer.
+
+    Each image's outputs are a tuple: the model's output, then (with `uses_ood` and an OOD summary in
+    the archive) its pooled features, which `self.ood` scores.
+    """
+
+    uses_ood = False
 
     def __init__(self):
         self.initialized = False
@@ -126,18 +150,25 @@ class ZooImageHandler:
         self.group_size = int(self.settings.get("max_group", 8))
         self.pixel_budget = int(self.settings.get("max_pixels_per_request", DEFAULT_PIXEL_BUDGET))
         keep_repeated_fields()  # every file of a repeated multipart field name is answered, not just the last
-        self.model = open_model(model_dir, self.settings, props.get("gpu_id"))
+        self.ood = open_ood(model_dir, self.settings, self.labels) if self.uses_ood else None
+        self.model = open_model(model_dir, self.settings, props.get("gpu_id"),
+                                self.settings.get("ood_output") if self.ood is not None else None)
+        if self.ood is not None and not self.model.has_extra:
+            logger.warning("zoo: %s has no features output, so answers carry no ood field: re-export the model",
+                           self.settings["model_file"])
+            self.ood = None
         self.variant = self.model.variant  # what really loaded: the deployed variant, or fp32 after a fallback
         width = getattr(self.model, "width", None)
         if self.settings["kind"] == "classifier" and width is not None and width != len(self.labels):
             raise ValueError(f"labels.json names {len(self.labels)} classes but {self.settings['model_file']} has "
                              f"{width} outputs: re-export the model with `zoo export` so they match.")
         self.initialized = True
-        logger.info("zoo %s handler ready: %s runtime on %s, %s variant, %d labels", self.settings["kind"],
-                    self.settings["runtime"], self.model.where, self.variant, len(self.labels))
+        logger.info("zoo %s handler ready: %s runtime on %s, %s variant, %d labels%s", self.settings["kind"],
+                    self.settings["runtime"], self.model.where, self.variant, len(self.labels),
+                    "" if self.ood is None else f", OOD threshold {self.ood.threshold(self.variant):.4f}")
 
-    def answer(self, outputs: list[np.ndarray], request: ParsedRequest):
-        """The JSON answer of one request from the model output of each of its images."""
+    def answer(self, outputs: list[tuple[np.ndarray, ...]], request: ParsedRequest):
+        """The JSON answer of one request from the model outputs of each of its images."""
         raise NotImplementedError
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -222,7 +253,7 @@ class ZooImageHandler:
                 return chunk
             return [m for member in chunk for m in self._run([member], tensors, out)]
         for row, (i, j) in enumerate(chunk):
-            out[i][j] = np.asarray(result[row], dtype=np.float32)
+            out[i][j] = tuple(np.asarray(r[row], dtype=np.float32) for r in result)
         return []
 
     @staticmethod

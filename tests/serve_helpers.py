@@ -21,7 +21,8 @@ LABELS = ["brick", "grass", "gravel"]  # 3 classes: fewer than TorchServe's stoc
 @dataclass
 class Exported:
     run_dir: Path
-    export_dir: Path  # classifier.onnx, features.onnx, preprocess.json, labels.json (+ .pt2 for torch)
+    export_dir: Path  # classifier.onnx, features.onnx, preprocess.json, labels.json, ood.npz (+ .pt2 for torch)
+    data_dir: Path  # the textures images the export computed its OOD summary and threshold from
 
 
 _cache: dict[str, Exported] = {}
@@ -50,17 +51,23 @@ def write_run(run_dir: Path, num_classes: int = len(LABELS)) -> Path:
 
 
 def exported(tmp_path_factory) -> Exported:
-    """The session's lite0 run, exported to ONNX by zoo.export.onnx_export and to a torch program."""
+    """The session's lite0 run, exported to ONNX by zoo.export.onnx_export and to a torch program.
+
+    The export is given a small textures sample (the run's three classes) as its images, so it holds
+    the OOD summary (ood.npz) computed from them."""
     if "lite0" not in _cache:
+        from zoo.data.samples import write_sample
         from zoo.export.archive import export_torch_program
         from zoo.export.onnx_export import export_run
 
         root = tmp_path_factory.mktemp("serve-run")
         run_dir = write_run(root / "run")
+        data_dir = root / "textures"
+        write_sample("textures", data_dir, seed=0, limit=60)
         export_dir = root / "export"
-        export_run(run_dir, export_dir)
+        export_run(run_dir, export_dir, data_dir=data_dir)
         export_torch_program(run_dir, export_dir)
-        _cache["lite0"] = Exported(run_dir, export_dir)
+        _cache["lite0"] = Exported(run_dir, export_dir, data_dir)
     return _cache["lite0"]
 
 
@@ -127,6 +134,14 @@ def expected_predictions(export_dir: Path, images: dict[str, bytes]) -> dict[str
     return {name: r.top_k for name, r in zip(images, results, strict=True)}
 
 
+def expected_ood(export_dir: Path, images: dict[str, bytes]) -> dict[str, dict | None]:
+    """The ood field of each image from zoo.edge (one image at a time)."""
+    from zoo.edge import EdgeModel
+
+    results = EdgeModel(export_dir, kind="classifier").predict(list(images.values()), top_k=1, batch_size=1)
+    return {name: r.ood for name, r in zip(images, results, strict=True)}
+
+
 def expected_features(export_dir: Path, images: dict[str, bytes]) -> dict[str, np.ndarray]:
     from zoo.edge import EdgeModel
 
@@ -161,9 +176,10 @@ class MockContext:
 TINY_LABELS = ["cat", "dog", "fish"]
 
 
-def tiny_graphs(out: Path) -> None:
+def tiny_graphs(out: Path, classifier_features: bool = False) -> None:
     """classifier.onnx and features.onnx by the export contract: input "image" [N,3,H,W] (dynamic),
-    outputs "logits"/"probabilities" and "features" [N,8]. 1x1 conv, ReLU, global pooling, linear."""
+    outputs "logits"/"probabilities" (and "features" with classifier_features, as zoo exports it now)
+    and "features" [N,8]. 1x1 conv, ReLU, global pooling, linear."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -183,7 +199,8 @@ def tiny_graphs(out: Path) -> None:
     def out_info(name, dim):
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", dim])
 
-    graphs = {"classifier": (body + head, [out_info("logits", 3), out_info("probabilities", 3)], inits),
+    pooled = [out_info("features", 8)] if classifier_features else []
+    graphs = {"classifier": (body + head, [out_info("logits", 3), out_info("probabilities", 3), *pooled], inits),
               "features": (body, [out_info("features", 8)], inits[:2])}
     for kind, (nodes, outputs, weights) in graphs.items():
         model = helper.make_model(helper.make_graph(nodes, kind, [image], outputs, weights),
@@ -209,17 +226,25 @@ def load_handler(model_dir: Path, kind: str):
     return handler, module
 
 
-def write_tiny_export(out: Path) -> Path:
-    """An export folder with the tiny graphs, a 32-px preprocess.json and three labels."""
+def write_tiny_export(out: Path, ood: bool = False) -> Path:
+    """An export folder with the tiny graphs, a 32-px preprocess.json and three labels; with `ood`, a
+    classifier that answers its features too and an ood.npz from the features of sample_images()
+    (written with the module export/ood.py uses, thresholds 0.05 for fp32 and 0.5 for int8)."""
     import json
 
     from zoo.preprocess import PreprocessConfig
 
     out.mkdir(parents=True, exist_ok=True)
-    tiny_graphs(out)
+    tiny_graphs(out, classifier_features=ood)
     PreprocessConfig(input_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), max_size=64).save(
         out / "preprocess.json")
     (out / "labels.json").write_text(json.dumps(TINY_LABELS))
+    if ood:
+        from zoo.edge import EdgeModel
+        from zoo.export.ood import make_scorer, save
+
+        vectors = [r.features for r in EdgeModel(out, kind="features").features(list(sample_images().values()))]
+        save(out / "ood.npz", make_scorer(np.stack(vectors), {"fp32": 0.05, "int8": 0.5}))
     return out
 
 

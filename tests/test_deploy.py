@@ -127,6 +127,10 @@ def test_a_variant_that_cannot_load_falls_back_to_fp32_with_one_line(int8_export
     assert edge.variant == "fp32" and edge.path.name == "classifier.onnx"
     want = EdgeModel(out, variant="fp32").predict(images)
     assert [r.top_k for r in edge.predict(images)] == [r.top_k for r in want]
+    # The OOD threshold follows what ran: fp32's, calibrated on fp32's own features.
+    thresholds = int8_export[1]["ood"]["thresholds"]
+    assert {r.ood["threshold"] for r in edge.predict(images)} == {thresholds["fp32"]} != {thresholds["int8"]}
+    assert [r.ood for r in edge.predict(images)] == [r.ood for r in want]
     result = runner.invoke(app, ["predict", *map(str, images), "--model", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert {r["variant"] for r in json.loads(result.stdout)} == {"fp32"}
@@ -181,6 +185,7 @@ def test_the_archive_names_the_deployed_file_and_carries_fp32(int8_export, tmp_p
             names = {Path(n).name for n in z.namelist()}
         assert (settings["model_file"], settings["variant"]) == (f"{kind}.int8.onnx", "int8")
         assert settings["fallback_file"] == f"{kind}.onnx" and {f"{kind}.int8.onnx", f"{kind}.onnx"} <= names
+        assert settings["ood_file"] == "ood.npz" and "ood.npz" in names  # both archives carry the OOD summary
 
 
 # ---------------------------------------------------------------- auto: by the provider the graphs run on
@@ -252,10 +257,15 @@ def test_served_answers_name_the_variant_and_a_broken_int8_falls_back(int8_expor
             assert result.exit_code == 0, result.output
             (answers[model],) = json.loads(result.stdout)
         assert {m: a["variant"] for m, a in answers.items()} == {"q8": "int8", "p32": "fp32", "broken": "fp32"}
+        thresholds = int8_export[1]["ood"]["thresholds"]  # each answer's OOD threshold is its variant's own
+        assert {m: a["ood"]["threshold"] for m, a in answers.items()} == {
+            "q8": thresholds["int8"], "p32": thresholds["fp32"], "broken": thresholds["fp32"]}
         for model, variant in (("q8", "int8"), ("p32", "fp32"), ("broken", "fp32")):
             local = EdgeModel(out, variant=variant).predict([image], top_k=3)[0].top_k
             assert list(answers[model]["top_k"]) == list(local), model
             assert max(abs(answers[model]["top_k"][k] - local[k]) for k in local) <= 1e-4, model
+            local_ood = EdgeModel(out, variant=variant).predict([image])[0].ood
+            assert abs(answers[model]["ood"]["score"] - local_ood["score"]) <= 1e-5, model
         log = (Path(info.log_dir) / "model_log.log").read_text()
         fell_back = [line for line in log.splitlines() if "could not be loaded" in line]
         assert len(fell_back) == 1 and "-broken_" in fell_back[0] and "running classifier.onnx (fp32)" in fell_back[0]

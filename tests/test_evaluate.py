@@ -97,6 +97,32 @@ def test_run_export_int8_and_server_give_the_same_test_accuracy(runner, trained,
     assert run["latency_ms"]["p50"] > 0 and http["kind"].startswith("served")
 
 
+def test_ood_auroc_against_an_outside_folder(runner, trained, served, tmp_path):
+    """The val split against digits: the export (ONNX Runtime) and the server score the same images alike."""
+    root, data, _ = trained
+    digits = tmp_path / "digits"
+    write_sample("digits", digits, seed=0, limit=60)
+    args = [str(data), "--split", "val", "--ood-folder", str(digits)]
+    export = _evaluate(runner, [str(root / "export"), *args, "--out", str(tmp_path / "export")])
+    o = export["ood"]
+    assert o["auroc"] >= 0.95 and o["out_images"] == sum(1 for _ in digits.rglob("*.png"))
+    assert o["in_images"] == export["images"] and 0 <= o["false_alarm_rate"] <= 0.25 and o["detection_rate"] >= 0.9
+    assert "AUROC" in (tmp_path / "export" / "report.md").read_text()
+    assert json.loads((tmp_path / "export" / "evaluation.json").read_text())["ood"] == o
+    token = serve.read_key(served.key_file, "inference")
+    http = _evaluate(runner, [f"{served.inference_url}/predictions/textures", *args, "--out", str(tmp_path / "http")],
+                     env={"ZOO_TOKEN": token})
+    assert http["ood"]["auroc"] == pytest.approx(o["auroc"], abs=1e-6)
+    assert http["ood"]["threshold"] == pytest.approx(o["threshold"], abs=1e-9)
+    refused = [([str(root / "run"), *args], "gives no OOD score"),  # the summary lives in the export
+               ([str(root / "export"), str(data), "--split", "val", "--ood-folder", str(tmp_path / "nothing")],
+                "is not a folder")]
+    for call, message in refused:
+        result = runner.invoke(app, ["evaluate", *call, "--out", str(tmp_path / "never")])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "never").exists()
+
+
 def test_the_default_report_folder_is_beside_the_target_and_never_silently_replaced(runner, trained):
     root, data, _ = trained
     first = runner.invoke(app, ["evaluate", str(root / "export"), str(data), "--split", "val"])

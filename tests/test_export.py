@@ -60,7 +60,7 @@ def exported(trained_run, tmp_path_factory) -> tuple[Path, dict]:
 def test_export_writes_the_contract_files(exported, trained_run):
     out, report = exported
     for name in ("classifier.onnx", "features.onnx", "preprocess.json", "labels.json", "export_report.json",
-                 "classifier.int8.onnx", "classifier.fp16.onnx"):
+                 "classifier.int8.onnx", "classifier.fp16.onnx", "ood.npz"):
         assert (out / name).is_file(), name
     assert json.loads((out / "labels.json").read_text()) == json.loads((trained_run / "labels.json").read_text())
     config = json.loads((trained_run / "config.json").read_text())
@@ -70,8 +70,9 @@ def test_export_writes_the_contract_files(exported, trained_run):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging files were left behind"
 
 
-@pytest.mark.parametrize("name,kind,outputs", [("classifier.onnx", "classifier", ["logits", "probabilities"]),
-                                               ("features.onnx", "features", ["features"])])
+@pytest.mark.parametrize("name,kind,outputs", [
+    ("classifier.onnx", "classifier", ["logits", "probabilities", "features"]),  # features: for the OOD score
+    ("features.onnx", "features", ["features"])])
 def test_graphs_are_dynamic_checked_and_carry_metadata(exported, name, kind, outputs):
     out, _ = exported
     model = onnx.load(str(out / name))
@@ -90,11 +91,37 @@ def test_graphs_are_dynamic_checked_and_carry_metadata(exported, name, kind, out
     assert sorted(json.loads(meta["zoo.outputs"])) == sorted(outputs)
 
 
+def test_export_writes_the_ood_summary_with_a_threshold_per_variant(exported):
+    from zoo.edge import EdgeModel
+    from zoo.inference import OodScorer
+
+    out, report = exported
+    o = report["ood"]
+    scorer = OodScorer.load(out / "ood.npz")
+    assert o["file"] == "ood.npz" and scorer.thresholds == o["thresholds"] and scorer.k == o["k"] == 20
+    assert set(o["thresholds"]) == {"fp32", "int8", "fp16"} and o["feature_dim"] == scorer.dim == 1280
+    assert o["bank"] == o["train_images"] and o["calibration"]["split"] == "val"
+    for variant, rate in o["calibration"]["val_false_alarm_rate"].items():  # the 95th percentile: ~5% flagged
+        assert abs(rate - 0.05) <= 1.0 / o["calibration"]["images"], variant
+    # The classifier's own features output is the vector features.onnx computes: one forward pass serves both.
+    image = sorted(Path(p) for p in report["parity"]["images"])[0]
+    pooled = EdgeModel(out, variant="fp32").run(_input(out, image))["features"]
+    alone = EdgeModel(out, kind="features", variant="fp32").features([image])[0].features
+    assert np.abs(pooled[0] - alone).max() <= 1e-5 * max(1.0, float(np.abs(alone).max()))
+
+
+def _input(out: Path, image: Path) -> np.ndarray:
+    from zoo.preprocess import PreprocessConfig, preprocess
+
+    return preprocess(image, PreprocessConfig.load(out / "preprocess.json"))[None]
+
+
 # ---------------------------------------------------------------- parity with PyTorch
 def test_parity_figures_in_the_report(exported):
     _, report = exported
     p = report["parity"]
     assert p["ok"] and p["max_abs_logits"] <= 1e-4 and p["top1_agreement"] == 1.0
+    assert p["max_abs_features"] <= 1e-4 * max(1.0, max(c["features_scale"] for c in p["cases"]))  # both graphs
     assert p["batch_sizes"] == [1, 5]
     sizes = {tuple(s) for s in p["sizes"]}
     assert {(224, 224), (180, 320), (97, 301)} <= sizes  # square, non-square, odd on both sides

@@ -82,6 +82,7 @@ def _export_backbone(name: str, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     report = export_run(run_dir, out, parity_atol=atol)
     assert report["val_accuracy"].get("skipped")  # no data recorded: parity ran on packaged photos
+    assert "--data" in report["ood"]["skipped"] and not (out / "ood.npz").exists()  # no images, no OOD summary
     _check_export(run_dir, out, report, atol)
 
 
@@ -104,5 +105,6 @@ def test_export_earlier_layer_run(textures_small, tmp_path):
     report = export_run(run_dir, out)
     _check_export(run_dir, out, report)
     assert report["layer"] == "stage3" and report["feature_dim"] == 40
+    assert report["ood"]["feature_dim"] == 40  # the OOD score reads what the classifier reads: stage3's pooled vector
     assert report["val_accuracy"]["delta_points"] == pytest.approx(0.0, abs=0.5)
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serve_helpers import bad_inputs, expected_features, expected_predictions, exported, sample_images
+from serve_helpers import bad_inputs, expected_features, expected_ood, expected_predictions, exported, sample_images
 
 from zoo import serve
 from zoo.export.archive import write_archives
+from zoo.serve.client import split_ood
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,8 @@ def expected(server):
 
 
 def _max_dp(answer: dict, want: dict) -> float:
-    assert set(answer) == set(want)
+    answer, ood = split_ood(answer)  # the labels, then the ood field every classifier answer ends with
+    assert set(answer) == set(want) and ood is not None
     return max(abs(answer[k] - want[k]) for k in want)
 
 
@@ -111,7 +113,7 @@ def test_served_predictions_equal_local_onnx_runtime(server, expected, model):
         r = server.post(model, data, headers={"X-Topk": "3"})
         assert r.status_code == 200, (name, r.text)
         answer = r.json()
-        assert next(iter(answer)) == next(iter(expected[name])), name  # same top-1
+        assert next(iter(answer)) == next(iter(expected[name])), name  # same top-1, still the first key
         worst = max(worst, _max_dp(answer, expected[name]))
     print(f"\n{model}: {len(server.images)} images, max |dp| vs local ONNX Runtime = {worst:.2e}")
     assert worst <= 1e-4
@@ -188,15 +190,54 @@ def test_json_base64_and_multipart_requests(server, expected):
     for name, answer in zip(names, r.json(), strict=True):
         assert _max_dp(answer, expected[name]) <= 1e-4
     r = server.post("lite0", json_body={"image": b64[0], "topk": 1})
-    assert list(r.json()) == [next(iter(expected[names[0]]))]
+    assert list(r.json()) == [next(iter(expected[names[0]])), "ood"]
     r = server.post("lite0", files={n: server.images[n] for n in names[:2]}, headers={"X-Topk": "3"})
     assert r.status_code == 200 and len(r.json()) == 2 and _max_dp(r.json()[1], expected[names[1]]) <= 1e-4
 
 
 def test_topk_never_exceeds_the_classes(server):
-    assert len(server.post("lite0", server.images["square.jpg"]).json()) == 3  # default 5, 3 classes
-    assert len(server.post("lite0", server.images["square.jpg"], headers={"X-Topk": "10"}).json()) == 3
-    assert len(server.post("lite0", server.images["square.jpg"], headers={"X-Topk": "1"}).json()) == 1
+    def labels(r):
+        return split_ood(r.json())[0]
+
+    assert len(labels(server.post("lite0", server.images["square.jpg"]))) == 3  # default 5, 3 classes
+    assert len(labels(server.post("lite0", server.images["square.jpg"], headers={"X-Topk": "10"}))) == 3
+    assert len(labels(server.post("lite0", server.images["square.jpg"], headers={"X-Topk": "1"}))) == 1
+
+
+def test_the_ood_field_is_the_same_served_predicted_and_on_the_edge(server, tmp_path_factory, tmp_path, monkeypatch,
+                                                                    runner):
+    """Both runtimes served, `zoo predict --server`, `zoo predict --model` and EdgeModel: one score per image."""
+    from zoo.cli import app
+
+    in_distribution = sorted((exported(tmp_path_factory).data_dir / "val").rglob("*.png"))[:4]
+    images = {**server.images, **{p.name: p.read_bytes() for p in in_distribution}}
+    for name, data in images.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in images]
+    answers = {"edge": expected_ood(server.export_dir, images)}
+    local = runner.invoke(app, ["predict", *paths, "--model", str(server.export_dir), "--json"])
+    answers["zoo predict --model"] = {Path(r["path"]).name: r["ood"] for r in json.loads(local.stdout)}
+    monkeypatch.setenv("ZOO_SERVE_HOME", str(Path(server.info.state_dir).parent))
+    for model in ("lite0", "lite0t"):  # the onnx and the torch runtime
+        answers[f"{model} HTTP"] = {n: split_ood(server.post(model, d).json())[1] for n, d in images.items()}
+        remote = runner.invoke(app, ["predict", *paths, "--server", f"{server.info.inference_url}/predictions/{model}",
+                                     "--json"])
+        assert remote.exit_code == 0, remote.output
+        answers[f"{model} zoo predict --server"] = {Path(r["path"]).name: r["ood"] for r in json.loads(remote.stdout)}
+    worst = 0.0
+    for name in images:
+        want = answers["edge"][name]
+        for where, got in answers.items():
+            assert got[name] is not None and got[name]["threshold"] == want["threshold"], (where, name)
+            worst = max(worst, abs(got[name]["score"] - want["score"]))
+            if abs(want["score"] - want["threshold"]) > 1e-5:
+                assert got[name]["out_of_distribution"] == want["out_of_distribution"], (where, name)
+    verdicts = {n: answers["edge"][n]["out_of_distribution"] for n in images}
+    print(f"\nood: {len(images)} images x {len(answers)} paths, max |d score| = {worst:.2e}; flagged: "
+          f"{sorted(n for n, v in verdicts.items() if v)}")
+    assert worst <= 1e-5
+    assert not any(verdicts[p.name] for p in in_distribution)  # the run's own kind of image passes
+    assert all(verdicts[n] for n in server.images)  # photographs are not textures
 
 
 def test_one_access_log_line_per_request_and_no_per_request_frontend_chatter(server):

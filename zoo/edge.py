@@ -7,6 +7,7 @@ labels.json beside the model, or from the model's own metadata when the files ar
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,14 @@ import numpy as np
 
 from zoo.deployment import FP32, deployed, variant_file
 from zoo.errors import ZooError
-from zoo.inference import open_deployed, same_shape_groups
+from zoo.inference import OodError, OodScorer, load_ood, open_deployed, same_shape_groups
 from zoo.inference import top_k as _top_k  # predict() has an argument named top_k
 from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, PreprocessConfigError, preprocess
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+log = logging.getLogger("zoo.edge")  # zoo.log's hierarchy, without importing rich on a device
 
 CLASSIFIER_FILE = "classifier.onnx"
 FEATURES_FILE = "features.onnx"
@@ -33,12 +36,17 @@ class EdgeError(ValueError):
 
 @dataclass
 class EdgeResult:
-    """One input's answer: top-k {label: probability} (classifier) or a vector (features), or an error."""
+    """One input's answer: top-k {label: probability} (classifier) or a vector (features), or an error.
+
+    `ood` is the classifier's out-of-distribution field, {"score", "threshold", "out_of_distribution"}
+    (zoo.inference.ood_field), or None when the export holds no OOD summary (ood.npz).
+    """
 
     source: str
     top_k: dict[str, float] = field(default_factory=dict)
     features: np.ndarray | None = None
     error: str | None = None
+    ood: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -95,10 +103,12 @@ class EdgeModel:
     shape share a batch, with no padding, so an image's answer never depends on its neighbours.
     Given an export folder it runs the variant deploy.json names (`variant` overrides), falling back
     to the fp32 graph with one warning when that variant cannot load; `.variant` says which ran.
+    A classifier with an OOD summary (ood.npz) beside it scores every image with it (`.ood`, an
+    OodScorer, at the threshold of the variant that ran): `EdgeResult.ood`.
     """
 
     def __init__(self, path: Path | str, kind: str | None = None, providers: Sequence[str] | None = None,
-                 options: ort.SessionOptions | None = None, variant: str | None = None):
+                 options: ort.SessionOptions | None = None, variant: str | None = None, ood: bool = True):
         model, fallback, chosen = _resolve_model_path(Path(path), kind, variant)
         try:
             self.session, self.path = open_deployed(model, fallback, providers, options=options)
@@ -126,6 +136,20 @@ class EdgeModel:
                             f"{classes} outputs: restore labels.json from the same export, or re-run `zoo export`.")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # ood=False skips the OOD summary (export's own accuracy measurements, made before it exists).
+        self.ood: OodScorer | None = self._open_ood() if self.kind == "classifier" and ood else None
+
+    def _open_ood(self) -> OodScorer | None:
+        """The OOD summary beside the model (None, said once, when there is none); a damaged one is an EdgeError."""
+        try:
+            scorer = load_ood(self.path.parent)
+        except OodError as e:
+            raise EdgeError(str(e)) from None
+        if scorer is not None and "features" not in self.output_names:
+            log.warning("%s has no features output, so its answers carry no ood field: re-run `zoo export`.",
+                        self.path.name)
+            return None
+        return scorer
 
     @property
     def provider(self) -> str:
@@ -181,8 +205,11 @@ class EdgeModel:
         each group of same-shape images, and what a server answers for a tensor it was sent."""
         if self.kind != "classifier":
             raise EdgeError(f"{self.path} is a feature extractor: use .features(), or open classifier.onnx to predict.")
-        probs = self._probabilities(self.run(batch))
-        return [EdgeResult(f"<row {n}>", top_k=_top_k(row, self.labels, top_k)) for n, row in enumerate(probs)]
+        outputs = self.run(batch)
+        probs = self._probabilities(outputs)
+        ood = self.ood.fields(outputs["features"], self.variant) if self.ood is not None else [None] * len(probs)
+        return [EdgeResult(f"<row {n}>", top_k=_top_k(row, self.labels, top_k), ood=field_)
+                for n, (row, field_) in enumerate(zip(probs, ood, strict=True))]
 
     def features(self, sources: Iterable[ImageSource], batch_size: int = 1) -> list[EdgeResult]:
         """The bottleneck vector per image (features.onnx), in input order; unreadable files get an error."""

@@ -7,6 +7,7 @@ needs the grouping and top-k but not onnxruntime.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,3 +117,101 @@ def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> dict[str,
     k = max(1, min(int(k), len(labels)))
     order = np.argsort(-probabilities, kind="stable")[:k]
     return {labels[i]: float(probabilities[i]) for i in order}
+
+
+# ---------------------------------------------------------------- out-of-distribution score
+# THE one computation of the OOD score: the edge runtime, `zoo predict`, both handlers' runtimes and
+# `zoo evaluate` all call OodScorer, loaded from the ood.npz `zoo export` writes (export/ood.py).
+# The method is kNN on L2-normalised bottleneck features (Sun et al. 2022, "deep nearest neighbors"):
+# the score is the cosine distance from an image's features to its k-th nearest training feature.
+# It was chosen over Mahalanobis distance (class means, a shrunk shared covariance, raw, L2-normalised
+# or PCA-reduced features) by benchmarks/ood.py: a higher AUROC on average and on the hardest pair
+# (the README has the table). The score is higher for stranger images; the threshold is the 95th
+# percentile of the val split's scores, one per classifier variant (each on its own features), so
+# about 5% of val images are flagged.
+OOD_FILE = "ood.npz"
+OOD_FORMAT = "zoo-ood-knn"
+OOD_VERSION = 1
+
+
+class OodError(ValueError):
+    """ood.npz is damaged or not a zoo OOD summary; the message is one sentence that says what to do."""
+
+
+def ood_field(score: float, threshold: float) -> dict[str, Any]:
+    """The `ood` field of one answer: {"score", "threshold", "out_of_distribution"}."""
+    return {"score": float(score), "threshold": float(threshold), "out_of_distribution": bool(score > threshold)}
+
+
+class OodScorer:
+    """Distance to the k-th nearest training feature (cosine distance, 0 to 2) and the thresholds per variant."""
+
+    def __init__(self, bank: np.ndarray, k: int, thresholds: dict[str, float], meta: dict[str, Any] | None = None):
+        bank = np.asarray(bank, dtype=np.float64)
+        if bank.ndim != 2 or not len(bank) or not 1 <= int(k) <= len(bank):
+            raise OodError(f"an OOD summary needs 1 <= k <= its {len(bank)} training features, not k={k}")
+        self.bank = bank  # L2-normalised training features, one per row (stored as float16)
+        self.k = int(k)
+        self.thresholds = {str(v): float(t) for v, t in thresholds.items()}
+        self.meta = dict(meta or {})
+
+    @property
+    def dim(self) -> int:
+        return int(self.bank.shape[1])
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """[N] scores for [N, D] (or [D]) bottleneck features: cosine distance to the k-th nearest training feature."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if x.shape[1] != self.dim:
+            raise ValueError(f"The OOD summary holds {self.dim}-dimensional features, not {x.shape[1]}.")
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        distances = 1.0 - x @ self.bank.T
+        return np.partition(distances, self.k - 1, axis=1)[:, self.k - 1]
+
+    def threshold(self, variant: str = "fp32") -> float:
+        """The threshold calibrated for the variant that ran (fp32's for a variant calibrated without one)."""
+        return self.thresholds.get(variant, self.thresholds["fp32"])
+
+    def fields(self, features: np.ndarray, variant: str = "fp32") -> list[dict[str, Any]]:
+        """The `ood` field of each image, for features computed by `variant`."""
+        limit = self.threshold(variant)
+        return [ood_field(s, limit) for s in self.score(features)]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What ood.npz holds: the bank in float16 and the metadata as one JSON string (no pickled objects)."""
+        meta = {**self.meta, "format": OOD_FORMAT, "version": OOD_VERSION, "k": self.k, "thresholds": self.thresholds}
+        return {"bank": self.bank.astype(np.float16), "meta": np.array(json.dumps(meta, sort_keys=True))}
+
+    @classmethod
+    def load(cls, path: Path | str) -> OodScorer:
+        """Read ood.npz safely (allow_pickle=False); a damaged or foreign file is one OodError sentence."""
+        path = Path(path)
+        advice = "re-run `zoo export` to write it again, or delete it to serve without the OOD score."
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                bank, meta = np.array(data["bank"]), json.loads(str(data["meta"][()]))
+            if meta.get("format") != OOD_FORMAT or int(meta.get("version", 0)) > OOD_VERSION:
+                raise OodError(f"{path} is not an OOD summary this code reads (format {meta.get('format')!r}, "
+                               f"version {meta.get('version')!r}): {advice}")
+            scorer = cls(bank, int(meta["k"]), {str(v): float(t) for v, t in meta["thresholds"].items()}, meta)
+        except OodError as e:
+            raise OodError(str(e) if str(e).startswith(str(path)) else f"{path} is damaged ({e}): {advice}") from None
+        except Exception as e:  # zip, JSON, key and value errors: a truncated copy or someone else's file
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            if "pickle" in reason:  # numpy's own advice (load it unsafely) is not one to pass on
+                reason = "it holds pickled objects, which are never loaded"
+            raise OodError(f"{path} is damaged or not an OOD summary ({type(e).__name__}: {reason}): "
+                           f"{advice}") from None
+        if "fp32" not in scorer.thresholds or not np.isfinite(scorer.bank).all():
+            raise OodError(f"{path} is damaged (no fp32 threshold, or non-finite features): {advice}")
+        return scorer
+
+
+def load_ood(folder: Path | str) -> OodScorer | None:
+    """The OOD summary beside a model, or None (logged once) for an export made before zoo wrote one."""
+    path = Path(folder) / OOD_FILE
+    if not path.is_file():
+        logger.info("%s holds no %s (an export made before the OOD score, or without its images): answers carry "
+                    "no ood field", folder, OOD_FILE)
+        return None
+    return OodScorer.load(path)

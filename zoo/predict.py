@@ -41,7 +41,9 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
 
 
 def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int) -> tuple[list[dict], str]:
-    """Per-image {path, top_k, error, variant} and where they ran (the ONNX Runtime provider and the variant)."""
+    """Per-image {path, top_k, error, variant, ood} and where they ran (the ONNX Runtime provider and the variant).
+
+    `ood` is {"score", "threshold", "out_of_distribution"}, or None for an export without an OOD summary."""
     from zoo.edge import EdgeError, EdgeModel
 
     try:
@@ -49,7 +51,7 @@ def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int) 
         results = edge.predict(images, top_k=top_k, batch_size=batch_size)
     except EdgeError as e:
         raise ZooError(str(e)) from None
-    rows = [{"path": str(p), "top_k": r.top_k, "error": r.error, "variant": edge.variant}
+    rows = [{"path": str(p), "top_k": r.top_k, "error": r.error, "variant": edge.variant, "ood": r.ood}
             for p, r in zip(images, results, strict=True)]
     return rows, f"{edge.provider}, {edge.variant}"
 
@@ -58,17 +60,34 @@ def format_json(rows: list[dict]) -> str:
     return json.dumps(rows, indent=2)
 
 
+def _ood_cells(ood: dict | None) -> list[str]:
+    """ood_score, ood_threshold, out_of_distribution: empty without an OOD summary."""
+    if not ood:
+        return ["", "", ""]
+    return [f"{ood['score']:.6f}", f"{ood['threshold']:.6f}", str(bool(ood["out_of_distribution"])).lower()]
+
+
 def format_csv(rows: list[dict]) -> str:
+    """One line per rank (the image's OOD columns repeated on each), or one line for an error."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "rank", "label", "probability", "error", "variant"])
+    writer.writerow(["path", "rank", "label", "probability", "error", "variant", "ood_score", "ood_threshold",
+                     "out_of_distribution"])
     for row in rows:
         variant = row.get("variant") or ""
+        ood = _ood_cells(row.get("ood"))
         if row["error"]:
-            writer.writerow([row["path"], "", "", "", row["error"], variant])
+            writer.writerow([row["path"], "", "", "", row["error"], variant, *ood])
         for rank, (label, p) in enumerate(row["top_k"].items(), start=1):
-            writer.writerow([row["path"], rank, label, f"{p:.6f}", "", variant])
+            writer.writerow([row["path"], rank, label, f"{p:.6f}", "", variant, *ood])
     return buf.getvalue()
+
+
+def _ood_words(ood: dict | None) -> str:
+    if not ood:
+        return ""
+    verdict = "OUT OF DISTRIBUTION" if ood["out_of_distribution"] else "in distribution"
+    return f" [ood score {ood['score']:.3f}, threshold {ood['threshold']:.3f}: {verdict}]"
 
 
 def format_text(rows: list[dict]) -> str:
@@ -77,5 +96,6 @@ def format_text(rows: list[dict]) -> str:
         if row["error"]:
             lines.append(f"{row['path']}: UNREADABLE: {row['error']}")
         else:
-            lines.append(f"{row['path']}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["top_k"].items()))
+            lines.append(f"{row['path']}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["top_k"].items())
+                         + _ood_words(row.get("ood")))
     return "\n".join(lines)

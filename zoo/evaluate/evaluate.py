@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.evaluate import outputs
+from zoo.evaluate import ood, outputs
 from zoo.evaluate.split import Split, load_split, settings_for
 from zoo.evaluate.targets import Answer, Target, open_target
 from zoo.log import get_logger
@@ -43,8 +43,11 @@ def score(target: Target, split: Split) -> tuple[list[Answer], dict[str, Any]]:
 
 def evaluate(target: str, data_dir: Path | str, split: str = "test", out: Path | None = None, force: bool = False,
              token: str | None = None, seed: int | None = None, val_fraction: float | None = None,
-             test_fraction: float | None = None, write: bool = True) -> dict[str, Any]:
-    """Score `target` on a split of `data_dir`; write the report folder (unless write=False); return the result."""
+             test_fraction: float | None = None, write: bool = True,
+             ood_folder: Path | str | None = None) -> dict[str, Any]:
+    """Score `target` on a split of `data_dir`; write the report folder (unless write=False); return the result.
+
+    With `ood_folder`, also the OOD score's AUROC between the split and every image under that folder."""
     data_dir = Path(data_dir)
     out = Path(out) if out is not None else outputs.default_out(target, split)
     if write:
@@ -58,6 +61,7 @@ def evaluate(target: str, data_dir: Path | str, split: str = "test", out: Path |
         chosen = load_split(data_dir, split, settings_for(model.run_config, dict(
             seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)))
     _check_labels(model, chosen, data_dir)
+    outside = ood.check_folder(Path(ood_folder), model) if ood_folder is not None else []
     log.info(f"Evaluating {model.name} ({model.kind}) on {len(chosen.samples)} {split} images of {data_dir}")
     answers, report = score(model, chosen)
     result = {
@@ -71,6 +75,8 @@ def evaluate(target: str, data_dir: Path | str, split: str = "test", out: Path |
                         + ("; over HTTP, the whole round trip" if model.kind.startswith("served") else ""),
         "out": str(out) if write else None,
     }
+    if ood_folder is not None:
+        result["ood"] = ood.ood_report(model, answers, Path(ood_folder), outside)
     if write:
         outputs.write(out, result)
     return result

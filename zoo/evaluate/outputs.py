@@ -50,7 +50,27 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Latency is {result['latency_note']}.",
         "",
+        *_ood_lines(result.get("ood")),
     ])
+
+
+def _ood_lines(ood: dict[str, Any] | None) -> list[str]:
+    if not ood:
+        return []
+    return [
+        f"## Out-of-distribution score against {ood['folder']}",
+        "",
+        f"{ood['in_images']} images of the split (in distribution) against {ood['out_images']} images of the folder.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| AUROC | {ood['auroc']:.4f} |",
+        f"| threshold | {ood['threshold']:.4f} |",
+        f"| false alarms on the split (score above the threshold) | {_pct(ood['false_alarm_rate'])} |",
+        f"| folder images flagged | {_pct(ood['detection_rate'])} |",
+        f"| median score: split, folder | {ood['in_score_median']:.4f}, {ood['out_score_median']:.4f} |",
+        "",
+    ]
 
 
 def default_out(target: str, split: str) -> Path:

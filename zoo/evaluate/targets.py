@@ -24,6 +24,7 @@ class Answer:
     probabilities: np.ndarray | None  # [C] in the target's label order; None when the image was refused
     seconds: float
     error: str | None = None
+    ood: dict | None = None  # {"score", "threshold", "out_of_distribution"} when the target has an OOD summary
 
 
 class Target:
@@ -32,17 +33,19 @@ class Target:
     labels: list[str] | None = None  # None: learnt from the first answer (a served model)
     run_config: dict[str, Any] | None = None  # the training run's config.json, when it can be found
     variant: str | None = None  # the variant that ran (fp32, int8, fp16), when the target says
+    has_ood: bool | None = False  # whether answers carry the OOD field; None: known from the first answer
 
     def answer(self, path: Path) -> Answer:
         raise NotImplementedError
 
     def timed(self, path: Path, call) -> Answer:
+        """call() gives (probabilities, ood field or None); it is timed, and a refused image is counted."""
         tick = time.perf_counter()
         try:
-            probs = call()
+            probs, ood = call()
         except (ImageError, ValueError) as e:  # a refused image is counted, not fatal
             return Answer(None, time.perf_counter() - tick, str(e))
-        return Answer(np.asarray(probs, dtype=np.float64), time.perf_counter() - tick)
+        return Answer(np.asarray(probs, dtype=np.float64), time.perf_counter() - tick, ood=ood)
 
 
 class RunTarget(Target):
@@ -62,10 +65,10 @@ class RunTarget(Target):
 
         from zoo.preprocess import preprocess
 
-        def call() -> np.ndarray:
+        def call() -> tuple[np.ndarray, None]:
             with torch.no_grad():
                 logits = self.run.model(torch.from_numpy(preprocess(path, self.run.preprocess))[None])
-            return softmax(logits.numpy())[0]
+            return softmax(logits.numpy())[0], None  # the OOD summary lives in the export, not the run
 
         return self.timed(path, call)
 
@@ -85,13 +88,16 @@ class OnnxTarget(Target):
         self.variant = self.edge.variant
         self.kind = f"ONNX Runtime {self.edge.provider} ({self.edge.path.name}, {self.variant})"
         self.run_config = _run_config_near(self.edge.path.parent)
+        self.has_ood = self.edge.ood is not None
 
     def answer(self, path: Path) -> Answer:
         from zoo.preprocess import preprocess
 
-        def call() -> np.ndarray:
+        def call() -> tuple[np.ndarray, dict | None]:
             out = self.edge.run(preprocess(path, self.edge.preprocess)[None])
-            return out["probabilities"][0] if "probabilities" in out else softmax(out[self.edge.output_names[0]])[0]
+            probs = out["probabilities"][0] if "probabilities" in out else softmax(out[self.edge.output_names[0]])[0]
+            ood = self.edge.ood.fields(out["features"], self.variant or "fp32")[0] if self.edge.ood else None
+            return probs, ood
 
         return self.timed(path, call)
 
@@ -100,6 +106,7 @@ class ServedTarget(Target):
     """A model served over HTTP (TorchServe); asks for every class so the probabilities are complete."""
 
     kind = "served endpoint (HTTP, round trip)"
+    has_ood = None  # the answers say
 
     def __init__(self, url: str, token: str | None, classes: list[str]):
         from zoo.serve import ServeClient
@@ -111,12 +118,12 @@ class ServedTarget(Target):
         data = Path(path).read_bytes()
         labels = self.labels or []
 
-        def call() -> np.ndarray:
+        def call() -> tuple[np.ndarray, dict | None]:
             answer = self.client.classify(data, topk=len(labels))
             if set(answer) != set(labels):
                 raise ZooError(f"{self.name} answers with labels ({', '.join(sorted(answer)[:5])}, ...) other than "
                                "the image folder's classes: give the image folder this model was trained on.")
-            return np.array([answer[label] for label in labels])
+            return np.array([answer[label] for label in labels]), self.client.ood
 
         return self.timed(path, call)
 

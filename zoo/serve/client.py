@@ -23,6 +23,21 @@ from zoo.serve.state import load_state
 
 TOKEN_REFUSED = ("InvalidKeyException", "Token Authorization failed")
 VARIANT_HEADER = "X-Zoo-Variant"  # the handler names the variant (fp32, int8, fp16) that answered
+OOD_KEY = "ood"  # the classifier answer's last key: {"score", "threshold", "out_of_distribution"}
+
+
+def split_ood(answer: dict) -> tuple[dict[str, float], dict | None]:
+    """(top-k {label: probability}, the ood field or None) from one image's classifier answer.
+
+    The field is told from a label by its value, an object (or null): a class named "ood" (whose
+    exports carry no OOD field) keeps its probability.
+    """
+    if not isinstance(answer, dict):
+        raise ValueError(f"The server's answer is not a {{label: probability}} object: {str(answer)[:120]}")
+    ood = answer.get(OOD_KEY)
+    if ood is None or isinstance(ood, dict):
+        return {k: v for k, v in answer.items() if k != OOD_KEY}, ood
+    return dict(answer), None
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class ServeClient:
         self.timeout_s = timeout_s
         self.session = requests.Session()
         self.variant: str | None = None  # what the last answer said ran; None from a server that does not say
+        self.ood: dict | None = None  # the last classification's ood field; None from an archive without one
         if urlsplit(self.base).hostname in ("127.0.0.1", "localhost", "::1"):
             self.session.trust_env = False  # a proxy from the environment must not see local traffic
 
@@ -168,14 +184,17 @@ class ServeClient:
         raise ZooError(f"{self.base} answered HTTP {code} ({message or str(body)[:200]}): see the server's logs.")
 
     def classify(self, image: bytes, topk: int | None = None) -> dict[str, float]:
-        return self._answer(image, topk)
+        """The top-k {label: probability}; the answer's ood field goes to `self.ood`."""
+        self.ood = None
+        top, self.ood = split_ood(self._answer(image, topk))
+        return top
 
     def features(self, image: bytes) -> list[float]:
         return self._answer(image, None)
 
 
 def predict_remote(server: str, paths: list[Path], top_k: int = 3, token: str | None = None) -> list[dict]:
-    """Per-image {path, top_k, error, variant} from a served classifier, like zoo.predict.predict_local."""
+    """Per-image {path, top_k, error, variant, ood} from a served classifier, like zoo.predict.predict_local."""
     client = ServeClient(server, token=token)
     rows: list[dict] = []
     for path in paths:
@@ -183,11 +202,11 @@ def predict_remote(server: str, paths: list[Path], top_k: int = 3, token: str | 
             data = Path(path).read_bytes()
         except OSError as e:
             rows.append({"path": str(path), "top_k": {}, "error": f"cannot read the file ({e.strerror or e})",
-                         "variant": None})
+                         "variant": None, "ood": None})
             continue
         try:
-            rows.append({"path": str(path), "top_k": client.classify(data, top_k), "error": None,
-                         "variant": client.variant})
+            top = client.classify(data, top_k)
+            rows.append({"path": str(path), "top_k": top, "error": None, "variant": client.variant, "ood": client.ood})
         except ValueError as e:  # the server refused this image; the others still go
-            rows.append({"path": str(path), "top_k": {}, "error": str(e), "variant": client.variant})
+            rows.append({"path": str(path), "top_k": {}, "error": str(e), "variant": client.variant, "ood": None})
     return rows

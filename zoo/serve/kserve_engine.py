@@ -242,9 +242,8 @@ def _infer_request(model_name: str, parsed: v2.V2Request) -> InferRequest:
 
 
 async def _torchserve_answer(request: Request, model: ZooModel, limits: v2.Limits) -> Any:
-    """What the TorchServe handler answers: one image's answer, or a list when several were sent. It is the
-    handlers' shape ({label: probability}, or the vector), so fields beyond it (the OOD check) must follow
-    whatever shape the handlers give them; the v2 route carries them as tensors already."""
+    """What the TorchServe handler answers: one image's answer, or a list when several were sent, in the
+    handlers' shape: {label: probability, ..., "ood": {...}} (the OOD check when the export has one), or the vector."""
     try:
         body = await read_body(request, limits.max_body_bytes)
         parsed = parse_request(await torchserve_fields(request, body, limits.max_body_bytes), limits.max_images)
@@ -256,9 +255,17 @@ async def _torchserve_answer(request: Request, model: ZooModel, limits: v2.Limit
     if model.kind == "classifier":
         k = model.topk(parsed.options.get("topk", request.headers.get("x-topk")))
     check_pixel_budget(parsed.images, limits.pixel_budget)
-    answers = [a.get("top_k", a.get("features")) for a in await model.answer(parsed.images, k)]
-    answers = [a.tolist() if isinstance(a, np.ndarray) else a for a in answers]
+    answers = [_torchserve_shape(a) for a in await model.answer(parsed.images, k)]
     return answers if parsed.many else answers[0]
+
+
+def _torchserve_shape(answer: dict) -> Any:
+    if "features" in answer:
+        return np.asarray(answer["features"]).tolist()
+    out = dict(answer["top_k"])
+    if answer.get("ood") is not None:
+        out["ood"] = answer["ood"]
+    return out
 
 
 class _ModelServer(ModelServer):
