@@ -28,6 +28,7 @@ from serve_helpers import bad_inputs, exported, malformed_request, sample_images
 from zoo import serve
 from zoo.preprocess import PreprocessConfig, preprocess
 from zoo.serve import v2
+from zoo.serve.client import split_ood
 from zoo.serve.kserve_process import model_name
 
 pytestmark = [pytest.mark.slow,
@@ -91,6 +92,7 @@ def expected(engine):
 
 
 def _max_dp(answer: dict, want: dict) -> float:
+    answer, _ = split_ood(answer)  # the OOD check is compared on its own (test_the_ood_field_...)
     assert list(answer) == list(want)  # the same labels in the same order
     return max(abs(answer[k] - want[k]) for k in want)
 
@@ -149,7 +151,7 @@ def test_several_images_in_one_request_get_the_answers_they_get_alone(engine, ex
     for name, answer in zip(names, _answers(engine.infer(body, headers=headers)), strict=True):
         assert _max_dp(answer, expected[name]) <= TOLERANCE
     r = engine.post("/predictions/lite0", files=[("file", (n, engine.images[n])) for n in names])
-    assert r.status_code == 200 and [list(a) for a in r.json()] == [list(expected[n]) for n in names]
+    assert r.status_code == 200 and [list(split_ood(a)[0]) for a in r.json()] == [list(expected[n]) for n in names]
 
 
 def test_features_model_equals_features_onnx(engine):
@@ -344,3 +346,21 @@ def test_refusals_before_and_while_starting(engine, tmp_path, runner):
     for args in (["serve", "start", "--engine", "kserve"], ["serve", "start", str(engine.export_dir)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_the_ood_field_equals_zoo_predict_on_every_route(engine):
+    from zoo.edge import EdgeModel
+
+    local = EdgeModel(engine.export_dir).predict(list(engine.images.values()), top_k=3)
+    assert all(r.ood is not None for r in local), "the test export has no OOD summary"
+    worst = 0.0
+    for (name, data), want in zip(engine.images.items(), local, strict=True):
+        body, headers = v2.encode_images([data], topk=3)
+        raw = engine.post("/predictions/lite0", data=data, headers={"Content-Type": "application/octet-stream"})
+        for answer in (_answers(engine.infer(body, headers=headers))[0], raw.json()):
+            _, ood = split_ood(answer)
+            assert ood is not None and ood["out_of_distribution"] == want.ood["out_of_distribution"], name
+            assert ood["threshold"] == pytest.approx(want.ood["threshold"], abs=1e-6)
+            worst = max(worst, abs(ood["score"] - want.ood["score"]))
+    print(f"\nOOD score, KServe engine against zoo predict: max |d| {worst:.1e}")
+    assert worst <= TOLERANCE

@@ -312,8 +312,8 @@ def encode_images(images: list[bytes], topk: int | None = None) -> tuple[bytes, 
 
 
 def read_answers(body: Any) -> list:
-    """Per image, {label: probability} (labels and probabilities outputs) or the features vector, from a JSON
-    response; ValueError when it holds neither."""
+    """Per image, {label: probability} (labels and probabilities outputs), followed by "ood" when the
+    ood_* outputs are there, or the features vector, from a JSON response; ValueError when it holds neither."""
     outputs = {o.get("name"): o for o in body.get("outputs", []) if isinstance(o, dict)} \
         if isinstance(body, dict) else {}
 
@@ -324,6 +324,13 @@ def read_answers(body: Any) -> list:
     if "features" in outputs:
         return [np.asarray(v, dtype=np.float64).tolist() for v in rows("features")]
     if "labels" in outputs and "probabilities" in outputs:
-        return [{str(k): float(p) for k, p in zip(ks, ps, strict=True)}
-                for ks, ps in zip(rows("labels"), rows("probabilities"), strict=True)]
+        answers: list[dict] = [{str(k): float(p) for k, p in zip(ks, ps, strict=True)}
+                               for ks, ps in zip(rows("labels"), rows("probabilities"), strict=True)]
+        if all(name in outputs for name in ("ood_score", "ood_threshold", "out_of_distribution")):
+            # the handlers' shape: the labels, then "ood" (zoo.serve.client.split_ood reads both engines alike)
+            checks = zip(rows("ood_score"), rows("ood_threshold"), rows("out_of_distribution"), strict=True)
+            for answer, (score, threshold, flagged) in zip(answers, checks, strict=True):
+                answer["ood"] = {"score": float(score), "threshold": float(threshold),
+                                 "out_of_distribution": bool(flagged)}
+        return answers
     raise ValueError("the response has neither labels and probabilities nor features outputs")
