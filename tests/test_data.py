@@ -139,3 +139,31 @@ def test_a_test_split_is_held_out_seeded_and_stratified(tmp_path):
     data = load_image_folder(tmp_path / "split")
     assert data.classes == ["a", "b"] and len(data.test) == 6 and data.test_source == "folder"
     assert len(data.train) + len(data.val) == 20 and all("test" in s.path.parts for s in data.test)
+
+
+def test_a_large_jpeg_is_decoded_reduced_to_the_full_decode_s_shape_and_nearly_its_pixels():
+    import io as _io
+
+    import numpy as _np
+    from PIL import Image as _Image
+
+    from zoo.preprocess import load_rgb, normalize, resize
+
+    cfg = PreprocessConfig(input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    rng = _np.random.default_rng(0)
+    smooth = _np.kron(rng.integers(0, 256, (30, 40, 3), dtype=_np.uint8), _np.ones((50, 50, 1), _np.uint8))
+    cases = {}
+    for name, size, orientation in (("wide", (2000, 1499), 1), ("quarter-turned", (1999, 1500), 6)):
+        img = _Image.fromarray(smooth).resize(size)
+        exif = _Image.Exif()
+        exif[0x0112] = orientation
+        buf = _io.BytesIO()
+        img.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+        cases[name] = buf.getvalue()
+    for name, data in cases.items():
+        full = normalize(resize(load_rgb(data, cfg), cfg), cfg)  # the full decode, then the resize
+        reduced = preprocess(data, cfg)  # decoded at 1/4 scale, then resized to the same shape
+        assert reduced.shape == full.shape, name
+        assert _np.abs(reduced - full).mean() < 0.02, name  # about 2 of 255 grey levels on average
+        assert not _np.array_equal(reduced, full), name  # the reduced decode did run
+    assert preprocess(cases["quarter-turned"], cfg).shape[1] > preprocess(cases["quarter-turned"], cfg).shape[2]

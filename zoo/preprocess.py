@@ -110,8 +110,18 @@ class PreprocessConfig:
         return cls.from_json(d)
 
 
-def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image:
-    """Open and fully decode an image, refusing empty, corrupt, truncated and oversized input."""
+FULL_SIZE = "zoo.full_size"  # img.info key: (width, height) as stored, when the image was decoded smaller
+
+
+def open_image(source: ImageSource, max_pixels: int = 40_000_000,
+               shrink_for: PreprocessConfig | None = None) -> Image.Image:
+    """Open and fully decode an image, refusing empty, corrupt, truncated and oversized input.
+
+    shrink_for: a JPEG that `resize` will shrink by 2x or more is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling, what Pillow's thumbnail() does), never below the size it is resized to.
+    That decode takes a fraction of the time (a 12-megapixel photo decodes about 10x faster), and
+    the pixels differ from a full decode followed by the same resize only by resampling detail.
+    """
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -140,6 +150,9 @@ def open_image(source: ImageSource, max_pixels: int = 40_000_000) -> Image.Image
                 if w * h > max_pixels:
                     raise ImageError(f"The image has {w}x{h} pixels, more than the limit of {max_pixels}: "
                                      "send a smaller image.")
+                if shrink_for is not None and img.format == "JPEG":
+                    img.draft(img.mode, resized_shape(w, h, shrink_for))
+                    img.info[FULL_SIZE] = (w, h)
                 img.load()  # decode now, so truncation is found here and not later
         except ImageError:
             raise
@@ -214,14 +227,30 @@ def _table(cfg: PreprocessConfig) -> np.ndarray:
 
 
 def load_rgb(source: ImageSource, cfg: PreprocessConfig) -> Image.Image:
-    """Decoded, oriented, RGB and checked for size: what augmentation and resize start from."""
-    img = to_rgb(open_image(source, cfg.max_pixels))
-    if min(img.size) < cfg.min_side:
-        raise ImageError(f"The image is {img.width}x{img.height} pixels, smaller than {cfg.min_side} on a side: "
+    """Decoded in full, oriented, RGB and checked for size: what augmentation and resize start from."""
+    return _checked_rgb(open_image(source, cfg.max_pixels), cfg)
+
+
+def _checked_rgb(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    width, height = img.info.get(FULL_SIZE, img.size)
+    if min(width, height) < cfg.min_side:
+        raise ImageError(f"The image is {width}x{height} pixels, smaller than {cfg.min_side} on a side: "
                          "send a larger image.")
+    swapped = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)  # a quarter turn
+    img = to_rgb(img)
+    if FULL_SIZE in img.info or img.size != (width, height):
+        img.info[FULL_SIZE] = (height, width) if swapped else (width, height)
     return img
 
 
 def preprocess(source: ImageSource, cfg: PreprocessConfig) -> np.ndarray:
-    """The whole inference path for one image: a float32 array of shape (3, H, W)."""
-    return normalize(resize(load_rgb(source, cfg), cfg), cfg)
+    """The whole inference path for one image: a float32 array of shape (3, H, W).
+
+    The output shape is always that of the full image resized (a reduced JPEG decode is resized to it).
+    """
+    img = _checked_rgb(open_image(source, cfg.max_pixels, shrink_for=cfg), cfg)
+    width, height = img.info.get(FULL_SIZE, img.size)
+    size = resized_shape(width, height, cfg)
+    if size != img.size:
+        img = img.resize(size, resample=_RESAMPLE[cfg.interpolation])
+    return normalize(img, cfg)

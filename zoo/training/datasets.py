@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.folder import Sample
-from zoo.preprocess import ImageError, PreprocessConfig, load_rgb, normalize, resize, resized_shape
+from zoo.preprocess import ImageError, PreprocessConfig, load_rgb, preprocess, resized_shape
 from zoo.progress import progress_bar
 from zoo.training.augment import augment
 
@@ -76,11 +76,10 @@ class ImageViews(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rec = self.records[i]
-        img = load_rgb(rec.path, self.cfg)
         if self.seeds is None:
-            arr = normalize(resize(img, self.cfg), self.cfg)
+            arr = preprocess(rec.path, self.cfg)  # exactly what serving and the edge compute
         else:
-            arr = augment(img, self.cfg, self.seeds[i])
+            arr = augment(load_rgb(rec.path, self.cfg), self.cfg, self.seeds[i])
         return torch.from_numpy(arr), rec.label
 
     def shapes(self) -> list[tuple[int, int]]:
