@@ -21,7 +21,7 @@ from zoo.errors import UsageError, ZooError
 from zoo.export.formats import FEATURES_SUFFIX, check_archive_name, default_archive_name
 from zoo.serve.config import DEFAULT_PORT, KSERVE, KSERVE_CONFIG_FILE, KSERVE_MODULE, port_is_free, state_dir_for
 from zoo.serve.keys import KEY_FILE, request
-from zoo.serve.state import STATE_FILE, ServerInfo, running_server, save_state
+from zoo.serve.state import STATE_FILE, ServerInfo, running_server
 from zoo.serve.v2 import Limits, encode_images
 
 
@@ -111,7 +111,7 @@ def start_kserve(cfg: KServeConfig, timeout_s: float = 300.0, env: dict[str, str
 
     env: extra environment for the server (tests use it to take Java off the PATH).
     """
-    from zoo.serve.process import stop
+    from zoo.serve.process import record_and_wait
 
     models = _check(cfg)
     state_dir = cfg.folder
@@ -134,13 +134,7 @@ def start_kserve(cfg: KServeConfig, timeout_s: float = 300.0, env: dict[str, str
                       models=list(models), inference_url=url, management_url=url, metrics_url=f"{url}/metrics",
                       key_file=None, log_dir=str(log_dir), workers=cfg.worker_count, batch_size=1,
                       max_batch_delay_ms=0, engine=KSERVE, threads=cfg.thread_count)
-    save_state(info)
-    try:
-        _wait_until_answering(info, proc, timeout_s)
-    except BaseException:
-        stop(state_dir)
-        raise
-    return info
+    return record_and_wait(info, lambda: _wait_until_answering(info, proc, timeout_s))
 
 
 def _log_tail(log_dir: Path, lines: int = 15) -> str:

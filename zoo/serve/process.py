@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from zoo.errors import UsageError, ZooError
@@ -104,11 +105,16 @@ def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None
                       metrics_url=f"http://{cfg.host}:{ports['metrics']}",
                       key_file=str(state_dir / KEY_FILE) if cfg.token_auth else None, log_dir=str(log_dir),
                       workers=cfg.worker_count, batch_size=cfg.batch_size, max_batch_delay_ms=cfg.max_batch_delay_ms)
+    return record_and_wait(info, lambda: _wait_until_answering(info, proc, timeout_s))
+
+
+def record_and_wait(info: ServerInfo, wait: Callable[[], None]) -> ServerInfo:
+    """Save the server's state, then wait until it answers; one that never does is stopped (either engine)."""
     save_state(info)
     try:
-        _wait_until_answering(info, proc, timeout_s)
+        wait()
     except BaseException:
-        stop(state_dir)
+        stop(Path(info.state_dir))
         raise
     return info
 
