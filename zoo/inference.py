@@ -7,8 +7,10 @@ needs the grouping and top-k but not onnxruntime.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,8 @@ def open_session(model: Path | str | bytes, providers: Sequence[str] | None = No
     import onnxruntime as ort
 
     chosen = choose_providers(providers)
+    if CUDA in chosen:
+        _preload_cuda_libraries()
     options = options or ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -71,6 +75,24 @@ def open_session(model: Path | str | bytes, providers: Sequence[str] | None = No
                                     providers=with_options)
     finally:
         ort.set_default_logger_severity(2)
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed (nvidia-* wheels) before the CUDA provider needs them.
+
+    Without this the provider finds them only on LD_LIBRARY_PATH, and edge inference, which never imports
+    torch, would fall back to the CPU. Where torch is imported it has loaded its own copies already, and
+    loading a second set could clash, so ORT's advice is to skip it then.
+    """
+    import onnxruntime as ort
+
+    if "torch" in sys.modules or not hasattr(ort, "preload_dlls"):
+        return
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # a missing or odd CUDA install: the session still falls back to the CPU
+        logger.debug("onnxruntime.preload_dlls() failed: %s", e)
 
 
 def open_deployed(model: Path, fallback: Path | None, providers: Sequence[str] | None = None,
