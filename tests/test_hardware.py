@@ -102,3 +102,27 @@ def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):
     compute = read_json(out / "config.json")["compute"]
     assert compute["device"] == "cpu" and compute["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert compute["channels_last"] == "true"
+
+
+def test_gpu_layout_follows_the_measured_costs_of_new_shapes():
+    from zoo.hardware import gpu_layout
+
+    # Validation at the images' own aspect ratios: one or two batches per shape, cuDNN's plans never pay.
+    assert gpu_layout([(224, 224 + 8 * i) for i in range(40)]) == "no_cudnn"
+    # Many batches of a few shapes: cuDNN pays; channels_last only once its ~1 s plans are spread thin.
+    assert gpu_layout([(224, 224)] * 60 + [(224, 300)] * 60) == "contiguous"
+    assert gpu_layout([(224, 224)] * 2000) == "channels_last"
+
+
+def test_a_shaped_pass_off_the_gpu_changes_nothing():
+    from zoo.backbones import create_model
+    from zoo.hardware import memory_format
+
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=False)
+    assert memory_format(model) == torch.contiguous_format
+    cudnn = torch.backends.cudnn.enabled
+    with CPU_FP32.shaped_pass(model, [(224, 224 + i) for i in range(50)]) as shaped:
+        assert shaped is CPU_FP32 and torch.backends.cudnn.enabled == cudnn
+        assert memory_format(model) == torch.contiguous_format
+    model.to(memory_format=torch.channels_last)
+    assert memory_format(model) == torch.channels_last

@@ -8,8 +8,9 @@ under torchrun keep the GPU of their local rank, whatever `--device` says.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +86,46 @@ def cpu_has_native_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", text) is not None
 
 
+# cuDNN builds kernel plans for every new input shape, NHWC ones slowly, so on a GPU the best layout for a
+# pass depends on how many of its batches share a shape. Per layout: (ms for the first batch of a new
+# shape, ms for each further batch of it), efficientnet_lite0's forward on batches of 8 on an H200
+# (bf16 and fp32 alike; benchmarks/gpu_shapes.py). Inference passes (validation, extraction) keep each
+# image's aspect ratio, so textures' 90 val images make ~40 shapes. Training stays in channels_last: its
+# crops are one shape, whose plans cuDNN keeps for every later epoch.
+GPU_LAYOUT_COSTS_MS = {
+    "channels_last": (1100.0, 3.5),
+    "contiguous": (50.0, 6.0),
+    "no_cudnn": (9.0, 8.5),  # PyTorch's own convolution kernels: no plans to build
+}
+
+
+def gpu_layout(batch_shapes: Sequence[tuple[int, ...]]) -> str:
+    """The layout that runs batches of these shapes fastest on a CUDA GPU, by the measured costs above."""
+    distinct, total = len(set(batch_shapes)), len(batch_shapes)
+
+    def cost(layout: str) -> float:
+        first, each = GPU_LAYOUT_COSTS_MS[layout]
+        return distinct * first + (total - distinct) * each
+
+    return min(GPU_LAYOUT_COSTS_MS, key=cost)
+
+
+def memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """channels_last or contiguous_format, read off the first convolution kernel wider than 1x1 (a 1x1
+    kernel is both)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[2] * p.shape[3] > 1:
+            return torch.contiguous_format if p.is_contiguous() else torch.channels_last
+    return torch.contiguous_format
+
+
 @dataclass(frozen=True)
 class Compute:
     """The resolved device and precision, and what follows from them."""
 
     device: torch.device
     precision: str  # fp32, bf16 or fp16
+    layout: str = ""  # set by shaped_pass on a GPU: one of GPU_LAYOUT_COSTS_MS
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto") -> Compute:
@@ -111,15 +146,38 @@ class Compute:
 
     @property
     def channels_last(self) -> bool:
-        """NHWC activations: tensor cores take convolutions in that layout without transposes (CUDA with
-        autocast), and oneDNN's CPU kernels run them faster too (the full training step measured 1.7x
-        contiguous fp32 in benchmarks/training_speed.py)."""
-        return self.device.type == "cpu" or (self.device.type == "cuda" and self.precision != "fp32")
+        """NHWC activations: oneDNN's CPU kernels run them faster (the full training step measured 1.4x
+        contiguous fp32 in benchmarks/training_speed.py), and so does cuDNN on a GPU, once per shape
+        (2.0x in fp32 and 2.1x in bf16 on an H200, benchmarks/training_precision.py): see shaped_pass."""
+        if self.layout:
+            return self.layout == "channels_last"
+        return self.device.type in ("cpu", "cuda")
+
+    @contextlib.contextmanager
+    def shaped_pass(self, model: torch.nn.Module, batch_shapes: Sequence[tuple[int, ...]]) -> Iterator[Compute]:
+        """`model` (and cuDNN) set up for one pass over batches of these shapes; yields the Compute to batch with.
+
+        On a GPU the layout is gpu_layout's pick: a pass over many shapes with NHWC kernels would spend
+        most of its time building cuDNN plans (85 s of textures' 90-second head run on an H200). Elsewhere
+        nothing changes: this Compute is the one to batch with. The model gets its layout back afterwards.
+        """
+        if self.device.type != "cuda":
+            yield self
+            return
+        chosen = dataclasses.replace(self, layout=gpu_layout(batch_shapes))
+        cudnn, before = torch.backends.cudnn.enabled, memory_format(model)
+        model.to(memory_format=torch.channels_last if chosen.channels_last else torch.contiguous_format)
+        torch.backends.cudnn.enabled = cudnn and chosen.layout != "no_cudnn"
+        try:
+            yield chosen
+        finally:
+            torch.backends.cudnn.enabled = cudnn
+            model.to(memory_format=before)
 
     @property
     def for_evaluation(self) -> Compute:
         """Validation runs in fp32, so the figures a run reports are those of the fp32 graphs export serves."""
-        return Compute(self.device, "fp32")
+        return Compute(self.device, "fp32", self.layout)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -21,6 +21,7 @@ from torch import nn
 from zoo.backbones import ZooModel
 from zoo.data.folder import ImageFolderData, Sample
 from zoo.errors import ZooError
+from zoo.hardware import Compute
 from zoo.preprocess import ImageError, PreprocessConfig, preprocess
 from zoo.progress import progress_bar
 
@@ -125,18 +126,20 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
     batches = [idx[j:j + batch_size] for idx in by_shape.values() for j in range(0, len(idx), batch_size)]
     device = next(model.parameters()).device
     # NHWC on the CPU, where oneDNN's kernels run it faster (zoo.hardware.Compute.channels_last), with the same
-    # values up to rounding; the caller may run it under autocast (the moments are merged in float64).
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model.to(memory_format=layout)
+    # values up to rounding; on a GPU the layout that suits these batches' shapes (Compute.shaped_pass). The
+    # caller may run it under autocast (the moments are merged in float64).
+    compute = Compute(device, "fp32", "channels_last" if device.type == "cpu" else "")
+    model.to(memory_format=torch.channels_last if compute.channels_last else torch.contiguous_format)
     try:
-        for idx in progress_bar(batches, "measuring similarity"):
-            x = torch.from_numpy(np.stack([arrays[i] for i in idx])).to(device).contiguous(memory_format=layout)
-            for stage in model.stages.values():
-                x = stage(x)
-            if has_source_head:
-                logits = model.forward_head(model.pre_logits(x.mean((2, 3))))
-                confidence += logits.softmax(1).max(1).values.tolist()
-            labels += [kept[i].label for i in idx]
+        with compute.shaped_pass(model, [arrays[idx[0]].shape for idx in batches]) as shaped:
+            for idx in progress_bar(batches, "measuring similarity"):
+                x = shaped.batch(torch.from_numpy(np.stack([arrays[i] for i in idx])))
+                for stage in model.stages.values():
+                    x = stage(x)
+                if has_source_head:
+                    logits = model.forward_head(model.pre_logits(x.mean((2, 3))))
+                    confidence += logits.softmax(1).max(1).values.tolist()
+                labels += [kept[i].label for i in idx]
     finally:
         kl = bn_stats.mean_kl()
     if not labels:

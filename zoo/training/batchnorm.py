@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
+from zoo.hardware import Compute
+from zoo.training.datasets import ImageRecord, ImageViews, batch_shapes, loader, shape_batches
 from zoo.training.strategies import Plan, is_frozen
 
 CALIBRATION_IMAGES = 512  # exact statistics of 512 images; more changes them by well under 1%
@@ -54,13 +55,15 @@ def recalibrate(plan: Plan, views: ImageViews, batch_size: int, workers: int) ->
     device = next(plan.model.parameters()).device
     batches = shape_batches(range(len(views)), views.shapes(), batch_size)
     seen = 0
-    for x, _ in loader(views, batches, workers, device.type == "cuda"):
-        # An average weighted by batch size (PyTorch's momentum=None weights batches equally, and
-        # images of an unusual shape form batches of one or two).
-        for m in layers:
-            m.momentum = len(x) / (seen + len(x))
-        plan.model(x.to(device, non_blocking=device.type == "cuda"))
-        seen += len(x)
+    compute = Compute(device, "fp32", "" if device.type == "cuda" else "contiguous")
+    with compute.shaped_pass(plan.model, batch_shapes(views, batches)) as shaped:  # on a GPU: a layout for the shapes
+        for x, _ in loader(views, batches, workers, compute.pin_memory):
+            # An average weighted by batch size (PyTorch's momentum=None weights batches equally, and
+            # images of an unusual shape form batches of one or two).
+            for m in layers:
+                m.momentum = len(x) / (seen + len(x))
+            plan.model(shaped.batch(x))
+            seen += len(x)
     for m, momentum in zip(layers, momenta, strict=True):
         m.momentum = momentum
     plan.model.eval()

@@ -88,6 +88,12 @@ class ImageViews(Dataset):
         return [(self.cfg.input_size, self.cfg.input_size)] * len(self.records)
 
 
+def batch_shapes(dataset: ImageViews, batches: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """The shape of each of shape_batches' batches (zoo.hardware.Compute.shaped_pass picks a layout from them)."""
+    shapes = dataset.shapes()
+    return [shapes[idx[0]] for idx in batches if len(idx)]
+
+
 def shape_batches(order: Sequence[int], shapes: Sequence[tuple[int, int]] | None, batch_size: int,
                   generator: torch.Generator | None = None) -> list[list[int]]:
     """Batches that keep `order` within each shape; shuffled batch order when a generator is given.

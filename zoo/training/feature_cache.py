@@ -24,12 +24,13 @@ from safetensors.torch import save_file
 from zoo.atomic import atomic_write
 from zoo.backbones import ZooModel
 from zoo.errors import ZooError
+from zoo.hardware import Compute
 from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.progress import progress_bar
 from zoo.training import distributed
 from zoo.training.augment import AUGMENT_VERSION, item_seed
-from zoo.training.datasets import ImageRecord, ImageViews, loader, shape_batches
+from zoo.training.datasets import ImageRecord, ImageViews, batch_shapes, loader, shape_batches
 from zoo.training.ort_features import ORT, TORCH, Extractor, extractor, forced_engines
 from zoo.training.strategies import Plan
 
@@ -172,16 +173,17 @@ def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Laye
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks: dict[Layer, list[tuple[list[int], torch.Tensor]]] = {layer: [] for layer in layers}
     # On the model's device, in fp32 whatever the training precision: cached features are reused by
-    # later runs, which must find the same numbers.
+    # later runs, which must find the same numbers. Off the GPU, in the layout the images come in
+    # (shaped_pass picks one on a GPU).
     device = next(model.parameters()).device
-    pin = device.type == "cuda"
-    bar = progress_bar(loader(dataset, batches, workers, pin), description, total=len(batches))
+    compute = Compute(device, "fp32", "" if device.type == "cuda" else "contiguous")
+    bar = progress_bar(loader(dataset, batches, workers, compute.pin_memory), description, total=len(batches))
     decoded = zip(bar, batches, strict=True)  # the bar first, so it sees its last item finish
-    for (x, _), idx in (_decoded_ahead(decoded, ORT_CHUNK_IMAGES) if ort is not None else decoded):
-        found = ort(x, list(layers)) if ort is not None else pooled_activations(model, x.to(device, non_blocking=pin),
-                                                                                  layers)
-        for layer, f in found.items():
-            chunks[layer].append((idx, f.float().cpu()))
+    with compute.shaped_pass(model, batch_shapes(dataset, batches) if ort is None else []) as shaped:
+        for (x, _), idx in (_decoded_ahead(decoded, ORT_CHUNK_IMAGES) if ort is not None else decoded):
+            found = ort(x, list(layers)) if ort is not None else pooled_activations(model, shaped.batch(x), layers)
+            for layer, f in found.items():
+                chunks[layer].append((idx, f.float().cpu()))
     model.train(was_training)
     out = {}
     for layer, parts in chunks.items():

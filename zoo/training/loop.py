@@ -11,7 +11,7 @@ from zoo.backbones import ZooModel
 from zoo.hardware import CPU_FP32, Compute
 from zoo.progress import progress_bar
 from zoo.training import distributed
-from zoo.training.datasets import ImageViews, loader, shape_batches
+from zoo.training.datasets import ImageViews, batch_shapes, loader, shape_batches
 from zoo.training.distributed import DataParallel, Share
 from zoo.training.strategies import Plan, train_mode
 
@@ -117,9 +117,10 @@ def predict_images(model: ZooModel, dataset: ImageViews, batch_size: int, worker
     batches = distributed.my_batches(shape_batches(range(len(dataset)), dataset.shapes(), batch_size))
     chunks = []
     bar = progress_bar(loader(dataset, batches, workers, compute.pin_memory), description, total=len(batches))
-    for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
-        with compute.autocast():
-            chunks.append((idx, model(compute.batch(x)).float().cpu()))
+    with compute.shaped_pass(model, batch_shapes(dataset, batches)) as shaped:  # on a GPU: a layout for the shapes
+        for (x, _), idx in zip(bar, batches, strict=True):  # the bar first, so it sees its last item finish
+            with shaped.autocast():
+                chunks.append((idx, model(shaped.batch(x)).float().cpu()))
     out = torch.empty(len(dataset), model.num_classes)
     for idx, logits in distributed.gather_chunks(chunks):
         out[idx] = logits
