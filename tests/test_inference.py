@@ -18,8 +18,8 @@ def test_it_imports_nothing_but_numpy_and_onnxruntime():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    allowed = {"__future__", "collections", "functools", "json", "logging", "pathlib", "sys", "typing", "numpy",
-               "onnxruntime"}
+    allowed = {"__future__", "collections", "contextlib", "functools", "io", "json", "logging", "pathlib", "sys",
+               "typing", "numpy", "onnxruntime"}
     assert imported <= allowed, imported
 
 

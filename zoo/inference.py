@@ -7,7 +7,9 @@ needs the grouping and top-k but not onnxruntime.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import sys
@@ -89,10 +91,14 @@ def _preload_cuda_libraries() -> None:
 
     if "torch" in sys.modules or not hasattr(ort, "preload_dlls"):
         return
+    said = io.StringIO()  # it print()s what it could not load, which would corrupt `zoo predict --json`
     try:
-        ort.preload_dlls()
+        with contextlib.redirect_stdout(said):
+            ort.preload_dlls()
     except Exception as e:  # a missing or odd CUDA install: the session still falls back to the CPU
         logger.debug("onnxruntime.preload_dlls() failed: %s", e)
+    if said.getvalue().strip():
+        logger.debug("onnxruntime.preload_dlls(): %s", said.getvalue().strip())
 
 
 def open_deployed(model: Path, fallback: Path | None, providers: Sequence[str] | None = None,
