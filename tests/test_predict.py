@@ -16,17 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from export_runs import make_run
+    """The session's shared lite0 export (serve_helpers: one export for the serving, packaging and edge tests)."""
+    from serve_helpers import exported as shared
 
-    from zoo.data.samples import write_sample
-    from zoo.export.onnx_export import export_run
-
-    root = tmp_path_factory.mktemp("predict")
-    data = root / "textures"
-    write_sample("textures", data, limit=60)
-    run = make_run(root / "run", data)
-    export_run(run, root / "export")
-    return root / "export", data
+    artifacts = shared(tmp_path_factory)
+    return artifacts.export_dir, artifacts.data_dir
 
 
 def test_zoo_predict_never_imports_torch(exported):
