@@ -131,7 +131,7 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
     compute = Compute(device, "fp32", "channels_last" if device.type == "cpu" else "")
     model.to(memory_format=torch.channels_last if compute.channels_last else torch.contiguous_format)
     try:
-        with compute.shaped_pass(model, [arrays[idx[0]].shape for idx in batches]) as shaped:
+        with compute.shaped_pass(model, [(len(idx), *arrays[idx[0]].shape) for idx in batches]) as shaped:
             for idx in progress_bar(batches, "measuring similarity"):
                 x = shaped.batch(torch.from_numpy(np.stack([arrays[i] for i in idx])))
                 for stage in model.stages.values():

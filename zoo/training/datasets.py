@@ -88,10 +88,11 @@ class ImageViews(Dataset):
         return [(self.cfg.input_size, self.cfg.input_size)] * len(self.records)
 
 
-def batch_shapes(dataset: ImageViews, batches: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """The shape of each of shape_batches' batches (zoo.hardware.Compute.shaped_pass picks a layout from them)."""
+def batch_shapes(dataset: ImageViews, batches: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+    """(images, height, width) of each of shape_batches' batches: zoo.hardware.Compute.shaped_pass picks a
+    layout from them (cuDNN plans every new one, a short last batch included)."""
     shapes = dataset.shapes()
-    return [shapes[idx[0]] for idx in batches if len(idx)]
+    return [(len(idx), *shapes[idx[0]]) for idx in batches if len(idx)]
 
 
 def shape_batches(order: Sequence[int], shapes: Sequence[tuple[int, int]] | None, batch_size: int,
