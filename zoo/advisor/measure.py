@@ -129,7 +129,8 @@ def probe(model: ZooModel, has_source_head: bool, samples: list[Sample], cfg: Pr
     # values up to rounding; on a GPU the layout that suits these batches' shapes (Compute.shaped_pass). The
     # caller may run it under autocast (the moments are merged in float64).
     compute = Compute(device, "fp32", "channels_last" if device.type == "cpu" else "")
-    model.to(memory_format=torch.channels_last if compute.channels_last else torch.contiguous_format)
+    if device.type != "cuda":  # on a GPU shaped_pass sets it
+        model.to(memory_format=torch.channels_last if compute.channels_last else torch.contiguous_format)
     try:
         with compute.shaped_pass(model, [(len(idx), *arrays[idx[0]].shape) for idx in batches]) as shaped:
             for idx in progress_bar(batches, "measuring similarity"):
