@@ -24,7 +24,7 @@ demo: setup
 	$(ZOO) demo --out demo-out
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # ruff (style, import order, the torch-import ban) and mypy (types) on the library.
 lint: setup

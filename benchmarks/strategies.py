@@ -9,12 +9,18 @@ shows each strategy's val accuracy and time, auto's pick, accuracy and time, its
 strategy and its time as a multiple of the picked strategy's; and the similarity score of each set.
 
     python benchmarks/strategies.py [--datasets textures digits500 ...] [--strategies head svm] [--out DIR]
-        [--before benchmarks/results/strategies-before-issue13.json]
+        [--seeds 0 1 2] [--before benchmarks/results/strategies-before-issue13.json]
+
+With several --seeds, each seed draws its own split of the sample (write_sample's seed) and trains with
+that seed; after the per-seed tables a last table gives each dataset's mean over seeds, and auto's gap
+to the best strategy by those means: on 80 to 100 val images one image is a point or more, so a
+single split cannot tell a one-image difference from a better choice.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -130,11 +136,34 @@ def print_against(results: list[dict], before: list[dict]) -> None:
         print(f"| {r['dataset']} | " + " | ".join(cells) + " |")
 
 
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """One dataset's runs (one per seed) as one row: mean accuracy and seconds of every strategy and auto."""
+    def mean(rows: list[dict]) -> dict:
+        return {"accuracy": statistics.fmean(r["accuracy"] for r in rows),
+                "seconds": statistics.fmean(r["seconds"] for r in rows)}
+
+    shared = [s for s in STRATEGIES if all(s in r["rows"] for r in runs)]
+    rows = {s: mean([r["rows"][s] for r in runs]) for s in shared}
+    auto = mean([r["auto"] for r in runs])
+    picks = sorted({r["pick"] + (f" on {r['layer']}" if r["layer"] else "") for r in runs})
+    # auto's time against the strategy it picked, per seed, then averaged: the picks may differ between seeds.
+    ratio = statistics.fmean(r["auto_time_ratio"] for r in runs)
+    best = max(r["accuracy"] for r in rows.values())
+    def joined(key: str) -> str:
+        return " / ".join(sorted({str(r[key]) for r in runs}))
+
+    return {**runs[0], "rows": rows, "auto": auto, "pick": " / ".join(picks), "layer": None,
+            "quadrant": joined("quadrant"), "prior": joined("prior"),
+            "similarity": statistics.fmean(r["similarity"] for r in runs), "best_accuracy": best,
+            "auto_gap_points": 100 * (best - auto["accuracy"]), "auto_time_ratio": ratio,
+            "seeds": [r["seed"] for r in runs]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=[d for d in DATASETS if d != "digits"], choices=list(DATASETS))
     ap.add_argument("--model", default="efficientnet_lite0")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed, then their means")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
                     help="the strategies to run beside auto (auto's pick always runs, for its time ratio)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -142,15 +171,23 @@ def main() -> None:
                     "against it")
     args = ap.parse_args()
     results: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
-        for d in args.datasets:
-            results.append(run(d, Path(tmp), args.model, args.seed, tuple(args.strategies)))
-            if args.out:  # after every dataset: a long run that is stopped keeps what it measured
-                args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")
-            print_table(results)
-            if args.before:
-                print_against(results, json.loads(args.before.read_text()))
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
+            for d in args.datasets:
+                results.append({**run(d, Path(tmp), args.model, seed, tuple(args.strategies)), "seed": seed})
+                if args.out:  # after every dataset: a long run that is stopped keeps what it measured
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")
+                print(f"\nseed {seed}:")
+                print_table([r for r in results if r["seed"] == seed])
+                if args.before:
+                    print_against([r for r in results if r["seed"] == seed], json.loads(args.before.read_text()))
+    if len(args.seeds) > 1:
+        means = [mean_over_seeds([r for r in results if r["dataset"] == d]) for d in args.datasets]
+        print(f"\nmean over seeds {' '.join(map(str, args.seeds))}:")
+        print_table(means)
+        if args.out:
+            (args.out / "strategies_mean.json").write_text(json.dumps(means, indent=2) + "\n")
 
 
 if __name__ == "__main__":
