@@ -283,7 +283,8 @@ def advise_command(
     = 30,
     seed: Annotated[int, typer.Option(help="Seed for the sample and the split.")] = 0,
     budget: Annotated[float | None, typer.Option(help=HELP["budget"], min=0.0)] = None,
-    views: Annotated[int, typer.Option(help="Augmented views per image the evidence uses (as finetune's --views).",
+    views: Annotated[int, typer.Option(help="Views per training image the evidence uses: the inference view "
+                                            "and N-1 augmented ones (as finetune's --views).",
                                        min=1)] = 4,
     models: Annotated[str | None, typer.Option(help=HELP["models"])] = None,
     device: DeviceOption = "auto",
@@ -349,7 +350,8 @@ def finetune_command(
     batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help=HELP["augment"], show_default=False)]
     = None,
-    views: Annotated[int, typer.Option(help="head: augmented views per image in the feature cache.", min=1)] = 4,
+    views: Annotated[int, typer.Option(help="head, svm: views per training image in the feature cache: the "
+                                            "inference view and N-1 augmented ones.", min=1)] = 4,
     balance: Annotated[BalanceMode, typer.Option(help=HELP["balance"])] = DEFAULT_BALANCE,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation, data order and augmentation.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<data>-<model>-<strategy>).")] = None,

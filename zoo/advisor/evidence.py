@@ -5,7 +5,8 @@ the new head on the bottleneck (what `head` trains) and a linear probe on each e
 `svm` fits). One pass of the backbone over the training images, in the very views the strategies
 train on, yields all of them, and the features are stored under the strategies' own cache keys: the
 strategy `auto` picks reads them back instead of running the backbone again. Augmented views of one
-image always fall in the same fold. The validation split is never read here: it only reports.
+image always fall in the same fold, and a held-out image is scored in the inference view, as it will
+be classified once deployed. The validation split is never read here: it only reports.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from zoo.backbones import BackboneSpec, ZooModel
 from zoo.preprocess import PreprocessConfig
 from zoo.training.datasets import ImageRecord
-from zoo.training.feature_cache import FeatureCache, Layer, cached_layer_features, default_cache_dir
+from zoo.training.feature_cache import FeatureCache, Layer, cached_layer_features, default_cache_dir, training_views
 from zoo.training.linear_probe import cross_validate_many
 
 # Two candidates are a tie, which the quadrant rule breaks, when the gap between their held-out scores
@@ -90,11 +91,11 @@ def probe_features(model: ZooModel, model_name: str, records: list[ImageRecord],
     """Pooled activations at every layer for each training view the strategies will use, cached."""
     tick = time.perf_counter()
     cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
-    per_view: list[int | None] = list(range(views)) if views else [None]
+    per_view = training_views(views)
     features: dict[Layer, list[torch.Tensor]] = {layer: [] for layer in layers}
     hits = 0
-    for v in per_view:
-        what = "evidence: train features" + ("" if v is None else f", view {v + 1}/{views}")
+    for i, v in enumerate(per_view):
+        what = "evidence: train features" + (f", view {i + 1}/{len(per_view)}" if len(per_view) > 1 else "")
         found, hit = cached_layer_features(model, records, cfg, model_name=model_name, layers=layers, view=v,
                                            seed=seed, cache=cache, batch_size=batch_size, workers=workers,
                                            description=what)

@@ -3,8 +3,10 @@
 Standardised features, multinomial logistic regression (a linear classifier whose softmax gives the
 probabilities serving needs), the inverse regularisation C chosen by cross-validation on the
 training split; augmented views of one image always fall in the same fold, so the score is not
-flattered by near-duplicates. The fitted model is folded into one nn.Linear, so export and serving
-see an ordinary ZooModel. `auto` scores its candidates with the same `cross_validate`.
+flattered by near-duplicates, and a held-out image is scored in its first view, which the callers make
+the inference view (feature_cache.training_views): the view it is classified in once deployed. The
+fitted model is folded into one nn.Linear, so export and serving see an ordinary ZooModel. `auto`
+scores its candidates with the same `cross_validate`.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ class LinearProbe:
 @dataclass(frozen=True)
 class CrossValidation:
     """Accuracy of every fold for every C; the best C by mean accuracy (the smaller C on ties); and, per
-    C, each image's held-out correctness (the share of its views classified right when it was held out),
-    which lets two candidates scored on the same folds be compared image by image."""
+    C, each image's held-out correctness (its first view, the inference view, classified right when it was
+    held out: 1 or 0), which lets two candidates scored on the same folds be compared image by image."""
 
     fold_accuracy: dict[float, list[float]]
     correct: dict[float, np.ndarray]  # C -> [images], in the order of `labels`
@@ -136,7 +138,10 @@ def cross_validate_many(candidates: list[list[torch.Tensor]], labels: torch.Tens
     # the same held-out predictions; the one final fit (fit_linear_probe) stays in float64.
     stacked = [_stack(views, labels, torch.float32) for views in candidates]
     _, y, groups = stacked[0]
-    splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups))
+    # Folds are drawn over images (all their views together); a fold trains on every view of its training
+    # images and is scored on the first view of its held-out ones (rows are view-major: those come first).
+    splits = [(train, test[test < len(labels)])
+              for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(y, y, groups)]
     jobs = max(1, min(folds * len(candidates), os.cpu_count() or 1))
     # Threads, each with a single-threaded BLAS. Threads whose BLAS calls each spread over every core
     # measured 7x slower than processes (digits, 400 images, three layers: 20.6 s vs 3.1 s): the cost was
@@ -148,15 +153,15 @@ def cross_validate_many(candidates: list[list[torch.Tensor]], labels: torch.Tens
             delayed(_fold_scores)(x, y, train, test, class_weights, c_grid)
             for x, _, _ in stacked for train, test in splits)
     out: list[CrossValidation | None] = []
-    for k, views in enumerate(candidates):
+    for k in range(len(candidates)):
         per_fold = results[k * folds: (k + 1) * folds]
         fold_accuracy = {float(c): [float(right[float(c)].mean()) for right in per_fold] for c in c_grid}
         correct = {}
         for c in fold_accuracy:
-            hits = np.zeros(len(y))
+            hits = np.zeros(len(labels))
             for (_, test), right in zip(splits, per_fold, strict=True):
                 hits[test] = right[c]
-            correct[c] = hits.reshape(len(views), len(labels)).mean(0)  # rows are view-major (see _stack)
+            correct[c] = hits
         out.append(CrossValidation(fold_accuracy, correct))
     return out
 
@@ -164,7 +169,7 @@ def cross_validate_many(candidates: list[list[torch.Tensor]], labels: torch.Tens
 def fit_linear_probe(views: list[torch.Tensor], labels: torch.Tensor, class_weights: list[float] | None = None,
                      seed: int = 0, c_grid: tuple[float, ...] = C_GRID,
                      chosen: tuple[float, dict[float, float]] | None = None) -> LinearProbe:
-    """views: one [N, D] tensor per augmentation view of the same N training images.
+    """views: one [N, D] tensor per view of the same N training images, the inference view first.
 
     `chosen`: (C, mean CV accuracy per C) from a cross-validation already run on these very features
     with these folds (auto's evidence), reused instead of running it again.

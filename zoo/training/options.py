@@ -41,7 +41,7 @@ class FinetuneOptions:
     backbone_lr: float | None = None  # trainable pretrained weights (default: lr / 10)
     batch_size: int = 32
     augment: bool | None = None  # default: on for small data (zoo.thresholds)
-    views: int = 4  # augmented views per image in the feature cache
+    views: int = 4  # views per training image in the feature cache: the inference view and 3 augmented ones
     balance: str = "auto"
     seed: int = 0
     out: Path | None = None  # default: runs/<data>-<model>-<strategy>
