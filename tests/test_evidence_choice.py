@@ -81,7 +81,7 @@ def test_held_out_images_are_scored_in_the_inference_view_the_first():
     assert flipped is not None and flipped.accuracy < together.accuracy - 0.1
 
 
-def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass():
+def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass_less_what_auto_spent_beside_it():
     from zoo.advisor.evidence import ProbeFeatures
     from zoo.advisor.pilot import DEFAULT_BUDGET_MINUTES
     from zoo.advisor.recommend import AdviseSettings, Findings, _pilot_budget
@@ -93,6 +93,11 @@ def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass():
                      features=features)
     budget, why = _pilot_budget(small, AdviseSettings())
     assert budget == 20.0 and "--budget" in why  # the reason says how to give pilots more
+    # Cross-validation and similarity are auto's own cost, beside the pass the picked strategy also needs.
+    small.seconds = {"setup": 1.0, "features": 40.0, "similarity": 2.0, "candidates": 5.0, "pixels": 0.5}
+    assert _pilot_budget(small, AdviseSettings())[0] == 12.5
+    small.seconds["candidates"] = 30.0  # nothing left: no pilot, never a negative budget
+    assert _pilot_budget(small, AdviseSettings())[0] == 0.0
     assert _pilot_budget(small, AdviseSettings(budget_minutes=2))[0] == 120.0  # an explicit budget is kept
     large = Findings("efficientnet_lite0", spec, None, [800, 800], "large", False, spec.preprocess_config(),
                      features=features)

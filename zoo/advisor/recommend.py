@@ -221,7 +221,10 @@ def _pilot_budget(f: Findings, s: AdviseSettings) -> tuple[float, str]:
     # From the cache the pass cost nothing to measure: estimate it at the CPU rate pilots also assume.
     seen = len(f.features.labels) * f.features.views
     spent = f.features.seconds if f.features.from_cache == 0 else seen / ASSUMED_FORWARD_RATE
-    return pilot_budget(f.size, spent, s.budget_minutes)
+    # What auto measured beside the feature pass, which the strategy it then runs does not (that strategy
+    # also builds the model and scans the images).
+    overhead = sum(f.seconds.get(k, 0.0) for k in ("similarity", "candidates", "pixels"))
+    return pilot_budget(f.size, spent, s.budget_minutes, overhead)
 
 
 def _run_pilots(f: Findings, s: AdviseSettings) -> None:
