@@ -21,7 +21,10 @@ callers of one thread each; the better of the two is the baseline. Served means 
 each, both started before measuring). Rounds interleave the engines so that load from other
 processes falls on all of them alike; each figure is the median over rounds. Targets, with no
 failed request: served throughput at concurrency 8 at least 50% of the best in-process figure of
-the same variant, and served int8 at least 1.5x served fp32 (best worker count of each).
+the same variant, and served int8 at least 1.5x served fp32 (best worker count of each). Served
+requests go through zoo's front door on the inference port, as every client's do; each TorchServe
+also takes the same load on its own inference API behind it (PORT+5, "direct"), and a table puts
+the two side by side: what the front door costs.
 
 The KServe engine (`zoo serve start --engine kserve`, no Java) serves the same export, one engine per
 variant and worker count (`--workers` there is inferences at once, each with the CPU count divided
@@ -40,6 +43,7 @@ worker READY again. Failed requests there are reported, not held against the tar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import shutil
@@ -331,6 +335,8 @@ def measure(export_dir: Path, tmp: Path, variants: list[str], args: argparse.Nam
                 for w, info in infos.items():
                     label = served_label(serve.TORCHSERVE, v, w, c)
                     results.setdefault(label, []).append(served(info, name, images, args.requests, c))
+                    label = direct_label(v, w, c)  # the same server past its front door: what the front door costs
+                    results.setdefault(label, []).append(served(direct(info), name, images, args.requests, c))
                 for (ev, w), info in engines.items():
                     if ev == v:
                         label = served_label(serve.KSERVE, v, w, c)
@@ -345,6 +351,32 @@ def measure(export_dir: Path, tmp: Path, variants: list[str], args: argparse.Nam
         for folder in stops:
             serve.stop(folder)
     return results
+
+
+def direct(info: serve.ServerInfo) -> serve.ServerInfo:
+    """The same TorchServe, addressed on its own inference API (127.0.0.1, PORT+5) instead of zoo's front door."""
+    port = int(info.inference_url.rsplit(":", 1)[1])
+    return dataclasses.replace(info, inference_url=f"http://127.0.0.1:{port + 5}")
+
+
+def direct_label(variant: str, workers: int, concurrency: int) -> str:
+    return f"{variant} TorchServe direct, no front door, {workers} worker{'s' if workers > 1 else ''}, c={concurrency}"
+
+
+def compare_front_door(medians: dict[str, dict], variants: list[str], workers: list[int], concurrency: int) -> None:
+    """Each TorchServe through zoo's front door (what clients get) beside the same server addressed directly."""
+    pairs = [(v, w, medians.get(served_label(serve.TORCHSERVE, v, w, concurrency)),
+              medians.get(direct_label(v, w, concurrency))) for v in variants for w in workers]
+    if not any(t and d for _, _, t, d in pairs):
+        return
+    print(f"\nzoo's front door: the same TorchServe through it and past it, c={concurrency}:")
+    print(f"{'variant':8} {'workers':>7} | {'front door images/s':>19} {'p50 ms':>7} {'p99 ms':>7} | "
+          f"{'direct images/s':>15} {'p50 ms':>7} {'p99 ms':>7} | {'front door/direct':>17}")
+    for v, w, t, d in pairs:
+        if t and d:
+            print(f"{v:8} {w:>7} | {t['throughput']:19.1f} {t['p50']:7.0f} {t['p99']:7.0f} | "
+                  f"{d['throughput']:15.1f} {d['p50']:7.0f} {d['p99']:7.0f} | "
+                  f"{t['throughput'] / d['throughput']:16.2f}x")
 
 
 def served_label(engine: str, variant: str, workers: int, concurrency: int) -> str:
@@ -394,6 +426,7 @@ def report(results: dict[str, list[dict]], concurrency: int, variants: list[str]
             best_served[v] = max(torchserve, key=lambda m: m["throughput"])
             ok = ok and best_served[v]["throughput"] / base >= 0.5
     compare_engines(medians, variants, workers, concurrency)
+    compare_front_door(medians, variants, workers, concurrency)
     print(f"\nserved by TorchServe at c={concurrency}, best worker count of each: "
           + "; ".join(f"{v} {m['throughput']:.1f} images/s, p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms"
                       for v, m in best_served.items()))

@@ -269,5 +269,5 @@ def malformed_request(rng: random.Random, good: bytes) -> dict:
         names = rng.choice([["file"], ["file", "file"], ["a", "b"], ["topk", "file"], ["file", "topk", "topk"]])
         return {"files": [(n, (f"{n}.bin", rng.choice(junk))) for n in names], "headers": headers}
     content_type = rng.choice(["application/octet-stream", "application/json", "text/plain", "image/png",
-                               "application/x-custom"])
+                               "application/x-custom", "application/x-www-form-urlencoded"])
     return {"data": body, "headers": {**headers, "Content-Type": content_type}}

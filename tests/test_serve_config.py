@@ -24,6 +24,17 @@ def test_config_is_secure_by_default(tmp_path):
     assert (models["batchSize"], models["minWorkers"], models["maxWorkers"]) == (4, 2, 2)
 
 
+def test_torchserve_inference_api_stays_on_loopback_behind_the_front_door(tmp_path):
+    """The public inference port belongs to zoo's front door, on --host; TorchServe's own API five ports up, on
+    127.0.0.1 whatever --host says, so nothing reaches it without passing the front door."""
+    from zoo.serve import ServeConfig, config_properties
+
+    cfg = ServeConfig(model_store=tmp_path, port=9100, host="0.0.0.0")
+    props = dict(line.split("=", 1) for line in config_properties(cfg, {"tiny": "1.0"}, 20000).splitlines())
+    assert props["inference_address"] == "http://127.0.0.1:9105" and cfg.ports["inference"] == 9100
+    assert props["management_address"] == "http://0.0.0.0:9101"
+
+
 def test_serve_mistakes_are_clear(tmp_path, monkeypatch):
     from zoo.serve import ServeConfig, start
 

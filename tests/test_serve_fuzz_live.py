@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import random
+from pathlib import Path
 
 import pytest
 import requests
@@ -64,6 +65,7 @@ def live(tmp_path_factory):
         serve.stop(cfg.folder)
         if info is not None:
             assert serve.live_group_members(info.pid) == [], "a worker outlived the server"
+            assert info.front_pid and serve.live_group_members(info.front_pid) == [], "the front door outlived it"
 
 
 def test_repeated_field_names_get_one_answer_per_file(live):
@@ -87,10 +89,51 @@ def test_refusals_say_what_was_received(live, content_type, body, status, words)
     assert r.status_code == status and words in r.json()["message"], r.text
 
 
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 36), (200, 90, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_an_image_sent_urlencoded_is_read_as_the_image(live):
+    """What `curl -d @photo.jpg` sends; before: a 500 ErrorDataDecoderException from TorchServe's frontend whose
+    message (and server log) quoted the image's bytes. Now zoo's front door passes it on as the octet stream it is."""
+    jpeg = _jpeg()
+    expected = live.post(data=jpeg, headers={"Content-Type": "application/octet-stream"}).json()
+    r = live.post(data=jpeg, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json() == expected, r.text
+    junk = live.post(data=b"%zz" + bytes(range(256)), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert junk.status_code == 400 and "not an image" in junk.json()["message"], junk.text
+    logs = "".join(p.read_text(errors="replace") for p in Path(live.info.log_dir).glob("*.log"))
+    assert "ErrorDataDecoderException" not in logs
+
+
+def test_a_body_over_the_limit_gets_a_413_that_says_so(live):
+    """Before: TorchServe's 413 with an empty body. Declared (Content-Length) or sent chunked, either way."""
+    big = b"\xff" * (33 * 2**20)
+    r = live.post(data=big, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 413 and "larger than the limit of 32 MB" in r.json()["message"], r.text
+
+    def chunks():
+        for _ in range(33):
+            yield b"\xff" * 2**20
+
+    r = live.post(data=chunks(), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 413 and "send fewer or smaller images" in r.json()["message"], r.text
+    ok = live.post(data=GOOD, headers={"Content-Type": "application/octet-stream"})
+    assert ok.status_code == 200, ok.text
+
+
 def test_token_refusal_is_the_documented_400(live):
     """TorchServe answers a missing or wrong token with 400 InvalidKeyException; the README says so."""
     r = live.post(data=GOOD, token=False, headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 400 and "Token Authorization failed" in r.text
+    wrong = live.post(data=GOOD, token=False, headers={"Content-Type": "application/octet-stream",
+                                                       "Authorization": "Bearer not-the-key"})
+    assert wrong.status_code == 400 and "InvalidKeyException" in wrong.text
+    # Before, the README promised a 401: it must name the code the server really sends.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "HTTP 400 `InvalidKeyException`" in readme and "with 400, not 401" in readme
 
 
 def test_seeded_fuzz_pass_never_gets_a_5xx_or_hangs(live):

@@ -104,7 +104,8 @@ def _answers(response: requests.Response) -> list[dict]:
 
 def test_every_request_form_answers_what_zoo_predict_computes(engine, expected):
     cfg = PreprocessConfig.load(engine.export_dir / "preprocess.json")
-    worst = {"v2 json base64": 0.0, "v2 binary": 0.0, "v2 json fp32 pixels": 0.0, "/predictions raw bytes": 0.0}
+    worst = {"v2 json base64": 0.0, "v2 binary": 0.0, "v2 json fp32 pixels": 0.0, "/predictions raw bytes": 0.0,
+             "/predictions urlencoded (curl -d)": 0.0}
     for name, data in engine.images.items():
         want = expected[name]
         b64 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
@@ -116,10 +117,14 @@ def test_every_request_form_answers_what_zoo_predict_computes(engine, expected):
         raw = engine.post("/predictions/lite0", data=data, headers={"Content-Type": "application/octet-stream",
                                                                     "X-Topk": "3"})
         assert raw.status_code == 200 and raw.headers["X-Zoo-Variant"] == "fp32", raw.text
+        dash_d = engine.post("/predictions/lite0", data=data, headers={
+            "Content-Type": "application/x-www-form-urlencoded", "X-Topk": "3"})
+        assert dash_d.status_code == 200, dash_d.text
         for form, answer in (("v2 json base64", _answers(engine.infer(b64))[0]),
                              ("v2 binary", _answers(engine.infer(body, headers=headers))[0]),
                              ("v2 json fp32 pixels", _answers(engine.infer(fp32))[0]),
-                             ("/predictions raw bytes", raw.json())):
+                             ("/predictions raw bytes", raw.json()),
+                             ("/predictions urlencoded (curl -d)", dash_d.json())):
             worst[form] = max(worst[form], _max_dp(answer, want))
     print("\nmax |dp| against zoo predict: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     assert max(worst.values()) <= TOLERANCE

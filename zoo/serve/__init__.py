@@ -10,13 +10,16 @@ zoo writes a config.properties and starts TorchServe's Java frontend itself (not
 Secure by default: token authorization on, every address on 127.0.0.1, the model API off and
 `allowed_urls` limited to the model store, so the management API cannot load a model from
 anywhere else. Each server keeps its state in one folder (ZOO_SERVE_HOME/<port>): the config,
-server.json (pid, addresses, models), TorchServe's key_file.json and the logs.
+server.json (pid, addresses, models), TorchServe's key_file.json and the logs. TorchServe's inference
+API listens on 127.0.0.1 behind zoo's front door (front_door), which holds the public inference port so
+that an oversized or urlencoded body gets a message instead of TorchServe's empty 413 or 500.
 
 Modules: config (ServeConfig, ports, config.properties, the engines), archives (the model store), keys
 (the key file and the one request helper), state (server.json), process (start, stop), process_group
-(/proc), status_report (status, describe), client (ServeClient, predict_remote), v2 (the Open Inference
-Protocol's wire format), kserve_process (KServeConfig, start_kserve) and kserve_engine (the server
-process itself; it imports kserve, which nothing else here does).
+(/proc), front_door (the process on TorchServe's inference port), status_report (status, describe),
+client (ServeClient, predict_remote), v2 (the Open Inference Protocol's wire format), kserve_process
+(KServeConfig, start_kserve) and kserve_engine (the server process itself; it imports kserve, which
+nothing else here does).
 """
 from zoo.serve.archives import choose_models, list_archives
 from zoo.serve.client import Endpoint, ServeClient, parse_endpoint, predict_remote, split_endpoint

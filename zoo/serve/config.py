@@ -11,6 +11,7 @@ from pathlib import Path
 from zoo.errors import UsageError, ZooError
 
 DEFAULT_PORT = 8080
+LOOPBACK = "127.0.0.1"  # where TorchServe's own inference API listens, behind the front door
 CONFIG_FILE = "config.properties"
 TORCHSERVE = "torchserve"  # `zoo serve start --engine`: TorchServe on a model store's .mar archives (Java)
 KSERVE = "kserve"  # KServe's ModelServer on an export folder, the Open Inference Protocol (no Java)
@@ -32,7 +33,8 @@ def state_dir_for(port: int) -> Path:
 class ServeConfig:
     model_store: Path
     models: tuple[str, ...] = ()  # archive names without .mar; empty means every archive in the store
-    port: int = DEFAULT_PORT  # inference; management, metrics and the two gRPC APIs take the next four
+    port: int = DEFAULT_PORT  # inference (the front door); management, metrics, the two gRPC APIs and TorchServe's
+    # own inference address (behind the front door, on 127.0.0.1) take the next five
     host: str = "127.0.0.1"
     workers: int = 0  # per model; 0 means one per CPU core, at most 4 (single-threaded workers serve more)
     batch_size: int = 1  # TorchServe's dynamic batching: up to this many requests per handler call
@@ -51,7 +53,7 @@ class ServeConfig:
     def ports(self) -> dict[str, int]:
         p = self.port
         return {"inference": p, "management": p + 1, "metrics": p + 2, "grpc_inference": p + 3,
-                "grpc_management": p + 4}
+                "grpc_management": p + 4, "torchserve": p + 5}
 
     @property
     def folder(self) -> Path:
@@ -68,8 +70,8 @@ def port_is_free(host: str, port: int) -> bool:
             return False
 
 
-def free_port_block(start: int = 18080, count: int = 5, host: str = "127.0.0.1", step: int = 5) -> int:
-    """The first port p >= start with p .. p+count-1 all free: what `--port` needs (it and the four after)."""
+def free_port_block(start: int = 18080, count: int = 6, host: str = "127.0.0.1", step: int = 6) -> int:
+    """The first port p >= start with p .. p+count-1 all free: what `--port` needs (it and the five after)."""
     for base in range(start, 65535 - count, step):
         if all(port_is_free(host, p) for p in range(base, base + count)):
             return base
@@ -104,7 +106,8 @@ def config_properties(cfg: ServeConfig, models: dict[str, str], worker_base: int
                                     "responseTimeout": cfg.response_timeout_s}}
                    for name, version in models.items()}
     lines = {
-        "inference_address": f"http://{host}:{ports['inference']}",
+        # Behind the front door (zoo.serve.front_door), which alone listens on the public inference port.
+        "inference_address": f"http://{LOOPBACK}:{ports['torchserve']}",
         "management_address": f"http://{host}:{ports['management']}",
         "metrics_address": f"http://{host}:{ports['metrics']}",
         "grpc_inference_address": host,

@@ -12,11 +12,21 @@ from pathlib import Path
 
 from zoo.errors import UsageError, ZooError
 from zoo.serve.archives import choose_models
-from zoo.serve.config import ServeConfig, port_is_free, write_config
+from zoo.serve.config import LOOPBACK, ServeConfig, port_is_free, write_config
 from zoo.serve.keys import KEY_FILE, read_key, request
 from zoo.serve.log_config import write_log_config
 from zoo.serve.process_group import is_alive, kill_group
-from zoo.serve.state import SERVER_CLASS, STATE_FILE, ServerInfo, is_our_server, load_state, running_server, save_state
+from zoo.serve.state import (
+    FRONT_DOOR,
+    SERVER_CLASS,
+    STATE_FILE,
+    ServerInfo,
+    is_front_door,
+    is_our_server,
+    load_state,
+    running_server,
+    save_state,
+)
 
 
 def _java() -> str:
@@ -59,10 +69,11 @@ def _check(cfg: ServeConfig) -> dict[str, str]:
         raise ZooError(f"A zoo server already runs on port {cfg.port}: stop it with "
                        f"`zoo serve stop --port {cfg.port}`.")
     models = choose_models(cfg.model_store, cfg.models)
-    busy = [f"{name} {port}" for name, port in cfg.ports.items() if not port_is_free(cfg.host, port)]
+    busy = [f"{name} {port}" for name, port in cfg.ports.items()
+            if not port_is_free(LOOPBACK if name == "torchserve" else cfg.host, port)]
     if busy:
         raise ZooError(f"Port(s) {', '.join(busy)} on {cfg.host} are in use: choose another --port "
-                       f"(zoo uses it and the four after it).")
+                       f"(zoo uses it and the five after it).")
     return models
 
 
@@ -84,6 +95,18 @@ def _launch(cfg: ServeConfig, config: Path, log_dir: Path, env: dict[str, str] |
                                 stdin=subprocess.DEVNULL, env=server_env, start_new_session=True)
 
 
+def _launch_front_door(cfg: ServeConfig, state_dir: Path, log_dir: Path) -> subprocess.Popen:
+    """zoo.serve.front_door on the public inference port, in a session of its own. It runs with zoo's own
+    environment (not the one given to TorchServe's workers): it is part of zoo, not of the archives."""
+    ports = cfg.ports
+    cmd = [sys.executable, "-m", FRONT_DOOR, "--listen", f"{cfg.host}:{ports['inference']}",
+           "--upstream", f"http://{LOOPBACK}:{ports['torchserve']}", "--max-bytes", str(cfg.max_request_mb * 2**20),
+           "--timeout", str(cfg.response_timeout_s + 30), "--state-dir", str(state_dir)]
+    with open(log_dir / "front_door.log", "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
 def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None = None) -> ServerInfo:
     """Start TorchServe and wait until every model answers a prediction; returns what server.json holds.
 
@@ -98,14 +121,21 @@ def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None
     for stale in (KEY_FILE, STATE_FILE):
         (state_dir / stale).unlink(missing_ok=True)
     proc = _launch(cfg, write_config(cfg, models, state_dir), log_dir, env)
+    try:
+        front = _launch_front_door(cfg, state_dir, log_dir)
+    except BaseException:
+        os.kill(proc.pid, signal.SIGTERM)
+        kill_group(proc.pid)
+        raise
     ports = cfg.ports
     info = ServerInfo(pid=proc.pid, state_dir=str(state_dir), model_store=str(Path(cfg.model_store).resolve()),
                       models=list(models), inference_url=f"http://{cfg.host}:{ports['inference']}",
                       management_url=f"http://{cfg.host}:{ports['management']}",
                       metrics_url=f"http://{cfg.host}:{ports['metrics']}",
                       key_file=str(state_dir / KEY_FILE) if cfg.token_auth else None, log_dir=str(log_dir),
-                      workers=cfg.worker_count, batch_size=cfg.batch_size, max_batch_delay_ms=cfg.max_batch_delay_ms)
-    return record_and_wait(info, lambda: _wait_until_answering(info, proc, timeout_s))
+                      workers=cfg.worker_count, batch_size=cfg.batch_size, max_batch_delay_ms=cfg.max_batch_delay_ms,
+                      front_pid=front.pid)
+    return record_and_wait(info, lambda: _wait_until_answering(info, proc, timeout_s, front))
 
 
 def record_and_wait(info: ServerInfo, wait: Callable[[], None]) -> ServerInfo:
@@ -128,7 +158,9 @@ def probe_image() -> bytes:
     return buf.getvalue()
 
 
-def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: float) -> None:
+def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: float,
+                          front: subprocess.Popen | None = None) -> None:
+    """Until every model answers a prediction through the public address (the front door, when there is one)."""
     deadline = time.monotonic() + timeout_s
     pending = list(info.models)
     probe = probe_image()
@@ -137,6 +169,9 @@ def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: f
         if proc.poll() is not None:
             raise ZooError(f"TorchServe exited with status {proc.returncode} while starting: see {log_dir}.\n"
                            + _log_tail(log_dir))
+        if front is not None and front.poll() is not None:
+            raise ZooError(f"zoo's front door for TorchServe exited with status {front.returncode} while starting: "
+                           f"see {log_dir / 'front_door.log'}.")
         if time.monotonic() > deadline:
             raise ZooError(f"{', '.join(pending)} did not answer within {timeout_s:.0f} s: see {log_dir}.\n"
                            + _log_tail(log_dir))
@@ -153,6 +188,18 @@ def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: f
             pending.pop(0)
         else:
             time.sleep(1.0)
+
+
+def stop_front_door(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM (aiohttp finishes the requests in flight), then SIGKILL whatever is left."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and is_alive(pid):
+        time.sleep(0.1)
+    kill_group(pid)
 
 
 def stop(state_dir: Path, timeout_s: float = 60.0) -> ServerInfo | None:
@@ -172,6 +219,8 @@ def stop(state_dir: Path, timeout_s: float = 60.0) -> ServerInfo | None:
         while time.monotonic() < deadline and is_alive(info.pid):
             time.sleep(0.2)
         kill_group(info.pid)
+    if info.front_pid and is_front_door(info.front_pid, state_dir):
+        stop_front_door(info.front_pid)
     for name in (STATE_FILE, KEY_FILE):
         (state_dir / name).unlink(missing_ok=True)
     return info if was_running else None

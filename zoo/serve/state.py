@@ -11,6 +11,7 @@ from zoo.serve.config import CONFIG_FILE, KSERVE_CONFIG_FILE, KSERVE_MODULE, TOR
 
 STATE_FILE = "server.json"
 SERVER_CLASS = "org.pytorch.serve.ModelServer"  # the Java class TorchServe's frontend runs
+FRONT_DOOR = "zoo.serve.front_door"  # the module in front of TorchServe's inference API
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ServerInfo:
     started: float = field(default_factory=time.time)
     engine: str = TORCHSERVE  # or KSERVE; server.json files written before there was a choice are TorchServe's
     threads: int = 0  # KServe engine: ONNX Runtime threads per inference (TorchServe: see its workers)
+    front_pid: int = 0  # TorchServe: zoo's front door on the inference port (0: none, as before there was one)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,6 +52,24 @@ def load_state(state_dir: Path) -> ServerInfo | None:
         return ServerInfo(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError):
         return None
+
+
+def _cmdline(pid: int) -> list[bytes] | None:
+    """The pid's command line; None without /proc (macOS) while it lives, [] when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return []
+        return None
+
+
+def is_front_door(pid: int, state_dir: Path) -> bool:
+    """The pid runs zoo's front door for this state folder (pids are reused)."""
+    cmdline = _cmdline(pid)
+    return cmdline is None or (FRONT_DOOR.encode() in cmdline and str(Path(state_dir)).encode() in cmdline)
 
 
 def is_our_server(pid: int, state_dir: Path) -> bool:

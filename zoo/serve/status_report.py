@@ -49,6 +49,10 @@ def describe(info: dict) -> str:
         else:
             workers = (state or {}).get("status", "")
         lines.append(f"  {info['inference_url']}/predictions/{name}" + (f"  workers: {workers}" if workers else ""))
+    if info.get("front_pid"):
+        lines.append(f"zoo's front door (pid {info['front_pid']}) answers on {info['inference_url']}: it refuses "
+                     "bodies over the limit with a message and reads a urlencoded body as the image (TorchServe's own "
+                     "inference API listens on 127.0.0.1, five ports up)")
     lines.append(f"management {info['management_url']}, metrics {info['metrics_url']}; "
                  f"{info['workers']} worker(s) per model, batch size {info['batch_size']}, "
                  f"max batch delay {info['max_batch_delay_ms']} ms")
