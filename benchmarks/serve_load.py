@@ -363,42 +363,42 @@ def direct_label(variant: str, workers: int, concurrency: int) -> str:
     return f"{variant} TorchServe direct, no front door, {workers} worker{'s' if workers > 1 else ''}, c={concurrency}"
 
 
-def compare_front_door(medians: dict[str, dict], variants: list[str], workers: list[int], concurrency: int) -> None:
-    """Each TorchServe through zoo's front door (what clients get) beside the same server addressed directly."""
-    pairs = [(v, w, medians.get(served_label(serve.TORCHSERVE, v, w, concurrency)),
-              medians.get(direct_label(v, w, concurrency))) for v in variants for w in workers]
-    if not any(t and d for _, _, t, d in pairs):
-        return
-    print(f"\nzoo's front door: the same TorchServe through it and past it, c={concurrency}:")
-    print(f"{'variant':8} {'workers':>7} | {'front door images/s':>19} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'direct images/s':>15} {'p50 ms':>7} {'p99 ms':>7} | {'front door/direct':>17}")
-    for v, w, t, d in pairs:
-        if t and d:
-            print(f"{v:8} {w:>7} | {t['throughput']:19.1f} {t['p50']:7.0f} {t['p99']:7.0f} | "
-                  f"{d['throughput']:15.1f} {d['p50']:7.0f} {d['p99']:7.0f} | "
-                  f"{t['throughput'] / d['throughput']:16.2f}x")
-
-
 def served_label(engine: str, variant: str, workers: int, concurrency: int) -> str:
     if engine == serve.KSERVE:
         return f"{variant} kserve, {workers} at once, c={concurrency}"
     return f"{variant} served, {workers} worker{'s' if workers > 1 else ''}, c={concurrency}"
 
 
-def compare_engines(medians: dict[str, dict], variants: list[str], workers: list[int], concurrency: int) -> None:
-    """TorchServe and the KServe engine side by side, per variant and worker count (median over rounds)."""
-    pairs = [(v, w, medians.get(served_label(serve.TORCHSERVE, v, w, concurrency)),
-              medians.get(served_label(serve.KSERVE, v, w, concurrency))) for v in variants for w in workers]
-    if not any(t and k for _, _, t, k in pairs):
+def side_by_side(title: str, names: tuple[str, str], pairs: list[tuple[str, int, dict | None, dict | None]]) -> None:
+    """Two ways of serving per variant and worker count (median over rounds), and the second's throughput as a
+    multiple of the first's."""
+    if not any(a and b for _, _, a, b in pairs):
         return
-    print(f"\nTorchServe and the KServe engine side by side, same export and images, c={concurrency}:")
-    print(f"{'variant':8} {'workers':>7} | {'TorchServe images/s':>19} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} | "
-          f"{'KServe images/s':>15} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} | {'KServe/TorchServe':>17}")
-    for v, w, t, k in pairs:
-        if t and k:
-            print(f"{v:8} {w:>7} | {t['throughput']:19.1f} {t['p50']:7.0f} {t['p99']:7.0f} {t['failed']:6d} | "
-                  f"{k['throughput']:15.1f} {k['p50']:7.0f} {k['p99']:7.0f} {k['failed']:6d} | "
-                  f"{k['throughput'] / t['throughput']:16.2f}x")
+    first, second = names
+    print(f"\n{title}:")
+    print(f"{'variant':8} {'workers':>7} | {first + ' images/s':>22} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} | "
+          f"{second + ' images/s':>22} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} | {second + '/' + first:>24}")
+    for v, w, a, b in pairs:
+        if a and b:
+            print(f"{v:8} {w:>7} | {a['throughput']:22.1f} {a['p50']:7.0f} {a['p99']:7.0f} {a['failed']:6d} | "
+                  f"{b['throughput']:22.1f} {b['p50']:7.0f} {b['p99']:7.0f} {b['failed']:6d} | "
+                  f"{b['throughput'] / a['throughput']:23.2f}x")
+
+
+def compare_engines(medians: dict[str, dict], variants: list[str], workers: list[int], concurrency: int) -> None:
+    """TorchServe and the KServe engine side by side; then each TorchServe addressed directly beside the same
+    server through zoo's front door (what clients get)."""
+    def row(label: str) -> dict | None:
+        return medians.get(label)
+
+    side_by_side(f"TorchServe and the KServe engine side by side, same export and images, c={concurrency}",
+                 ("TorchServe", "KServe"),
+                 [(v, w, row(served_label(serve.TORCHSERVE, v, w, concurrency)),
+                   row(served_label(serve.KSERVE, v, w, concurrency))) for v in variants for w in workers])
+    side_by_side(f"zoo's front door: the same TorchServe past it (direct) and through it, c={concurrency}",
+                 ("direct", "front door"),
+                 [(v, w, row(direct_label(v, w, concurrency)), row(served_label(serve.TORCHSERVE, v, w, concurrency)))
+                  for v in variants for w in workers])
 
 
 def report(results: dict[str, list[dict]], concurrency: int, variants: list[str], workers: list[int]) -> bool:
@@ -426,7 +426,6 @@ def report(results: dict[str, list[dict]], concurrency: int, variants: list[str]
             best_served[v] = max(torchserve, key=lambda m: m["throughput"])
             ok = ok and best_served[v]["throughput"] / base >= 0.5
     compare_engines(medians, variants, workers, concurrency)
-    compare_front_door(medians, variants, workers, concurrency)
     print(f"\nserved by TorchServe at c={concurrency}, best worker count of each: "
           + "; ".join(f"{v} {m['throughput']:.1f} images/s, p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms"
                       for v, m in best_served.items()))
