@@ -153,3 +153,20 @@ def test_seeded_fuzz_pass_never_gets_a_5xx_or_hangs(live):
         assert ok.status_code == 200, (i, ok.text)
     print(f"\nlive fuzz: {FUZZ_REQUESTS} malformed requests, statuses {dict(sorted(statuses.items()))}, "
           f"0 5xx, 0 hangs, {FUZZ_REQUESTS} following valid requests 200")
+
+
+def test_status_names_a_front_door_that_is_gone(live):
+    """Kept last: it takes the front door down. TorchServe alone still runs, but no prediction reaches it through
+    the inference port, and `zoo serve status` must say so instead of reporting a healthy server."""
+    import os
+    import signal
+
+    state_dir = Path(live.info.state_dir)
+    report = serve.status(state_dir)
+    assert report is not None and report["front_door"] == "running"
+    assert "refuses bodies over the limit" in serve.describe(report)
+    os.kill(live.info.front_pid, signal.SIGKILL)
+    serve.kill_group(live.info.front_pid)
+    report = serve.status(state_dir)
+    assert report is not None and report["front_door"].startswith("not running")
+    assert "is not running: restart the server" in serve.describe(report)

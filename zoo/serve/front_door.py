@@ -22,7 +22,7 @@ import argparse
 import asyncio
 import logging
 
-from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from multidict import CIMultiDict
 
 MODULE = "zoo.serve.front_door"  # what `is_front_door` looks for in a pid's command line
@@ -80,7 +80,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             payload = await answer.read()
             headers = CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP)
             return web.Response(status=answer.status, body=payload, headers=headers)
-    except (ClientConnectionError, asyncio.TimeoutError) as e:
+    except (ClientError, asyncio.TimeoutError) as e:  # refused, reset, cut short or too slow
         log.warning("TorchServe did not answer %s %s: %r", request.method, request.path, e)
         return refusal(503, "ServiceUnavailable", "TorchServe did not answer this request: try again, and if it "
                                                   "persists see `zoo serve status` and the server's logs.")

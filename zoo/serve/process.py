@@ -101,7 +101,7 @@ def _launch_front_door(cfg: ServeConfig, state_dir: Path, log_dir: Path) -> subp
     ports = cfg.ports
     cmd = [sys.executable, "-m", FRONT_DOOR, "--listen", f"{cfg.host}:{ports['inference']}",
            "--upstream", f"http://{LOOPBACK}:{ports['torchserve']}", "--max-bytes", str(cfg.max_request_mb * 2**20),
-           "--timeout", str(cfg.response_timeout_s + 30), "--state-dir", str(state_dir)]
+           "--timeout", str(cfg.response_timeout_s + 30), "--state-dir", str(Path(state_dir).resolve())]
     with open(log_dir / "front_door.log", "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -69,7 +69,7 @@ def _cmdline(pid: int) -> list[bytes] | None:
 def is_front_door(pid: int, state_dir: Path) -> bool:
     """The pid runs zoo's front door for this state folder (pids are reused)."""
     cmdline = _cmdline(pid)
-    return cmdline is None or (FRONT_DOOR.encode() in cmdline and str(Path(state_dir)).encode() in cmdline)
+    return cmdline is None or (FRONT_DOOR.encode() in cmdline and str(Path(state_dir).resolve()).encode() in cmdline)
 
 
 def is_our_server(pid: int, state_dir: Path) -> bool:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from zoo.serve.config import KSERVE
 from zoo.serve.keys import read_key, request
-from zoo.serve.state import running_server
+from zoo.serve.process_group import is_alive
+from zoo.serve.state import is_front_door, running_server
 
 
 def status(state_dir: Path) -> dict | None:
@@ -33,7 +34,11 @@ def status(state_dir: Path) -> dict | None:
         models[name] = {"version": described.get("modelVersion"), "batch_size": described.get("batchSize"),
                         "max_batch_delay_ms": described.get("maxBatchDelay"),
                         "workers": [w.get("status") for w in workers]}
-    return {**info.to_json(), "model_status": models}
+    front = {}
+    if info.front_pid:  # the inference port is the front door's: without it no prediction gets through
+        alive = is_alive(info.front_pid) and is_front_door(info.front_pid, Path(state_dir))
+        front = {"front_door": "running" if alive else "not running: restart the server (zoo serve stop, then start)"}
+    return {**info.to_json(), "model_status": models, **front}
 
 
 def describe(info: dict) -> str:
@@ -49,7 +54,9 @@ def describe(info: dict) -> str:
         else:
             workers = (state or {}).get("status", "")
         lines.append(f"  {info['inference_url']}/predictions/{name}" + (f"  workers: {workers}" if workers else ""))
-    if info.get("front_pid"):
+    if info.get("front_door", "running") != "running":
+        lines.append(f"zoo's front door (pid {info['front_pid']}) on {info['inference_url']} is {info['front_door']}")
+    elif info.get("front_pid"):
         lines.append(f"zoo's front door (pid {info['front_pid']}) answers on {info['inference_url']}: it refuses "
                      "bodies over the limit with a message and reads a urlencoded body as the image (TorchServe's own "
                      "inference API listens on 127.0.0.1, five ports up)")
