@@ -115,8 +115,8 @@ HELP = {
     "max_latency_ms": "With --model auto: the slowest acceptable ONNX Runtime latency at batch 1, in ms, on this "
                       "machine (default: no limit).",
     "budget": "auto: minutes for short fine-tuning pilots, run when the cheap candidates leave headroom or the data "
-              "is large (default: 5 on large data; on small data half of what scoring the cheap candidates cost; "
-              "0: none).",
+              "is large (default: 5 on large data; on small data half of what the feature pass cost, less what auto "
+              "spent beside it, which keeps auto within 1.5x of the strategy it picks; 0: none).",
     "image_size": "Training and serving resolution (the shorter side, in pixels), or auto: the backbone's native "
     "size, except that full and partial train small images smaller (the median shorter side rounded up to a "
     "multiple of 32, at least 192).",
