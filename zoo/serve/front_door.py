@@ -25,7 +25,8 @@ import logging
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from multidict import CIMultiDict
 
-MODULE = "zoo.serve.front_door"  # what `is_front_door` looks for in a pid's command line
+from zoo.serve.state import FRONT_DOOR as MODULE  # what `is_front_door` looks for in a pid's command line
+
 # Per-connection headers, and the ones aiohttp sets itself on each side.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "transfer-encoding", "upgrade", "host", "content-length", "expect"})

@@ -124,8 +124,7 @@ def start(cfg: ServeConfig, timeout_s: float = 300.0, env: dict[str, str] | None
     try:
         front = _launch_front_door(cfg, state_dir, log_dir)
     except BaseException:
-        os.kill(proc.pid, signal.SIGTERM)
-        kill_group(proc.pid)
+        terminate(proc.pid, timeout_s=10.0)
         raise
     ports = cfg.ports
     info = ServerInfo(pid=proc.pid, state_dir=str(state_dir), model_store=str(Path(cfg.model_store).resolve()),
@@ -190,12 +189,13 @@ def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: f
             time.sleep(1.0)
 
 
-def stop_front_door(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM (aiohttp finishes the requests in flight), then SIGKILL whatever is left."""
+def terminate(pid: int, timeout_s: float) -> None:
+    """SIGTERM (TorchServe stops its workers, aiohttp finishes the requests in flight), a wait of up to timeout_s,
+    then SIGKILL whatever is left of the process group pid leads."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        pass
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and is_alive(pid):
         time.sleep(0.1)
@@ -211,16 +211,9 @@ def stop(state_dir: Path, timeout_s: float = 60.0) -> ServerInfo | None:
         return None
     was_running = is_our_server(info.pid, state_dir)
     if was_running:
-        try:
-            os.kill(info.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and is_alive(info.pid):
-            time.sleep(0.2)
-        kill_group(info.pid)
+        terminate(info.pid, timeout_s)
     if info.front_pid and is_front_door(info.front_pid, state_dir):
-        stop_front_door(info.front_pid)
+        terminate(info.front_pid, 10.0)
     for name in (STATE_FILE, KEY_FILE):
         (state_dir / name).unlink(missing_ok=True)
     return info if was_running else None
