@@ -75,14 +75,9 @@ def is_front_door(pid: int, state_dir: Path) -> bool:
 def is_our_server(pid: int, state_dir: Path) -> bool:
     """The pid runs TorchServe or zoo's KServe engine with this state folder's config (pids are reused after a
     reboot)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True  # no /proc (macOS): trust server.json
+    cmdline = _cmdline(pid)
+    if cmdline is None:  # no /proc (macOS): trust server.json
+        return True
     engines = ((SERVER_CLASS, CONFIG_FILE), (KSERVE_MODULE, KSERVE_CONFIG_FILE))
     return any(marker.encode() in cmdline and str(Path(state_dir) / config).encode() in cmdline
                for marker, config in engines)
