@@ -118,12 +118,14 @@ HELP = {
               "is large (default: 5 on large data; on small data half of what the feature pass cost, less what auto "
               "spent beside it, which keeps auto within 1.5x of the strategy it picks; 0: none).",
     "image_size": "Training and serving resolution (the shorter side, in pixels), or auto: the backbone's native "
-    "size, except that full and partial train small images smaller (the median shorter side rounded up to a "
+    "size, except that full trains small images smaller (the median shorter side rounded up to a "
     "multiple of 32, at least 192).",
     "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
               "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
     "test_fraction": "Share of each class held out as the test split when DIR has no test/ folder (seeded); it "
                      "chooses nothing and gives the final figure.",
+    "warm_head": "full, partial: fit the new classifier on the frozen backbone's features (as head does) before "
+                 "fine-tuning starts from it, so its first random gradients do not disturb the pretrained layers.",
     "patience": "Stop when val accuracy has not improved for this many epochs (default: run every epoch); the best "
                 "epoch's weights are kept either way.",
     "log": "tensorboard: event files in RUN/tensorboard; mlflow: those and an MLflow run (needs mlflow); none.",
@@ -368,6 +370,7 @@ def finetune_command(
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     image_size: ImageSizeOption = "auto",
+    warm_head: Annotated[bool, typer.Option("--warm-head/--no-warm-head", help=HELP["warm_head"])] = True,
     test_fraction: Annotated[float, typer.Option(help=HELP["test_fraction"], min=0.0, max=0.9)] = 0.0,
     patience: Annotated[int | None, typer.Option(help=HELP["patience"], min=1)] = None,
     log_to: Annotated[LogMode, typer.Option("--log", help=HELP["log"])] = DEFAULT_LOG,

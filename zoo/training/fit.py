@@ -33,6 +33,7 @@ from zoo.training.report import write_history
 from zoo.training.selection import BestEpoch, should_stop
 from zoo.training.strategies import Plan, frozen_state, param_groups, trainable_state
 from zoo.training.tracking import Tracker
+from zoo.training.warm_head import warm_start
 
 log = get_logger(__name__)
 
@@ -256,6 +257,10 @@ def fit(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe, config: d
     loss_fn = nn.CrossEntropyLoss(weight=weights).to(run.compute.device)
     frozen_fp = tensors_fingerprint(frozen_state(plan))  # proves on resume that the frozen part is unchanged
     start, history, best = resume_point(run, plan, optimizer, frozen_fp)
+    if recipe.warm_head and start == 0:  # a resumed run's checkpoint already holds its classifier
+        config["warm_head_probe"] = warm_start(run, data, plan, recipe)
+        if distributed.world().is_main:
+            atomic_write_json(run.out / CONFIG, config)
     if run.strategy.takes_layer:
         history, val_logits = fit_linear_classifier(run, data, plan, recipe, inputs, config)
         best.update(history, trainable_state(plan), val_logits)

@@ -33,7 +33,8 @@ WEIGHT_DECAY = 1e-4
 # Options that change the result: a resumed run must use the values it was started with.
 RESUME_KEYS = ("model", "strategy", "pretrained", "freeze_until", "layer", "epochs", "lr", "backbone_lr", "batch_size",
                "augment", "augment_views", "balance", "seed", "val_fraction", "test_fraction", "feature_cache",
-               "num_classes", "preprocess", "patience")
+               "num_classes", "preprocess", "patience", "warm_head")
+RECORDED_BEFORE = {"warm_head": False}  # what a run directory older than the key was started with
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Recipe:
     balance: str  # "none", "sampler" or "loss"
     class_weights: list[float] | None  # the loss weights of balance "loss"
     on_features: bool  # only the classifier learns, on cached bottleneck features
+    warm_head: bool = False  # the classifier is fitted on frozen features before fine-tuning (zoo.training.warm_head)
 
 
 def load_data(run: Resolved) -> TrainingData:
@@ -115,10 +117,12 @@ def make_recipe(run: Resolved, data: TrainingData, plan: Plan) -> Recipe:
     backbone_lr = o.backbone_lr or (lr * BACKBONE_LR_FACTOR if o.pretrained else lr)
     if not any(p.requires_grad for p in plan.model.backbone_parameters()):
         backbone_lr = 0.0  # nothing pretrained trains (head): say so rather than record an unused rate
+    # Probe first where pretrained layers fine-tune under a new classifier (full, partial).
+    warm_head = o.warm_head and o.pretrained and backbone_lr > 0 and not on_features
     return Recipe(epochs=o.epochs or strategy.default_epochs, lr=lr, backbone_lr=backbone_lr, augment=augment,
-                  augment_views=o.views if (augment and on_features) else None, balance=balance,
+                  augment_views=o.views if (augment and (on_features or warm_head)) else None, balance=balance,
                   class_weights=class_weights(data.counts(data.train)) if balance == "loss" else None,
-                  on_features=on_features)
+                  on_features=on_features, warm_head=warm_head)
 
 
 def _trainable(plan: Plan) -> dict[str, Any]:
@@ -151,6 +155,7 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
         "augment_views": recipe.augment_views, "balance": recipe.balance, "class_weights": recipe.class_weights,
         "seed": o.seed, "val_fraction": o.val_fraction, "test_fraction": o.test_fraction,
         "test_split": data.folder.test_source, "patience": o.patience, "feature_cache": recipe.on_features,
+        "warm_head": recipe.warm_head,
         "trainable_parameters": trainable["trainable_parameters"],
         "frozen_parameters": trainable["frozen_parameters"],
         "data": {
@@ -178,8 +183,9 @@ def check_resumable(saved: dict[str, Any], config: dict[str, Any], out: Path) ->
             raise UsageError(f"{out} was started at {size} px, and these options train at "
                              f"{config[key]['input_size']} px: resume with --image-size {size}, or pass --force to "
                              "start over.")
-        if saved.get(key) != config.get(key):
-            raise UsageError(f"{out} was started with {key}={saved.get(key)!r}, not {config.get(key)!r}: resume "
+        started = saved.get(key, RECORDED_BEFORE.get(key))
+        if started != config.get(key):
+            raise UsageError(f"{out} was started with {key}={started!r}, not {config.get(key)!r}: resume "
                              "with the options it was started with, or pass --force to start over.")
     if saved["data"]["fingerprint"] != config["data"]["fingerprint"]:
         raise ZooError(f"The images in {config['data']['dir']} changed since {out} was started: pass --force to "

@@ -44,6 +44,7 @@ def replay_options(config: dict[str, Any]) -> dict[str, Any]:
         out["freeze_until"] = config["freeze_until"]
     if config["strategy"] == "svm" and config.get("layer"):
         out["layer"] = config["layer"]
+    out["warm_head"] = bool(config.get("warm_head", False))  # runs recorded before the option started cold
     if config.get("augment_views"):
         out["views"] = config["augment_views"]
     out["image_size"] = str(config["preprocess"]["input_size"])
