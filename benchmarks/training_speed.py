@@ -199,16 +199,17 @@ def full_runs(datasets: dict[str, Path], work: Path, epochs: int) -> list[dict]:
             if size == "auto":
                 m = finetune(data, strategy="full", epochs=epochs, out=work / f"full-{name}-{size}",
                              cache_dir=work / "full-cache")
-            else:  # the loop before: 224 px, fp32, contiguous tensors (channels-last is not a flag, so patched)
+            else:  # the loop before: 224 px, fp32, contiguous tensors (channels-last is not a flag, so patched), a
+                # random new classifier
                 with mock.patch.object(Compute, "channels_last", property(lambda self: False)):
                     m = finetune(data, strategy="full", epochs=epochs, image_size=size, precision="fp32",
-                                 out=work / f"full-{name}-{size}", cache_dir=work / "full-cache")
+                                 warm_head=False, out=work / f"full-{name}-{size}", cache_dir=work / "full-cache")
             seconds = time.perf_counter() - tick
             config = json.loads((work / f"full-{name}-{size}" / "config.json").read_text())
             images = sum(config["data"]["train_counts"].values()) * epochs
             rows.append({"dataset": name, "run": label, "size": config["preprocess"]["input_size"],
                          "precision": config["compute"]["precision"],
-                         "channels_last": config["compute"]["channels_last"],
+                         "channels_last": config["compute"]["channels_last"], "warm_head": config["warm_head"],
                          "accuracy": m["accuracy"], "seconds": seconds, "images_per_s": images / seconds})
     return rows
 
@@ -248,7 +249,7 @@ def main() -> None:
             for r in runs:
                 before = next(b for b in runs if b["dataset"] == r["dataset"])
                 print(f"  {r['dataset']:<10} {r['run']:<19} {r['size']:>3} px {r['precision']} channels_last "
-                      f"{r['channels_last']:<5}  val {100 * r['accuracy']:5.1f}%  "
+                      f"{r['channels_last']:<5} warm head {r['warm_head']:<5}  val {100 * r['accuracy']:5.1f}%  "
                       f"{r['seconds']:6.0f} s  {r['images_per_s']:6.1f} images/s  "
                       f"{r['images_per_s'] / before['images_per_s']:5.2f}x  "
                       f"({100 * (r['accuracy'] - before['accuracy']):+.1f} points)", flush=True)
