@@ -1,4 +1,5 @@
-"""full and partial fit the new classifier on frozen features before fine-tuning (zoo.training.warm_head).
+"""--warm-head: full and partial fit the new classifier on frozen features before fine-tuning
+(zoo.training.warm_head); off by default.
 
 The runs are real (tiny textures sample, real backbone, real feature extraction); a wrapper around
 warm_start only looks at the model at the moment fine-tuning begins.
@@ -12,10 +13,11 @@ import zoo.training.fit as fitting
 from zoo.backbones import create_model
 from zoo.errors import UsageError
 from zoo.training.finetune import finetune
+from zoo.training.options import FinetuneOptions
 from zoo.training.recipe import check_resumable
 from zoo.training.replay import replay_options
 
-OPTIONS = dict(strategy="partial", freeze_until="stage6", epochs=1, batch_size=8, seed=3, log="none")
+OPTIONS = dict(strategy="partial", freeze_until="stage6", epochs=1, batch_size=8, seed=3, log="none", warm_head=True)
 
 
 def _spy_on_warm_start(monkeypatch):
@@ -48,9 +50,10 @@ def test_fine_tuning_starts_from_a_classifier_fitted_on_frozen_features(tiny_tex
     assert config["warm_head_probe"]["val_accuracy"] == report["val_accuracy"]
 
 
-def test_no_warm_head_starts_from_the_seeded_random_classifier(tiny_textures, tmp_path, monkeypatch):
+def test_without_warm_head_the_run_starts_from_the_seeded_random_classifier(tiny_textures, tmp_path, monkeypatch):
+    assert FinetuneOptions(tiny_textures).warm_head is False, "off by default (the README's measurements)"
     seen = _spy_on_warm_start(monkeypatch)
-    finetune(tiny_textures, out=tmp_path / "run", warm_head=False, **OPTIONS)
+    finetune(tiny_textures, out=tmp_path / "run", **{**OPTIONS, "warm_head": False})
     assert not seen, "--no-warm-head must not fit a probe"
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["warm_head"] is False and "warm_head_probe" not in config and config["augment_views"] is None

@@ -23,10 +23,8 @@ from zoo.preprocess import PreprocessConfig
 from zoo.training.augment import item_seed
 from zoo.training.batchnorm import recalibrate
 from zoo.training.datasets import ImageRecord, ImageViews, epoch_order, shape_batches
-from zoo.training.feature_cache import cached_features
 from zoo.training.loop import predict_images, train_images_epoch
-from zoo.training.strategies import BACKBONE_LR_FACTOR, Plan, apply_freeze, get_strategy, param_groups
-from zoo.training.warm_head import fit_classifier
+from zoo.training.strategies import BACKBONE_LR_FACTOR, apply_freeze, get_strategy, param_groups
 
 log = get_logger(__name__)
 PILOT_EPOCHS = 3  # enough for the pretrained layers to move; the cosine schedule spans these
@@ -90,23 +88,12 @@ def _affordable(train: list[ImageRecord], held: int, budget_s: float, setup: Pil
                 seed: int) -> list[ImageRecord]:
     """As many training images as PILOT_EPOCHS epochs can see within the budget (after scoring time)."""
     scoring_s = (held + min(CALIBRATION, len(train))) / setup.forward_images_per_s
-    # PILOT_EPOCHS training steps per image, and one forward pass for the probe the pilot starts from
-    per_image_s = (TRAIN_COST * PILOT_EPOCHS + 1) / setup.forward_images_per_s
-    n = int((budget_s - scoring_s) / per_image_s)
+    per_image_s = TRAIN_COST / setup.forward_images_per_s
+    n = int((budget_s - scoring_s) / (per_image_s * PILOT_EPOCHS))
     if n >= len(train):
         return train
     rng = random.Random(item_seed(seed, "pilot-subset"))
     return sorted(rng.sample(train, max(0, n)), key=lambda r: str(r.path))
-
-
-def _warm_classifier(plan: Plan, train: list[ImageRecord], setup: PilotSetup) -> None:
-    """Fit the classifier on the frozen features of the pilot's images first, as `zoo finetune` does
-    (zoo.training.warm_head), so that the pilot measures what the run would do (one view: the inference one)."""
-    features, _ = cached_features(plan.model, train, setup.preprocess, model_name=setup.model, layer=None, view=None,
-                                  seed=setup.seed, cache=None, batch_size=setup.batch_size, workers=setup.workers,
-                                  description="pilot: probe features")
-    fit_classifier(plan, [features], torch.tensor([r.label for r in train]), seed=setup.seed,
-                   batch_size=setup.batch_size)
 
 
 def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, setup: PilotSetup) -> Candidate | None:
@@ -123,7 +110,6 @@ def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, s
     plan = strategy.plan(create_model(setup.model, num_classes=setup.classes, pretrained=True), setup.spec, None)
     apply_freeze(plan)
     setup.compute.prepare(plan.model)
-    _warm_classifier(plan, train, setup)
     scaler = setup.compute.grad_scaler()
     optimizer = torch.optim.AdamW(param_groups(plan.model, strategy.default_lr,
                                                strategy.default_lr * BACKBONE_LR_FACTOR), weight_decay=1e-4)

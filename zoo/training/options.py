@@ -60,7 +60,7 @@ class FinetuneOptions:
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (zoo.hardware)
     precision: str = "auto"  # auto, fp32, bf16 or fp16
     image_size: str = "auto"  # auto or pixels (zoo.training.image_size)
-    warm_head: bool = True  # full, partial: fit the classifier on frozen features first (zoo.training.warm_head)
+    warm_head: bool = False  # full, partial: fit the classifier on frozen features first (zoo.training.warm_head)
 
     @property
     def run_dir(self) -> Path:
