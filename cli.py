@@ -126,7 +126,7 @@ HELP = {
                      "chooses nothing and gives the final figure.",
     "warm_head": "full, partial: fit the new classifier on the frozen backbone's features (as head does) before "
                  "fine-tuning starts from it (linear probe, then fine-tune). Off by default: measured on six sets it "
-                 "helped one and cost points on two (README, \"Probe first\").",
+                 "helped one and cost points on three (README, \"Probe first\").",
     "patience": "Stop when val accuracy has not improved for this many epochs (default: run every epoch); the best "
                 "epoch's weights are kept either way.",
     "log": "tensorboard: event files in RUN/tensorboard; mlflow: those and an MLflow run (needs mlflow); none.",

@@ -9,7 +9,7 @@ shows each strategy's val accuracy and time, auto's pick, accuracy and time, its
 strategy and its time as a multiple of the picked strategy's; and the similarity score of each set.
 
     python benchmarks/strategies.py [--datasets textures digits500 ...] [--strategies head svm] [--out DIR]
-        [--seeds 0 1 2] [--before benchmarks/results/strategies-before-issue13.json]
+        [--seeds 0 1 2] [--warm-head] [--before benchmarks/results/strategies-before-issue13.json]
 
 With several --seeds, each seed draws its own split of the sample (write_sample's seed) and trains with
 that seed; after the per-seed tables a last table gives each dataset's mean over seeds, and auto's gap
@@ -70,7 +70,8 @@ def _auto(data: Path, work: Path, dataset: str, model: str, seed: int) -> tuple[
     return row, advice.to_json()
 
 
-def run(dataset: str, work: Path, model: str, seed: int, strategies: tuple[str, ...] = STRATEGIES) -> dict:
+def run(dataset: str, work: Path, model: str, seed: int, strategies: tuple[str, ...] = STRATEGIES,
+        warm_head: bool = False) -> dict:
     from zoo.data.samples import write_sample
     from zoo.thresholds import is_small
 
@@ -80,7 +81,7 @@ def run(dataset: str, work: Path, model: str, seed: int, strategies: tuple[str, 
     size = "small" if is_small(sum(counts["train"].values())) else "large"
     rows = {}
     for strategy in strategies:
-        extra = {"epochs": EPOCHS[size][strategy]} if strategy in ("full", "partial") else {}
+        extra = {"epochs": EPOCHS[size][strategy], "warm_head": warm_head} if strategy in ("full", "partial") else {}
         rows[strategy] = _finetune(data, work / f"{dataset}-{strategy}", work / f"cache-{dataset}-{strategy}", seed,
                                    model, strategy=strategy, **extra)
         print(f"[{dataset}] {strategy:<8} accuracy {100 * rows[strategy]['accuracy']:6.2f}%  "
@@ -167,6 +168,8 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
                     help="the strategies to run beside auto (auto's pick always runs, for its time ratio)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--warm-head", action="store_true", help="full and partial rows start from a probe "
+                    "(zoo finetune --warm-head); auto runs as zoo finetune --strategy auto does")
     ap.add_argument("--before", type=Path, default=None, help="an earlier run's JSON: print times and accuracies "
                     "against it")
     args = ap.parse_args()
@@ -174,7 +177,8 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
             for d in args.datasets:
-                results.append({**run(d, Path(tmp), args.model, seed, tuple(args.strategies)), "seed": seed})
+                row = run(d, Path(tmp), args.model, seed, tuple(args.strategies), args.warm_head)
+                results.append({**row, "seed": seed})
                 if args.out:  # after every dataset: a long run that is stopped keeps what it measured
                     args.out.mkdir(parents=True, exist_ok=True)
                     (args.out / "strategies.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -7,9 +7,9 @@ ICLR 2022, who call the remedy LP-FT). With `--warm-head` the classifier is firs
 `head` trains it: on the frozen backbone's pooled bottleneck features (the feature cache, through
 ONNX Runtime where that is faster), with head's epochs and rate, over the same training views; it
 costs one feature pass per view. It is off by default because it did not measure better: with
-benchmarks/strategies.py over two to three seeds on six sets, `full` gained 4.5 points on the
-28-pixel silhouettes and lost 3.8 on faces and 4.2 on emoji, and `partial` moved by under a point
-on average (the README's "Probe first").
+benchmarks/strategies.py over one or two seeds on six sets, `full` gained 4.5 points on the
+28-pixel silhouettes and lost 3.8 on faces, 4.2 on emoji and 1.0 on photos, and `partial` moved by
+under a point on average (the README's "Probe first").
 """
 from __future__ import annotations
 
