@@ -13,8 +13,8 @@ import zoo.training.fit as fitting
 from zoo.backbones import create_model
 from zoo.errors import UsageError
 from zoo.training.finetune import finetune
-from zoo.training.options import FinetuneOptions
-from zoo.training.recipe import check_resumable
+from zoo.training.options import FinetuneOptions, resolve
+from zoo.training.recipe import check_resumable, load_data, make_plan, make_recipe
 from zoo.training.replay import replay_options
 
 OPTIONS = dict(strategy="partial", freeze_until="stage6", epochs=1, batch_size=8, seed=3, log="none", warm_head=True)
@@ -50,23 +50,19 @@ def test_fine_tuning_starts_from_a_classifier_fitted_on_frozen_features(tiny_tex
     assert config["warm_head_probe"]["val_accuracy"] == report["val_accuracy"]
 
 
-def test_without_warm_head_the_run_starts_from_the_seeded_random_classifier(tiny_textures, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("options", "warms"), [
+    (dict(strategy="full"), True), (dict(strategy="partial"), True), (dict(strategy="full", warm_head=False), False),
+    (dict(strategy="head"), False), (dict(strategy="svm", layer="stage5"), False),
+    (dict(strategy="full", pretrained=False), False),
+], ids=["full", "partial", "full-cold", "head", "svm", "random-weights"])
+def test_only_pretrained_layers_that_fine_tune_get_a_probe_first(options, warms, tiny_textures, tmp_path):
+    """The recipe's decision, read without training: nothing to warm where no pretrained layer fine-tunes."""
     assert FinetuneOptions(tiny_textures).warm_head is False, "off by default (the README's measurements)"
-    seen = _spy_on_warm_start(monkeypatch)
-    finetune(tiny_textures, out=tmp_path / "run", **{**OPTIONS, "warm_head": False})
-    assert not seen, "--no-warm-head must not fit a probe"
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["warm_head"] is False and "warm_head_probe" not in config and config["augment_views"] is None
-
-
-@pytest.mark.parametrize("options", [dict(strategy="head", epochs=2), dict(strategy="full", pretrained=False)],
-                         ids=["head", "random-weights"])
-def test_nothing_to_warm_where_no_pretrained_layer_fine_tunes(options, tiny_textures, tmp_path, monkeypatch):
-    seen = _spy_on_warm_start(monkeypatch)
-    base = {k: v for k, v in OPTIONS.items() if k != "freeze_until"}
-    finetune(tiny_textures, out=tmp_path / "run", **{**base, "strategy": "full", **options})
-    assert not seen
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["warm_head"] is False
+    run = resolve(FinetuneOptions(tiny_textures, out=tmp_path / "run", **{"warm_head": True, "log": "none", **options}))
+    data = load_data(run)
+    recipe = make_recipe(run, data, make_plan(run, data))
+    assert recipe.warm_head is warms
+    assert (recipe.augment_views == 4) is (warms or recipe.on_features)  # the probe's views are head's
 
 
 def test_runs_recorded_before_the_option_replay_and_resume_cold():
