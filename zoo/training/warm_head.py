@@ -25,6 +25,7 @@ from zoo.training.augment import item_seed
 from zoo.training.datasets import epoch_order, shape_batches
 from zoo.training.feature_cache import bottleneck_views
 from zoo.training.loop import predict_features, train_features_epoch
+from zoo.training.recipe import WEIGHT_DECAY
 from zoo.training.strategies import Plan, get_strategy
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def fit_classifier(plan: Plan, views: Sequence[torch.Tensor], labels: torch.Tens
     head = get_strategy("head")
     classifier = plan.model.classifier
     device = next(classifier.parameters()).device
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=head.default_lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=head.default_lr, weight_decay=WEIGHT_DECAY)
     base_lrs = [head.default_lr]
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(class_weights) if class_weights else None).to(device)
     accuracy = 0.0
