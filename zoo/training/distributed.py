@@ -103,6 +103,11 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
             # One run, told once: rank 0 logs and shows progress; the others only say what fails.
             with quiet(logging.NOTSET if _world.is_main else logging.ERROR):
                 result = fn(*args, **kwargs)
+        except ZooError:
+            # Every rank raises it together (from_main), so no collective is pending and the group can go.
+            # Left to the interpreter's exit, gloo's threads sometimes abort the process (SIGABRT, seen in CI).
+            _leave(created)
+            raise
         except RuntimeError as e:
             if _lost_contact(e):
                 raise PeerLost(f"process {_world.rank} of {_world.size} lost contact with the others (one of them "
@@ -111,11 +116,19 @@ def in_process_group(fn: Callable[..., T]) -> Callable[..., T]:
             raise
         finally:
             _world = _SINGLE
-        if created:
-            dist.destroy_process_group()
+        _leave(created)
         return result
 
     return wrapper
+
+
+def _leave(created: bool) -> None:
+    """Destroy the process group this process created, once its ranks have nothing left to exchange.
+
+    Not after a lost peer: tearing down with a collective still waiting can hang.
+    """
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- rank 0 decides, everyone follows
