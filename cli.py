@@ -122,6 +122,9 @@ HELP = {
     "multiple of 32, at least 192).",
     "device": "Where training and feature extraction run: auto (a CUDA GPU when there is one, else Apple MPS, "
               "else the CPU), cpu, cuda, cuda:N or mps. Under --nproc each process takes its own GPU.",
+    "run_device": "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N. A "
+                  "run directory runs on PyTorch, an export on ONNX Runtime (cuda needs onnxruntime-gpu); a server "
+                  "chooses its own.",
     "test_fraction": "Share of each class held out as the test split when DIR has no test/ folder (seeded); it "
                      "chooses nothing and gives the final figure.",
     "warm_head": "full, partial: fit the new classifier on the frozen backbone's features (as head does) before "
@@ -499,6 +502,7 @@ def evaluate_command(
     ood_folder: Annotated[Path | None, typer.Option(help="Also report the OOD score's AUROC between the split and "
                                                     "every image under this folder (an export or a server).")]
     = None,
+    device: Annotated[str, typer.Option(help=HELP["run_device"])] = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Score a model on a split of an image folder: accuracy, top-k, per-class figures, calibration, latency."""
@@ -506,7 +510,7 @@ def evaluate_command(
 
     json_mode(as_json)
     result = evaluate(target, data_dir, split.value, out=out, force=force, token=token, seed=seed,
-                      val_fraction=val_fraction, test_fraction=test_fraction, ood_folder=ood_folder)
+                      val_fraction=val_fraction, test_fraction=test_fraction, ood_folder=ood_folder, device=device)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -536,6 +540,8 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call (same-size images only).", min=1)] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV: path, rank, label, probability, error.")] = False,
+    device: Annotated[str, typer.Option(help="Where ONNX Runtime runs --model: auto (onnxruntime-gpu's CUDA provider "
+                                        "when it finds a GPU, else the CPU), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Classify images with an exported model on ONNX Runtime alone (no PyTorch), or through a server."""
     from zoo.predict import collect_images, format_csv, format_json, format_text, predict_local
@@ -543,6 +549,9 @@ def predict_command(
     json_mode(as_json or as_csv)  # machine-readable output: stderr carries warnings and errors only
     if (model is None) == (server is None):
         raise UsageError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
+    if server and device.strip().lower() != "auto":
+        raise UsageError("--device chooses where --model runs on this machine; a server runs on its own devices: "
+                         "drop --device.")
     paths = collect_images(images)
     if server:
         from zoo.serve import predict_remote
@@ -551,7 +560,7 @@ def predict_command(
         where = server
     else:
         assert model is not None
-        rows, where = predict_local(model, paths, top_k, batch_size)
+        rows, where = predict_local(model, paths, top_k, batch_size, device)
     text = format_json(rows) if as_json else format_csv(rows) if as_csv else format_text(rows)
     typer.echo(text.rstrip("\n"))
     failed = sum(1 for r in rows if r["error"])

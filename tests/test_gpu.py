@@ -101,3 +101,23 @@ def test_served_archive_uses_the_cuda_provider(gpu_runs, tmp_path):
     local = EdgeModel(tmp_path / "export", kind="classifier").predict([image], top_k=1)[0].top_k
     assert next(iter(answer)) == next(iter(local))
     assert CUDA_EP in log, "the worker did not report ONNX Runtime's CUDA provider"
+
+
+def test_evaluate_on_the_gpu_scores_as_on_the_cpu(gpu_runs, tmp_path):
+    from zoo.evaluate.evaluate import evaluate
+    from zoo.export.onnx_export import export_run
+
+    run_dir, _ = gpu_runs["head"]
+    data = run_dir.parent / "textures"
+    targets = [("run", str(run_dir))]
+    import onnxruntime as ort
+
+    if CUDA_EP in ort.get_available_providers():
+        export_run(run_dir, tmp_path / "export")
+        targets.append(("export", str(tmp_path / "export")))
+    for name, target in targets:
+        cpu, gpu = (evaluate(target, data, "val", write=False, device=device) for device in ("cpu", "cuda"))
+        print(f"evaluate {name}: {gpu['kind']} top-1 {gpu['metrics']['accuracy']:.4f}, "
+              f"{cpu['kind']} {cpu['metrics']['accuracy']:.4f}")
+        assert "cuda" in gpu["kind"].lower()
+        assert abs(gpu["metrics"]["accuracy"] - cpu["metrics"]["accuracy"]) <= 1 / cpu["images"] + 1e-9

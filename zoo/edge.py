@@ -1,7 +1,7 @@
 """Edge inference: an exported classifier.onnx or features.onnx run by ONNX Runtime alone.
 
-Imports only onnxruntime, numpy, Pillow, zoo.inference and zoo.preprocess, never torch, so it runs on a device
-where PyTorch is not installed. Preprocessing and labels come from preprocess.json and
+Imports only onnxruntime, numpy, Pillow, zoo.inference, zoo.ort_device and zoo.preprocess, never
+torch, so it runs on a device where PyTorch is not installed. Preprocessing and labels come from preprocess.json and
 labels.json beside the model, or from the model's own metadata when the files are not there.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from zoo.deployment import FP32, deployed, variant_file
 from zoo.errors import ZooError
 from zoo.inference import OodError, OodScorer, load_ood, open_deployed, same_shape_groups
 from zoo.inference import top_k as _top_k  # predict() has an argument named top_k
+from zoo.ort_device import check_placement, ort_placement
 from zoo.preprocess import ImageError, ImageSource, PreprocessConfig, PreprocessConfigError, preprocess
 
 if TYPE_CHECKING:
@@ -104,16 +105,21 @@ class EdgeModel:
     Given an export folder it runs the variant deploy.json names (`variant` overrides), falling back
     to the fp32 graph with one warning when that variant cannot load; `.variant` says which ran.
     A classifier with an OOD summary (ood.npz) beside it scores every image with it (`.ood`, an
-    OodScorer, at the threshold of the variant that ran): `EdgeResult.ood`.
+    OodScorer, at the threshold of the variant that ran): `EdgeResult.ood`. `device` is --device
+    (zoo.ort_device): auto, cpu, cuda or cuda:N; an explicit GPU that cannot run is a UsageError.
     """
 
     def __init__(self, path: Path | str, kind: str | None = None, providers: Sequence[str] | None = None,
-                 options: ort.SessionOptions | None = None, variant: str | None = None, ood: bool = True):
+                 options: ort.SessionOptions | None = None, variant: str | None = None, ood: bool = True,
+                 device: str = "auto"):
+        placed, device_id = ort_placement(device)  # a bad --device is refused before the model is read
         model, fallback, chosen = _resolve_model_path(Path(path), kind, variant)
         try:
-            self.session, self.path = open_deployed(model, fallback, providers, options=options)
+            self.session, self.path = open_deployed(model, fallback, providers or placed, options=options,
+                                                    device_id=device_id)
         except Exception as e:  # ORT raises its own types for bad files
             raise EdgeError(f"{model} is not a usable ONNX model ({e}): re-run `zoo export`.") from None
+        check_placement(self.session, device)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.variant: str = FP32 if self.path == fallback else chosen or meta.get("zoo.precision") or FP32
         self.kind = meta.get("zoo.kind") or ("features" if self.path.name.startswith("features") else "classifier")

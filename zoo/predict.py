@@ -40,14 +40,15 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
     return out
 
 
-def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int) -> tuple[list[dict], str]:
+def predict_local(model: Path, images: list[Path], top_k: int, batch_size: int,
+                  device: str = "auto") -> tuple[list[dict], str]:
     """Per-image {path, top_k, error, variant, ood} and where they ran (the ONNX Runtime provider and the variant).
 
     `ood` is {"score", "threshold", "out_of_distribution"}, or None for an export without an OOD summary."""
     from zoo.edge import EdgeError, EdgeModel
 
     try:
-        edge = EdgeModel(model, kind="classifier")
+        edge = EdgeModel(model, kind="classifier", device=device)
         results = edge.predict(images, top_k=top_k, batch_size=batch_size)
     except EdgeError as e:
         raise ZooError(str(e)) from None

@@ -44,10 +44,11 @@ def score(target: Target, split: Split) -> tuple[list[Answer], dict[str, Any]]:
 def evaluate(target: str, data_dir: Path | str, split: str = "test", out: Path | None = None, force: bool = False,
              token: str | None = None, seed: int | None = None, val_fraction: float | None = None,
              test_fraction: float | None = None, write: bool = True,
-             ood_folder: Path | str | None = None) -> dict[str, Any]:
+             ood_folder: Path | str | None = None, device: str = "auto") -> dict[str, Any]:
     """Score `target` on a split of `data_dir`; write the report folder (unless write=False); return the result.
 
-    With `ood_folder`, also the OOD score's AUROC between the split and every image under that folder."""
+    With `ood_folder`, also the OOD score's AUROC between the split and every image under that folder.
+    `device`: where a run (PyTorch) or an export (ONNX Runtime) runs; a server chooses its own."""
     data_dir = Path(data_dir)
     out = Path(out) if out is not None else outputs.default_out(target, split)
     if write:
@@ -55,9 +56,9 @@ def evaluate(target: str, data_dir: Path | str, split: str = "test", out: Path |
     if target.startswith(("http://", "https://")):  # a server knows no run: flags or the defaults say the split
         chosen = load_split(data_dir, split, settings_for(None, dict(seed=seed, val_fraction=val_fraction,
                                                                     test_fraction=test_fraction)))
-        model = open_target(target, token, chosen.classes)
+        model = open_target(target, token, chosen.classes, device)
     else:
-        model = open_target(target, token, [])
+        model = open_target(target, token, [], device)
         chosen = load_split(data_dir, split, settings_for(model.run_config, dict(
             seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)))
     _check_labels(model, chosen, data_dir)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError, ZooError
 from zoo.metrics import softmax
 from zoo.preprocess import ImageError
 
@@ -49,16 +49,19 @@ class Target:
 
 
 class RunTarget(Target):
-    """A `zoo finetune` run directory, on PyTorch in fp32 (as training validates)."""
+    """A `zoo finetune` run directory, on PyTorch in fp32 (as training validates), on --device."""
 
-    kind = "run directory (PyTorch fp32)"
     variant = "fp32"
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, device: str = "auto"):
+        from zoo.hardware import resolve_device
         from zoo.run_dir import load_run
 
+        self.device = resolve_device(device)  # a GPU the machine lacks is one sentence before the run is read
         self.run = load_run(run_dir)
+        self.run.model.to(self.device)
         self.name, self.labels, self.run_config = str(run_dir), list(self.run.labels), self.run.config
+        self.kind = f"run directory (PyTorch fp32, {self.device})"
 
     def answer(self, path: Path) -> Answer:
         import torch
@@ -66,8 +69,9 @@ class RunTarget(Target):
         from zoo.preprocess import preprocess
 
         def call() -> tuple[np.ndarray, None]:
+            x = torch.from_numpy(preprocess(path, self.run.preprocess))[None].to(self.device)
             with torch.no_grad():
-                logits = self.run.model(torch.from_numpy(preprocess(path, self.run.preprocess))[None])
+                logits = self.run.model(x).float().cpu()
             return softmax(logits.numpy())[0], None  # the OOD summary lives in the export, not the run
 
         return self.timed(path, call)
@@ -76,11 +80,11 @@ class RunTarget(Target):
 class OnnxTarget(Target):
     """An exported classifier on ONNX Runtime alone (zoo.edge), whatever its precision."""
 
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, device: str = "auto"):
         from zoo.edge import EdgeError, EdgeModel
 
         try:
-            self.edge = EdgeModel(model, kind="classifier")
+            self.edge = EdgeModel(model, kind="classifier", device=device)
         except EdgeError as e:
             raise ZooError(str(e)) from None
         self.name, self.labels = str(self.edge.path), list(self.edge.labels)
@@ -141,14 +145,17 @@ def _run_config_near(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def open_target(target: str, token: str | None, classes: list[str]) -> Target:
-    """The Target `target` names, or one sentence saying what a target can be."""
+def open_target(target: str, token: str | None, classes: list[str], device: str = "auto") -> Target:
+    """The Target `target` names, on `device` (--device), or one sentence saying what a target can be."""
     if target.startswith(("http://", "https://")):
+        if device.strip().lower() != "auto":
+            raise UsageError("--device chooses where a run or an export runs on this machine; a server runs on its "
+                             "own devices: drop --device.")
         return ServedTarget(target, token, classes)
     path = Path(target)
     if path.is_dir() and (path / RUN_FILES[0]).is_file():
-        return RunTarget(path)
+        return RunTarget(path, device)
     if (path.is_dir() and (path / "classifier.onnx").is_file()) or (path.is_file() and path.suffix == ".onnx"):
-        return OnnxTarget(path)
+        return OnnxTarget(path, device)
     raise ZooError(f"{target} is not a run directory, an export folder, an .onnx file or a prediction URL: give one "
                    "of those (e.g. runs/photos, runs/photos/export, or http://127.0.0.1:8080/predictions/photos).")
