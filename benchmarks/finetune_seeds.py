@@ -5,8 +5,8 @@ or more: a single run cannot tell a change of defaults from the luck of one seed
 dataset, strategy and seed twice on the same sample, with the same code and recipe:
 - before: 224 px, fp32, contiguous tensors, a random new classifier (what `full` and `partial` ran
   before issue 13);
-- now: the defaults (--image-size auto, bf16 autocast on a CPU with bf16 instructions, channels-last,
-  the classifier fitted on frozen features first: zoo.training.warm_head).
+- now: the defaults (--image-size auto, bf16 autocast on a CPU with bf16 instructions, channels-last;
+  --warm-head stays off, its default).
 It prints val accuracy and seconds per seed, each configuration's mean, and the mean difference.
 `--configs before` runs only the old loop (to set beside a strategies.py run of the same seeds).
 
