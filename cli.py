@@ -549,13 +549,12 @@ def predict_command(
     json_mode(as_json or as_csv)  # machine-readable output: stderr carries warnings and errors only
     if (model is None) == (server is None):
         raise UsageError("Give exactly one of --model EXPORT_DIR|FILE.onnx or --server URL.")
-    if server and device.strip().lower() != "auto":
-        raise UsageError("--device chooses where --model runs on this machine; a server runs on its own devices: "
-                         "drop --device.")
     paths = collect_images(images)
     if server:
+        from zoo.ort_device import check_local
         from zoo.serve import predict_remote
 
+        check_local(device)
         rows = predict_remote(server, paths, top_k=top_k, token=token)
         where = server
     else:

@@ -1,8 +1,9 @@
 """Edge inference: an exported classifier.onnx or features.onnx run by ONNX Runtime alone.
 
 Imports only onnxruntime, numpy, Pillow, zoo.inference, zoo.ort_device and zoo.preprocess, never
-torch, so it runs on a device where PyTorch is not installed. Preprocessing and labels come from preprocess.json and
-labels.json beside the model, or from the model's own metadata when the files are not there.
+torch, so it runs on a device where PyTorch is not installed. Preprocessing and labels come from
+preprocess.json and labels.json beside the model, or from the model's own metadata when the files
+are not there.
 """
 from __future__ import annotations
 

@@ -35,6 +35,13 @@ def ort_placement(device: str = "auto") -> tuple[list[str] | None, int | None]:
     return [CUDA], int(match.group(1) or 0)
 
 
+def check_local(device: str) -> None:
+    """A server chooses its own devices: --device other than auto with a server is one sentence."""
+    if (device or "auto").strip().lower() != "auto":
+        raise UsageError("--device chooses where a model runs on this machine; a server runs on its own devices: "
+                         "drop --device.")
+
+
 def check_placement(session: ort.InferenceSession, device: str) -> None:
     """One sentence when an explicit cuda device ended on another provider (ORT falls back silently)."""
     providers, device_id = ort_placement(device)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.errors import UsageError, ZooError
+from zoo.errors import ZooError
 from zoo.metrics import softmax
 from zoo.preprocess import ImageError
 
@@ -148,9 +148,9 @@ def _run_config_near(folder: Path) -> dict[str, Any] | None:
 def open_target(target: str, token: str | None, classes: list[str], device: str = "auto") -> Target:
     """The Target `target` names, on `device` (--device), or one sentence saying what a target can be."""
     if target.startswith(("http://", "https://")):
-        if device.strip().lower() != "auto":
-            raise UsageError("--device chooses where a run or an export runs on this machine; a server runs on its "
-                             "own devices: drop --device.")
+        from zoo.ort_device import check_local
+
+        check_local(device)
         return ServedTarget(target, token, classes)
     path = Path(target)
     if path.is_dir() and (path / RUN_FILES[0]).is_file():
