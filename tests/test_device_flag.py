@@ -80,3 +80,21 @@ def test_evaluate_runs_a_run_and_its_export_on_the_cpu_alike(runner, exported, t
     assert reports["run"]["kind"] == "run directory (PyTorch fp32, cpu)"
     assert reports["export"]["kind"].startswith(f"ONNX Runtime {CPU}")
     assert reports["run"]["metrics"]["accuracy"] == reports["export"]["metrics"]["accuracy"]
+
+
+def test_a_run_on_a_gpu_takes_the_layout_for_its_images_shapes(exported):
+    # Compute.shaped_pass only reads the device's type, so its choice is checked here without a GPU.
+    from zoo.evaluate.targets import RunTarget
+    from zoo.hardware import memory_format
+
+    target = RunTarget(exported.run_dir, "cpu")
+    paths = sorted((exported.data_dir / "val").rglob("*.png"))
+    with target.pass_over(paths):
+        assert target.compute is None  # the CPU: nothing changes
+    target.device = torch.device("cuda")
+    cudnn = torch.backends.cudnn.enabled
+    with target.pass_over([*paths, exported.data_dir / "missing.png"]):  # an unreadable image is left out
+        assert target.compute is not None and target.compute.layout == "no_cudnn"  # 12 images, many sizes
+        assert torch.backends.cudnn.enabled is False
+    assert target.compute is None and torch.backends.cudnn.enabled == cudnn
+    assert memory_format(target.run.model) == torch.contiguous_format

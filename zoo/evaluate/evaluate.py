@@ -31,8 +31,9 @@ def _latency(answers: list[Answer]) -> dict[str, float]:
 
 def score(target: Target, split: Split) -> tuple[list[Answer], dict[str, Any]]:
     """Every image of the split, one at a time (so each is timed alone); the report of the readable ones."""
-    answers = [target.answer(s.path) for s in progress_bar(split.samples, f"evaluating {split.name}",
-                                                          total=len(split.samples))]
+    with target.pass_over([s.path for s in split.samples]):
+        answers = [target.answer(s.path) for s in progress_bar(split.samples, f"evaluating {split.name}",
+                                                              total=len(split.samples))]
     scored = [(a, s) for a, s in zip(answers, split.samples, strict=True) if a.probabilities is not None]
     if not scored:
         raise ZooError(f"No image of the {split.name} split could be scored (the first: {answers[0].error}): check "

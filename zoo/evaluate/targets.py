@@ -4,17 +4,22 @@ the order of its own labels, and is timed per image, decoding and preprocessing 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from zoo.errors import ZooError
 from zoo.metrics import softmax
 from zoo.preprocess import ImageError
+
+if TYPE_CHECKING:
+    from zoo.hardware import Compute
 
 RUN_FILES = ("config.json", "model.safetensors")
 
@@ -37,6 +42,11 @@ class Target:
 
     def answer(self, path: Path) -> Answer:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def pass_over(self, paths: Sequence[Path]) -> Iterator[None]:
+        """Set up for one pass over these images; nothing, except for a run on a GPU (RunTarget)."""
+        yield
 
     def timed(self, path: Path, call) -> Answer:
         """call() gives (probabilities, ood field or None); it is timed, and a refused image is counted."""
@@ -62,6 +72,36 @@ class RunTarget(Target):
         self.run.model.to(self.device)
         self.name, self.labels, self.run_config = str(run_dir), list(self.run.labels), self.run.config
         self.kind = f"run directory (PyTorch fp32, {self.device})"
+        self.compute: Compute | None = None  # set by pass_over on a GPU
+
+    @contextlib.contextmanager
+    def pass_over(self, paths: Sequence[Path]) -> Iterator[None]:
+        """On a GPU, the layout for these images' shapes (zoo.hardware.Compute.shaped_pass): one image a call
+        at many sizes would otherwise spend its time on cuDNN plans, and the latency figures with it."""
+        if self.device.type != "cuda":
+            yield
+            return
+        from zoo.hardware import Compute
+
+        shapes = [(1, *shape) for shape in map(self._shape, paths) if shape]
+        with Compute(self.device, "fp32").shaped_pass(self.run.model, shapes) as self.compute:
+            try:
+                yield
+            finally:
+                self.compute = None
+
+    def _shape(self, path: Path) -> tuple[int, int] | None:
+        """(height, width) after preprocessing, from the image's header; None when it cannot be read."""
+        from PIL import Image
+
+        from zoo.preprocess import resized_shape
+
+        try:
+            with Image.open(path) as img:
+                width, height = resized_shape(img.width, img.height, self.run.preprocess)
+        except Exception:  # an unreadable image is refused, and counted, when it is scored
+            return None
+        return height, width
 
     def answer(self, path: Path) -> Answer:
         import torch
@@ -69,7 +109,8 @@ class RunTarget(Target):
         from zoo.preprocess import preprocess
 
         def call() -> tuple[np.ndarray, None]:
-            x = torch.from_numpy(preprocess(path, self.run.preprocess))[None].to(self.device)
+            x = torch.from_numpy(preprocess(path, self.run.preprocess))[None]
+            x = self.compute.batch(x) if self.compute else x.to(self.device)
             with torch.no_grad():
                 logits = self.run.model(x).float().cpu()
             return softmax(logits.numpy())[0], None  # the OOD summary lives in the export, not the run
