@@ -120,7 +120,7 @@ class EdgeModel:
                                                     device_id=device_id)
         except Exception as e:  # ORT raises its own types for bad files
             raise EdgeError(f"{model} is not a usable ONNX model ({e}): re-run `zoo export`.") from None
-        check_placement(self.session, device)
+        check_placement(self.session, device, placed)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.variant: str = FP32 if self.path == fallback else chosen or meta.get("zoo.precision") or FP32
         self.kind = meta.get("zoo.kind") or ("features" if self.path.name.startswith("features") else "classifier")

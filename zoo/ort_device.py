@@ -8,6 +8,7 @@ because a user who names the GPU wants to know when it is not used.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from zoo.errors import UsageError
@@ -42,9 +43,9 @@ def check_local(device: str) -> None:
                          "drop --device.")
 
 
-def check_placement(session: ort.InferenceSession, device: str) -> None:
-    """One sentence when an explicit cuda device ended on another provider (ORT falls back silently)."""
-    providers, device_id = ort_placement(device)
-    if providers == [CUDA] and session.get_providers()[0] != CUDA:
-        raise UsageError(f"--device {device}: ONNX Runtime could not run on CUDA GPU {device_id} here (no such GPU, "
-                         "no driver, or missing CUDA libraries): use --device auto or cpu.")
+def check_placement(session: ort.InferenceSession, device: str, providers: Sequence[str] | None) -> None:
+    """One sentence when `providers` (ort_placement's, for `device`) asked for CUDA and the session took another
+    provider: ORT falls back silently."""
+    if providers is not None and list(providers) == [CUDA] and session.get_providers()[0] != CUDA:
+        raise UsageError(f"--device {device}: ONNX Runtime could not run on that CUDA GPU here (no such GPU, no "
+                         "driver, or missing CUDA libraries): use --device auto or cpu.")
