@@ -28,7 +28,7 @@ from zoo.data.folder import ImageFolderData
 from zoo.deployment import MANIFEST
 from zoo.errors import UsageError, ZooError
 from zoo.export import deploy as deploy_mod
-from zoo.export import ood, parity
+from zoo.export import graph_cache, ood, parity
 from zoo.export import report as report_mod
 from zoo.export.formats import AUTO_DEPLOY, DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS
 from zoo.export.run_images import parity_images, run_data
@@ -273,7 +273,9 @@ def write_graphs(run: TrainedRun, staging: Path, out_dir: Path, opset: int) -> d
     """classifier.onnx, features.onnx (checked), preprocess.json and labels.json; the report begun."""
     model, feature_dim = run.model.eval(), int(run.model.feature_dim)
     log.info(f"Exporting {run.config['model']} to ONNX (opset {opset}, dynamic batch, height and width)")
-    combined = _export_combined(model, opset)
+    tick = time.perf_counter()
+    combined, origin = graph_cache.traced_graph(model, opset, lambda: _export_combined(model, opset))
+    traced = {"graph": origin, "seconds": round(time.perf_counter() - tick, 1)}
     graphs = {"classifier": _cut(combined, CLASSIFIER_OUTPUTS), "features": _cut(combined, ("features",))}
     for kind, graph in graphs.items():
         set_metadata(graph, kind, run, feature_dim)
@@ -283,6 +285,7 @@ def write_graphs(run: TrainedRun, staging: Path, out_dir: Path, opset: int) -> d
     atomic_write_json(staging / LABELS, run.labels)
     report = report_mod.new_report(run, out_dir, opset, feature_dim)
     report["checker"] = {CLASSIFIER: "passed (full_check)", FEATURES: "passed (full_check)"}
+    report["trace"] = traced
     return report
 
 

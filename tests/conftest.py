@@ -10,6 +10,21 @@ os.environ.setdefault("TORCH_HOME", str(Path(__file__).resolve().parent / ".torc
 os.environ.pop("ZOO_WEIGHTS_DIR", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_dir(tmp_path_factory) -> Path:
+    """Shared by every test, like a user's ~/.cache: runs on the same images reuse features and graphs.
+
+    Never the real ~/.cache: the suite starts empty on every machine, as in CI, and leaves the user's alone."""
+    path = tmp_path_factory.mktemp("zoo-cache")
+    old = os.environ.get("ZOO_CACHE_DIR")
+    os.environ["ZOO_CACHE_DIR"] = str(path)
+    yield path / "features"
+    if old is None:
+        os.environ.pop("ZOO_CACHE_DIR", None)
+    else:
+        os.environ["ZOO_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

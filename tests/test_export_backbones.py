@@ -15,6 +15,7 @@ import torch
 from export_runs import make_run, precision_floor
 
 from zoo.backbones import get_spec, list_specs
+from zoo.errors import ZooError
 from zoo.export.onnx_export import export_run
 from zoo.inference import CPU, open_session
 from zoo.run_dir import load_run
@@ -76,11 +77,17 @@ def _export_backbone(name: str, data_dir: Path, tmp_path: Path) -> None:
     pretrained = get_spec(name).weights.available
     run_dir = make_run(tmp_path / "run", data_dir, model_name=name, pretrained=pretrained, train=False,
                        record_data=False)
-    # The contract's 1e-4, unless PyTorch float32 itself misses its float64 result by more on this
-    # random network (resnet34, resnet50); trained runs are held to 1e-4 in test_export.py.
-    atol = max(1e-4, 4 * precision_floor(run_dir))
     out = tmp_path / "export"
-    report = export_run(run_dir, out, parity_atol=atol)
+    atol = 1e-4  # the contract's tolerance; trained runs are held to it in test_export.py
+    try:
+        report = export_run(run_dir, out, parity_atol=atol)
+    except ZooError:
+        # Unless PyTorch float32 itself misses its float64 result by more on this random network
+        # (resnet34, resnet50). Measured only then: float64 vgg16 or densenet takes longer than the export.
+        atol = 4 * precision_floor(run_dir)
+        if atol <= 1e-4:
+            raise
+        report = export_run(run_dir, out, parity_atol=atol, force=True)
     assert report["val_accuracy"].get("skipped")  # no data recorded: parity ran on packaged photos
     assert "--data" in report["ood"]["skipped"] and not (out / "ood.npz").exists()  # no images, no OOD summary
     _check_export(run_dir, out, report, atol)

@@ -1,0 +1,83 @@
+"""Exporting a run again: a fresh trace vs the graph kept in the export cache, side by side.
+
+One run directory (a backbone with its packaged or seeded weights and a seeded classifier) is
+exported `--repeats` times with the cache off (ZOO_EXPORT_CACHE_MB=0: the trace every time) and as
+often with it on after one warm-up export, alternating the two so that background load falls on
+both alike. Parity, the ONNX Runtime val accuracy and the files are the same either way (checked).
+
+    python benchmarks/export_cache.py [--model efficientnet_lite0] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def prepare(work: Path, model_name: str) -> tuple[Path, Path]:
+    import torch
+
+    from zoo.atomic import atomic_write_json
+    from zoo.backbones import create_model, get_spec
+    from zoo.data.samples import write_sample
+    from zoo.run_dir import mark_complete, save_weights
+
+    data = work / "textures"
+    write_sample("textures", data, seed=0, limit=60)
+    torch.manual_seed(0)
+    spec = get_spec(model_name)
+    model = create_model(model_name, num_classes=3, pretrained=spec.weights.available)
+    run = work / "run"
+    run.mkdir()
+    atomic_write_json(run / "config.json", {"model": model_name, "num_classes": 3, "layer": None, "strategy": "head",
+                                            "preprocess": spec.preprocess_config().to_json()})
+    atomic_write_json(run / "labels.json", sorted(p.name for p in (data / "train").iterdir()))
+    save_weights(model, run / "model.safetensors")
+    mark_complete(run)
+    return run, data
+
+
+def export_once(run: Path, data: Path, out: Path, cache_mb: str) -> tuple[float, dict, str]:
+    from zoo.export.onnx_export import export_run
+
+    os.environ["ZOO_EXPORT_CACHE_MB"] = cache_mb
+    t0 = time.perf_counter()
+    report = export_run(run, out, data_dir=data, force=True)
+    seconds = time.perf_counter() - t0
+    digest = hashlib.sha256((out / "classifier.onnx").read_bytes() + (out / "features.onnx").read_bytes())
+    return seconds, report, digest.hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["ZOO_CACHE_DIR"] = str(work / "cache")  # starts empty, and the user's cache is left alone
+        run, data = prepare(work, args.model)
+        export_once(run, data, work / "warm", "2048")  # fills the cache
+        times: dict[str, list[float]] = {"trace": [], "cache": []}
+        digests, accuracies = set(), set()
+        for i in range(args.repeats):
+            for side, mb in (("trace", "0"), ("cache", "2048")):
+                seconds, report, digest = export_once(run, data, work / f"{side}{i}", mb)
+                want = "traced" if side == "trace" else "reused from the export cache"
+                assert report["trace"]["graph"] == want and report["parity"]["ok"], report["trace"]
+                times[side].append(seconds)
+                digests.add(digest)
+                accuracies.add(report["val_accuracy"]["onnx_fp32"])
+        trace, cache = statistics.median(times["trace"]), statistics.median(times["cache"])
+        print(f"{args.model}, {args.repeats} exports each (median): fresh trace {trace:.1f} s, "
+              f"graph from the export cache {cache:.1f} s: {cache / trace:.2f}x the time")
+        print(f"identical classifier.onnx and features.onnx every time: {len(digests) == 1}; "
+              f"val accuracy on ONNX Runtime: {sorted(accuracies)}")
+
+
+if __name__ == "__main__":
+    main()
