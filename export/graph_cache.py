@@ -1,15 +1,18 @@
-"""Traced export graphs kept on disk, so that exporting the same weights again skips the trace.
+"""Traced export graphs kept per architecture, so that an export skips torch's trace after the first.
 
-torch.onnx.export(dynamo=True) spends most of an export tracing the model: about two thirds of an
-efficientnet_lite0 export on two CPU cores (benchmarks/export_cache.py). Exporting a run again - with
-another --quantize or --deploy, into another folder, after a refused variant or a copy of the run -
-traces the very same graph. So the traced graph is kept in zoo's cache folder, keyed by everything
-it depends on: the weights bit for bit with their names and shapes, the architecture, the opset,
-zoo's model and export code, and the torch, torchvision, onnx and onnxscript versions.
+torch.onnx.export(dynamo=True) spends most of an export tracing the model: about four fifths of an
+efficientnet_lite0 export on two CPU cores (benchmarks/export_cache.py). The traced graph depends on
+the architecture, not on the values of the weights: before torch's optimizer runs, every initializer
+of the graph is one of the model's parameters or buffers, under its own name. So the unoptimized
+graph is kept in zoo's cache folder without the weights (a few hundred KB), keyed by everything the
+graph depends on: the architecture with the names, shapes and dtypes of its tensors, the opset,
+zoo's model and export code, and the torch, torchvision, onnx and onnxscript versions. An export of
+any run of that architecture fills in its own weights and runs the same optimizer a fresh trace runs.
 
-An entry is trusted no further than a fresh trace: the parity check against PyTorch runs on every
-export, whatever the graph's origin, and an entry that does not load is traced again. The folder is
-held under ZOO_EXPORT_CACHE_MB (default 2048; 0 turns the cache off), least recently used first.
+A reused graph is trusted no further than a fresh trace: before it is returned, ONNX Runtime runs it
+against PyTorch on one random batch (SELF_CHECK_TOLERANCE), and anything that does not load, fit or
+agree is traced again and replaces the entry. The export's own parity check follows as ever.
+ZOO_EXPORT_GRAPH_CACHE=0 turns the cache off.
 """
 from __future__ import annotations
 
@@ -19,19 +22,22 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
+from torch import nn
 
 from zoo.atomic import atomic_write_bytes
-from zoo.backbones import ZooModel
 from zoo.log import get_logger
 
 log = get_logger(__name__)
 
-CACHE_MB_ENV = "ZOO_EXPORT_CACHE_MB"
-DEFAULT_MB = 2048
+ENV = "ZOO_EXPORT_GRAPH_CACHE"
 VERSION = 1  # bump when what a graph is made from changes outside the files hashed below
 TRACED, REUSED = "traced", "reused from the export cache"
+SELF_CHECK_TOLERANCE = 1e-3  # max |difference| relative to max(1, max |output|): a stale graph is far off
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
 
 
 def folder() -> Path:
@@ -41,13 +47,8 @@ def folder() -> Path:
     return default_cache_dir().parent / "export-graphs"
 
 
-def limit_bytes() -> int:
-    raw = os.environ.get(CACHE_MB_ENV, "").strip()
-    try:
-        return max(0, int(float(raw) * 2**20)) if raw else DEFAULT_MB * 2**20
-    except ValueError:
-        log.warning(f"{CACHE_MB_ENV}={raw!r} is not a number of megabytes: using {DEFAULT_MB}")
-        return DEFAULT_MB * 2**20
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _code_digest() -> str:
@@ -55,7 +56,7 @@ def _code_digest() -> str:
     import zoo.backbones
 
     files = sorted(Path(zoo.backbones.__file__).parent.glob("*.py"))
-    files += [Path(__file__).parent / "onnx_export.py", Path(__file__)]
+    files += [Path(__file__).parent / "trace.py", Path(__file__)]
     h = hashlib.sha256()
     for path in files:
         h.update(path.name.encode())
@@ -63,65 +64,93 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def key(model: ZooModel, opset: int) -> str:
+def key(module: nn.Module, opset: int) -> str:
+    """Everything the traced graph depends on; not the values of the weights."""
     import onnxscript
     import torchvision
 
-    h = hashlib.sha256()
-    parts = {"version": VERSION, "opset": opset, "model": model.name, "architecture": repr(model),
+    tensors = [[name, str(t.dtype), list(t.shape)] for name, t in module.state_dict().items()]
+    parts = {"version": VERSION, "opset": opset, "architecture": repr(module), "tensors": tensors,
              "code": _code_digest(), "torch": torch.__version__, "torchvision": torchvision.__version__,
              "onnx": onnx.__version__, "onnxscript": getattr(onnxscript, "__version__", "")}
-    h.update(json.dumps(parts, sort_keys=True).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:40]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
 
 
-def traced_graph(model: ZooModel, opset: int, trace: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, str]:
-    """`trace()`'s graph, from the cache when these weights were exported before; and which it was."""
-    budget = limit_bytes()
-    if budget == 0:
-        return trace(), TRACED
-    path = folder() / f"{key(model, opset)}.onnx"
+def graph_for(module: nn.Module, opset: int, trace: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, str]:
+    """The optimized graph of `module` (eval mode), and whether it was traced or reused.
+
+    `trace()` returns torch's unoptimized graph of `module`, whose initializers are its state_dict's
+    tensors under their names."""
+    state = {name: t.detach().cpu() for name, t in module.state_dict().items()}
+    if not enabled():
+        return optimized(trace()), TRACED
+    path = folder() / f"{key(module, opset)}.onnx"
     if path.is_file():
         try:
-            graph = onnx.load_from_string(path.read_bytes())
-            os.utime(path)  # most recently used
-            log.info(f"Reusing the graph traced for these weights before ({path.name} in {path.parent})")
+            graph = optimized(filled(onnx.load_from_string(path.read_bytes()), state))
+            self_check(graph, module)
+            log.info(f"Reusing the graph traced for this architecture before ({path.name} in {path.parent})")
             return graph, REUSED
-        except Exception as e:  # noqa: BLE001 - a damaged entry: trace again and replace it
-            log.warning(f"The cached graph {path} does not load ({type(e).__name__}): tracing again")
+        except Exception as e:  # noqa: BLE001 - a damaged, stale or foreign entry: trace again and replace it
+            log.warning(f"The cached graph {path} cannot be reused ({type(e).__name__}: {e}): tracing again")
     graph = trace()
-    _keep(graph, path, budget)
-    return graph, TRACED
+    _keep(stripped(graph, state), path)
+    return optimized(graph), TRACED
 
 
-def _keep(graph: onnx.ModelProto, path: Path, budget: int) -> None:
-    """Store the graph and evict the least recently used entries past the budget; never fails the export."""
-    try:
-        data = graph.SerializeToString()
-        if len(data) > budget:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
-        _evict(path.parent, budget, keep=path)
-    except Exception as e:  # noqa: BLE001 - a cache that cannot be written costs time, not the export
-        log.warning(f"Could not keep the traced graph in {path.parent} ({type(e).__name__}: {e})")
+def stripped(graph: onnx.ModelProto, state: dict[str, torch.Tensor]) -> onnx.ModelProto:
+    """A copy without the model's tensors (their names, shapes and types stay): what the cache holds."""
+    out = onnx.ModelProto()
+    out.CopyFrom(graph)
+    for init in out.graph.initializer:
+        if init.name in state:
+            for field in _DATA_FIELDS:
+                init.ClearField(field)
+    return out
 
 
-def _evict(where: Path, budget: int, keep: Path) -> None:
-    entries = []
-    for p in where.glob("*.onnx"):
-        try:
-            st = p.stat()
-        except FileNotFoundError:  # another process evicted it first
+def filled(graph: onnx.ModelProto, state: dict[str, torch.Tensor]) -> onnx.ModelProto:
+    """The graph with `state`'s tensors in place; a tensor the graph wants and the model lacks is an error."""
+    for init in graph.graph.initializer:
+        t = state.get(init.name)
+        if t is None:
+            if not (init.HasField("raw_data") or any(len(getattr(init, f)) for f in _DATA_FIELDS[1:])):
+                raise KeyError(f"the model has no tensor {init.name!r}")
             continue
-        entries.append((st.st_mtime, st.st_size, p))
-    total = sum(size for _, size, _ in entries)
-    for _, size, p in sorted(entries, key=lambda e: e[0]):
-        if total <= budget:
-            break
-        if p != keep:
-            p.unlink(missing_ok=True)
-            total -= size
+        if list(init.dims) != list(t.shape):
+            raise ValueError(f"{init.name} is {list(t.shape)} in the model and {list(init.dims)} in the graph")
+        init.CopyFrom(numpy_helper.from_array(t.numpy(), init.name))
+    return graph
+
+
+def optimized(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """torch's own optimizer (what torch.onnx.export(optimize=True) runs), on a fresh or a filled graph."""
+    import onnx_ir as ir
+
+    program = torch.onnx.ONNXProgram(ir.serde.deserialize_model(graph), None)
+    program.optimize()
+    return program.model_proto
+
+
+def self_check(graph: onnx.ModelProto, module: nn.Module) -> None:
+    """ONNX Runtime against PyTorch on one random batch; raises when any output is off."""
+    from zoo.inference import CPU, open_session
+
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = module(x)
+    want = [w.numpy() for w in (want if isinstance(want, tuple | list) else (want,))]
+    got = open_session(graph.SerializeToString(), [CPU]).run(None, {graph.graph.input[0].name: x.numpy()})
+    for w, g in zip(want, got, strict=True):
+        error = float(np.abs(g - w).max()) / max(1.0, float(np.abs(w).max()))
+        if error > SELF_CHECK_TOLERANCE:
+            raise ValueError(f"ONNX Runtime differs from PyTorch by {error:.1e} on a random batch")
+
+
+def _keep(graph: onnx.ModelProto, path: Path) -> None:
+    """Store the weightless graph; a cache that cannot be written costs time, never the export."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, graph.SerializeToString())
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"Could not keep the traced graph in {path.parent} ({type(e).__name__}: {e})")

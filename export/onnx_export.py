@@ -13,13 +13,10 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
-import torch
-from torch import nn
 
 import zoo.preprocess as zoo_preprocess
 from zoo.atomic import atomic_write_json, writing
@@ -28,10 +25,11 @@ from zoo.data.folder import ImageFolderData
 from zoo.deployment import MANIFEST
 from zoo.errors import UsageError, ZooError
 from zoo.export import deploy as deploy_mod
-from zoo.export import graph_cache, ood, parity
+from zoo.export import ood, parity
 from zoo.export import report as report_mod
 from zoo.export.formats import AUTO_DEPLOY, DEPLOY_CHOICES, NO_QUANTIZATION, QUANTIZE_VARIANTS
 from zoo.export.run_images import parity_images, run_data
+from zoo.export.trace import combined_graph
 from zoo.inference import OOD_FILE
 from zoo.log import get_logger
 from zoo.run_dir import LABELS, TrainedRun, load_run
@@ -55,38 +53,6 @@ OUTPUTS = (CLASSIFIER, FEATURES, PREPROCESS, PREPROCESS_MODULE, LABELS, REPORT, 
 MIN_OPSET = 18  # the dynamo exporter's own opset floor
 MAX_OPSET = 23  # the newest opset tested end to end (export, parity, int8) with onnxruntime 1.31
 DEFAULT_OPSET = 18  # the oldest that works, so the widest range of edge runtimes can load it
-# Batch 2 and H != W: torch.export specialises sizes of 1, and a square example made it fail on
-# convnext_tiny ("Invalid ranges").
-EXAMPLE_SHAPE = (2, 3, 64, 96)
-
-
-class _Exportable(nn.Module):
-    """The run's model with the three outputs both graphs are cut from."""
-
-    def __init__(self, model: ZooModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(image)
-        logits = self.model.forward_head(features)
-        return logits, torch.softmax(logits, dim=1), features
-
-
-def _export_combined(model: ZooModel, opset: int) -> onnx.ModelProto:
-    batch = torch.export.Dim("batch")
-    height, width = torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
-    example = torch.zeros(EXAMPLE_SHAPE)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            _Exportable(model).eval(), (example,), None, dynamo=True, opset_version=opset, verbose=False,
-            input_names=["image"], output_names=["logits", "probabilities", "features"],
-            dynamic_shapes={"image": {0: batch, 2: height, 3: width}}, optimize=True)
-    assert program is not None  # dynamo=True always returns the program
-    return program.model_proto
-
-
 # The classifier graph also answers the pooled features it computes anyway, so the OOD score
 # (zoo.inference.OodScorer) costs one small matrix product per image and no second forward pass.
 CLASSIFIER_OUTPUTS = ("logits", "probabilities", "features")
@@ -94,7 +60,7 @@ CLASSIFIER_OUTPUTS = ("logits", "probabilities", "features")
 
 def classifier_graph(model: ZooModel, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """The classifier graph (logits, probabilities, features), unchecked: what latency is measured on."""
-    return _cut(_export_combined(model.eval(), opset), CLASSIFIER_OUTPUTS)
+    return _cut(combined_graph(model.eval(), opset)[0], CLASSIFIER_OUTPUTS)
 
 
 def _cut(combined: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
@@ -274,7 +240,7 @@ def write_graphs(run: TrainedRun, staging: Path, out_dir: Path, opset: int) -> d
     model, feature_dim = run.model.eval(), int(run.model.feature_dim)
     log.info(f"Exporting {run.config['model']} to ONNX (opset {opset}, dynamic batch, height and width)")
     tick = time.perf_counter()
-    combined, origin = graph_cache.traced_graph(model, opset, lambda: _export_combined(model, opset))
+    combined, origin = combined_graph(model, opset)
     traced = {"graph": origin, "seconds": round(time.perf_counter() - tick, 1)}
     graphs = {"classifier": _cut(combined, CLASSIFIER_OUTPUTS), "features": _cut(combined, ("features",))}
     for kind, graph in graphs.items():

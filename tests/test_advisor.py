@@ -14,6 +14,9 @@ from zoo.run_dir import load_run
 
 RUN_FILES = ["config.json", "labels.json", "model.safetensors", "metrics.json", "history.csv", "confusion.png",
              "curves.png", "model_card.md", "run_complete.json"]
+# Stage features on torch where the engine is not under test: each earlier cut would otherwise be exported
+# to ONNX for this test alone (test_ort_features checks stage features on ONNX Runtime against torch).
+TORCH_FEATURES = {"ZOO_FEATURE_ENGINE": "torch"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def test_svm_run_is_complete_and_loads(digits_tiny, tmp_path, runner):
     out = tmp_path / "svm"
     result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "svm", "--layer", "stage5",
                                  "--out", str(out),
-                                 "--cache-dir", str(tmp_path / "cache"), "--no-augment"])
+                                 "--cache-dir", str(tmp_path / "cache"), "--no-augment"], env=TORCH_FEATURES)
     assert result.exit_code == 0, result.output
     assert all((out / f).is_file() for f in RUN_FILES)
     run = load_run(out)
@@ -77,7 +80,8 @@ def test_svm_run_is_complete_and_loads(digits_tiny, tmp_path, runner):
 def test_auto_follows_the_advisor_and_records_it(digits_tiny, tmp_path, runner):
     out = tmp_path / "auto"
     result = runner.invoke(app, ["finetune", str(digits_tiny), "--strategy", "auto", "--out", str(out),
-                                 "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--budget", "0.2"])
+                                 "--cache-dir", str(tmp_path / "cache"), "--views", "1", "--budget", "0.2"],
+                           env=TORCH_FEATURES)
     assert result.exit_code == 0, result.output
     assert all((out / f).is_file() for f in RUN_FILES)
     config = json.loads((out / "config.json").read_text())

@@ -27,10 +27,9 @@ def test_model_lists_are_checked_against_the_registry():
         parse_models("efficientnet_lite9")
 
 
-def test_advise_ranks_backbones_with_measured_latency(runner, tiny_textures, tmp_path, monkeypatch):
+def test_advise_ranks_backbones_with_measured_latency(runner, tiny_textures):
     import json
 
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     result = runner.invoke(app, ["advise", str(tiny_textures), "--models", "efficientnet_lite0", "--json"])
     assert result.exit_code == 0, result.output
     (ranked,) = json.loads(result.output)

@@ -1,38 +1,45 @@
-"""The export cache: a run exported again reuses its traced graph, and gains nothing it should not.
+"""The export cache: an architecture traced once is exported again without torch's trace, with its
+own weights filled in, and a cache entry never changes what an export gives.
 
 Real graphs throughout: the session's lite0 export (serve_helpers) and small ZooModels traced by
 torch.onnx.export itself.
 """
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from serve_helpers import exported
 
 from zoo.backbones import ZooModel
-from zoo.errors import ZooError
 from zoo.export import graph_cache
-from zoo.export.onnx_export import _export_combined, export_run
-from zoo.run_dir import load_run
+from zoo.export.onnx_export import export_run
+from zoo.export.trace import _Exportable, _trace, combined_graph
+from zoo.inference import CPU, open_session
 
 
-def _tiny(seed: int) -> ZooModel:
+def _tiny(seed: int, act: type[torch.nn.Module] = torch.nn.ReLU) -> ZooModel:
     torch.manual_seed(seed)
-    stages = OrderedDict(stem=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU()))
+    stages = OrderedDict(stem=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.BatchNorm2d(4), act()))
     return ZooModel(stages, feature_dim=4, num_classes=2, name="tiny").eval()
 
 
-def test_a_run_exported_again_reuses_its_graph_and_writes_the_same_files(tmp_path_factory, tmp_path):
-    shared = exported(tmp_path_factory)  # traced once for the session's serving tests
+def _outputs(graph: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    return open_session(graph.SerializeToString(), [CPU]).run(None, {"image": x})
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_a_run_exported_again_reuses_the_graph(tmp_path_factory, tmp_path):
+    shared = exported(tmp_path_factory)  # the session's lite0 export (3 classes)
     report = export_run(shared.run_dir, tmp_path / "again", data_dir=shared.data_dir)
     assert report["trace"]["graph"] == graph_cache.REUSED
     assert report["parity"]["ok"]  # checked as after any trace
@@ -40,76 +47,61 @@ def test_a_run_exported_again_reuses_its_graph_and_writes_the_same_files(tmp_pat
         assert (tmp_path / "again" / name).read_bytes() == (shared.export_dir / name).read_bytes(), name
 
 
-def test_a_reused_graph_that_disagrees_with_the_weights_fails_parity(tmp_path_factory, tmp_path):
-    """An entry is trusted no further than a fresh trace: here one holds another classifier's weights."""
-    shared = exported(tmp_path_factory)
-    run = load_run(shared.run_dir)
-    entry = graph_cache.folder() / f"{graph_cache.key(run.model.eval(), 18)}.onnx"
-    saved = entry.read_bytes()
-    graph = onnx.load_from_string(saved)
-    for init in graph.graph.initializer:
-        if init.name.endswith("classifier.weight"):
-            init.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(init), init.name))
-    try:
-        entry.write_bytes(graph.SerializeToString())
-        with pytest.raises(ZooError, match="ONNX Runtime and PyTorch disagree"):
-            export_run(shared.run_dir, tmp_path / "out", data_dir=shared.data_dir, parity_sizes=[(97, 301)])
-        assert not (tmp_path / "out" / "classifier.onnx").exists()
-        assert json.loads((tmp_path / "out" / "export_report.json").read_text())["trace"]["graph"] == graph_cache.REUSED
-    finally:
-        entry.write_bytes(saved)
-
-
-def test_other_weights_are_traced_again_and_a_damaged_entry_is_replaced(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+def test_other_weights_of_the_architecture_reuse_the_graph_and_give_a_fresh_trace_s_answers(home, monkeypatch):
     a, b = _tiny(0), _tiny(1)
-    assert graph_cache.key(a, 18) != graph_cache.key(b, 18) and graph_cache.key(a, 18) != graph_cache.key(a, 19)
-    traces = []
-
-    def trace(model):
-        return lambda: traces.append(model) or _export_combined(model, 18)
-
-    first, origin = graph_cache.traced_graph(a, 18, trace(a))
-    assert origin == graph_cache.TRACED and len(traces) == 1
-    again, origin = graph_cache.traced_graph(a, 18, trace(a))
-    assert origin == graph_cache.REUSED and len(traces) == 1
-    assert again.SerializeToString() == first.SerializeToString()
-    assert graph_cache.traced_graph(b, 18, trace(b))[1] == graph_cache.TRACED and len(traces) == 2
-
-    entry = graph_cache.folder() / f"{graph_cache.key(a, 18)}.onnx"
-    entry.write_bytes(entry.read_bytes()[:100])  # a truncated write from another tool
-    with caplog.at_level(logging.WARNING):
-        graph, origin = graph_cache.traced_graph(a, 18, trace(a))
-    assert origin == graph_cache.TRACED and "does not load" in caplog.text
-    assert entry.read_bytes() == first.SerializeToString()  # replaced by the new trace
-    x = np.random.default_rng(0).standard_normal((2, 3, 40, 56)).astype(np.float32)
-    import onnxruntime as ort
-
-    logits = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        ["logits"], {"image": x})[0]
+    assert graph_cache.key(_Exportable(a), 18) == graph_cache.key(_Exportable(b), 18)  # values are not part of it
+    assert graph_cache.key(_Exportable(a), 18) != graph_cache.key(_Exportable(a), 19)
+    assert graph_cache.key(_Exportable(a), 18) != graph_cache.key(_Exportable(_tiny(0, torch.nn.Hardswish)), 18)
+    assert combined_graph(a, 18)[1] == graph_cache.TRACED
+    reused, origin = combined_graph(b, 18)
+    assert origin == graph_cache.REUSED
+    monkeypatch.setenv(graph_cache.ENV, "0")
+    fresh, origin = combined_graph(b, 18)
+    assert origin == graph_cache.TRACED
+    x = np.random.default_rng(0).standard_normal((3, 3, 41, 77)).astype(np.float32)
+    for got, want in zip(_outputs(reused, x), _outputs(fresh, x), strict=True):
+        assert np.array_equal(got, want)
     with torch.no_grad():
-        assert np.abs(logits - a(torch.from_numpy(x)).numpy()).max() < 1e-5
+        assert np.abs(_outputs(reused, x)[0] - b(torch.from_numpy(x)).numpy()).max() < 1e-5
+    (entry,) = home.joinpath("export-graphs").glob("*.onnx")  # the weights stay out of the cache
+    held = [i for i in onnx.load(str(entry)).graph.initializer if i.name.removeprefix("model.") in b.state_dict()]
+    assert held and not any(i.raw_data or i.float_data for i in held)
 
 
-def test_the_cache_keeps_to_its_size_and_zero_turns_it_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-    models = [_tiny(seed) for seed in range(3)]
-    graphs = [_export_combined(m, 18) for m in models]
-    size = len(graphs[0].SerializeToString())
-    monkeypatch.setenv(graph_cache.CACHE_MB_ENV, str(2.5 * size / 2**20))  # room for two entries
-    for m, g in zip(models, graphs, strict=True):
-        graph_cache.traced_graph(m, 18, lambda g=g: g)
-    kept = {p.name for p in graph_cache.folder().glob("*.onnx")}
-    assert kept == {f"{graph_cache.key(m, 18)}.onnx" for m in models[1:]}  # the least recently used went first
+def test_a_damaged_or_foreign_entry_is_traced_again_and_replaced(home, caplog):
+    relu, hardtanh = _tiny(0), _tiny(0, torch.nn.Hardtanh)  # the same tensors, another computation
+    combined_graph(relu, 18)
+    entry = home / "export-graphs" / f"{graph_cache.key(_Exportable(relu), 18)}.onnx"
+    good = entry.read_bytes()
+    entry.write_bytes(good[:100])  # a truncated write from another tool
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        assert combined_graph(relu, 18)[1] == graph_cache.TRACED
+    assert "cannot be reused" in caplog.text and entry.read_bytes() == good
 
-    shutil.rmtree(graph_cache.folder())
-    monkeypatch.setenv(graph_cache.CACHE_MB_ENV, "0")
-    assert graph_cache.traced_graph(models[0], 18, lambda: graphs[0])[1] == graph_cache.TRACED
-    assert not graph_cache.folder().exists()
-    monkeypatch.setenv(graph_cache.CACHE_MB_ENV, "lots")
-    assert graph_cache.limit_bytes() == graph_cache.DEFAULT_MB * 2**20
+    combined_graph(hardtanh, 18)
+    foreign = home / "export-graphs" / f"{graph_cache.key(_Exportable(hardtanh), 18)}.onnx"
+    entry.write_bytes(foreign.read_bytes())  # fills with relu's tensors, computes hardtanh
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        graph, origin = combined_graph(relu, 18)
+    assert origin == graph_cache.TRACED and "differs from PyTorch" in caplog.text
+    assert entry.read_bytes() == good
+    x = np.random.default_rng(1).standard_normal((2, 3, 50, 60)).astype(np.float32) * 3
+    with torch.no_grad():
+        assert np.abs(_outputs(graph, x)[0] - relu(torch.from_numpy(x)).numpy()).max() < 1e-5
 
 
-def test_the_cache_lives_beside_the_feature_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
-    assert graph_cache.folder() == Path(tmp_path) / "export-graphs"
+def test_an_entry_missing_a_tensor_of_the_model_is_not_used(home):
+    model = _tiny(0)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    unoptimized = graph_cache.stripped(_trace(model, 18), state)
+    with pytest.raises(KeyError, match="has no tensor"):
+        graph_cache.filled(unoptimized, {k: v for k, v in state.items() if not k.endswith("classifier.weight")})
+    with pytest.raises(ValueError, match="in the model"):
+        graph_cache.filled(unoptimized, {**state, "model.classifier.weight": torch.zeros(3, 4)})
+
+
+def test_turned_off_nothing_is_written(home, monkeypatch):
+    monkeypatch.setenv(graph_cache.ENV, "0")
+    assert combined_graph(_tiny(0), 18)[1] == graph_cache.TRACED
+    assert not (home / "export-graphs").exists()

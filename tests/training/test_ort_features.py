@@ -12,7 +12,7 @@ from zoo.training import ort_features
 from zoo.training.datasets import scan_images
 from zoo.training.feature_cache import FeatureCache, cached_layer_features
 
-LAYERS = ["stage3", None]
+LAYERS = ["stage2", "stage3"]  # a graph cut after stage3: the bottleneck graph is what every head run makes
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,42 @@ def records(tiny_textures):
     return found[:8], cfg
 
 
+@pytest.fixture(scope="module")
+def made(records, tmp_path_factory):
+    """A cache folder in which the lite0 graph (bottleneck and stage3) was made once, and what it logged."""
+    home = tmp_path_factory.mktemp("zoo-cache")
+    model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZOO_CACHE_DIR", str(home))
+        mp.setattr(ort_features, "_LOADED", {})
+        handler = _Records()
+        logger = logging.getLogger("zoo")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            _features(model, records, FeatureCache(home / "made"), "onnxruntime", mp)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    return home, handler.messages
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture
-def cache_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "zoo-cache"))
+def cache_home(made, monkeypatch):
+    """The folder of `made`, opened as by a new process."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(made[0]))
     monkeypatch.setattr(ort_features, "_LOADED", {})
-    return tmp_path / "zoo-cache"
+    return made[0]
 
 
 def _features(model, records, cache, engine, monkeypatch):
@@ -36,14 +67,12 @@ def _features(model, records, cache, engine, monkeypatch):
                                  seed=0, cache=cache, batch_size=4, workers=0, description=engine)
 
 
-def test_ort_features_match_torch_and_their_cache_entries_never_mix(records, cache_home, tmp_path, monkeypatch,
-                                                                     caplog):
+def test_ort_features_match_torch_and_their_cache_entries_never_mix(records, made, cache_home, tmp_path, monkeypatch):
     model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
     cache = FeatureCache(tmp_path / "features")
-    with caplog.at_level(logging.INFO, logger="zoo"):
-        by_torch, hits = _features(model, records, cache, "torch", monkeypatch)
-        assert hits == 0
-        by_ort, hits = _features(model, records, cache, "onnxruntime", monkeypatch)
+    by_torch, hits = _features(model, records, cache, "torch", monkeypatch)
+    assert hits == 0
+    by_ort, hits = _features(model, records, cache, "onnxruntime", monkeypatch)
     assert hits == 0, "ONNX Runtime must not be handed torch's entries"
     assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 2 * len(LAYERS)
     for layer in LAYERS:
@@ -54,17 +83,15 @@ def test_ort_features_match_torch_and_their_cache_entries_never_mix(records, cac
     report = json.loads(report_file.read_text())
     assert report["parity"]["ok"] and report["parity"]["max_relative_error"] <= 1e-4
     assert set(report["ms_per_batch_of_8"]) == {"torch", "onnxruntime"}
-    assert any("feature graph for efficientnet_lite0" in r.getMessage() and "agrees with torch" in r.getMessage()
-               for r in caplog.records)
+    assert any("feature graph for efficientnet_lite0" in m and "agrees with torch" in m for m in made[1])
     # both engines' entries now exist: each engine reads back its own
     assert _features(model, records, cache, "torch", monkeypatch)[1] == len(LAYERS)
     assert _features(model, records, cache, "onnxruntime", monkeypatch)[1] == len(LAYERS)
 
 
 def test_a_graph_is_made_once_and_reused_from_disk(records, cache_home, tmp_path, monkeypatch):
+    """`made` exported the graph in another "process"; this one must load it from disk."""
     model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
-    _features(model, records, FeatureCache(tmp_path / "a"), "onnxruntime", monkeypatch)
-    monkeypatch.setattr(ort_features, "_LOADED", {})  # a new process
 
     def no_export(*args, **kwargs):
         raise AssertionError("the cached graph should have been used")
