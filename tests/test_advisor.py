@@ -21,8 +21,8 @@ TORCH_FEATURES = {"ZOO_FEATURE_ENGINE": "torch"}
 
 @pytest.fixture(scope="module")
 def digits_small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("adv") / "digits500"
-    write_sample("digits", out, limit=500)
+    out = tmp_path_factory.mktemp("adv") / "digits200"
+    write_sample("digits", out, limit=200)
     return out
 
 
@@ -36,8 +36,8 @@ def digits_tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_similarity_orders_textures_above_digits_and_size_sets_the_quadrant(textures_dir, digits_small):
     textures = advise(textures_dir, views=1)
-    # 400 training digits are "large" under a threshold of 300: no pilots, so the prior decides
-    digits_large = advise(digits_small, size_threshold=300, budget_minutes=0)
+    # 160 training digits are "large" under a threshold of 100: no pilots, so the prior decides
+    digits_large = advise(digits_small, size_threshold=100, budget_minutes=0)
     digits_sub = advise(digits_small, views=1)
     # natural textures sit clearly closer to ImageNet than handwritten digits
     assert textures.similarity > digits_large.similarity + 0.1
