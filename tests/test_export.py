@@ -52,7 +52,7 @@ def trained_run(tmp_path_factory, digits_small) -> Path:
 def exported(trained_run, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("export") / "export"
     # The gate is opened wide here so the figures of both variants can be checked; the refusal has its own test.
-    report = export_run(trained_run, out, quantize=["int8", "fp16"], max_accuracy_drop=100.0)
+    report = export_run(trained_run, out, quantize=["int8", "fp16"], max_accuracy_drop=100.0, calibration_images=16)
     return out, report
 
 
