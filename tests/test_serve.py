@@ -29,7 +29,7 @@ from zoo.serve.client import split_ood
 pytestmark = pytest.mark.slow
 
 BATCH_SIZE = 4
-BATCH_DELAY_MS = 300  # long enough that requests sent together land in one handler call
+BATCH_DELAY_MS = 100  # requests released together by a barrier land within it (each lone request waits it out)
 
 
 class Server:
