@@ -22,10 +22,10 @@ from zoo.export.trace import _Exportable, _trace, combined_graph
 from zoo.inference import CPU, open_session
 
 
-def _tiny(seed: int, act: type[torch.nn.Module] = torch.nn.ReLU) -> ZooModel:
+def _tiny(seed: int, act: type[torch.nn.Module] = torch.nn.ReLU, classes: int = 2) -> ZooModel:
     torch.manual_seed(seed)
     stages = OrderedDict(stem=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.BatchNorm2d(4), act()))
-    return ZooModel(stages, feature_dim=4, num_classes=2, name="tiny").eval()
+    return ZooModel(stages, feature_dim=4, num_classes=classes, name="tiny").eval()
 
 
 def _outputs(graph: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -68,6 +68,22 @@ def test_other_weights_of_the_architecture_reuse_the_graph_and_give_a_fresh_trac
     assert held and not any(i.raw_data or i.float_data for i in held)
 
 
+def test_a_run_with_another_number_of_classes_reuses_the_graph_and_matches_a_fresh_trace(home, monkeypatch):
+    two, five = _tiny(0), _tiny(1, classes=5)
+    assert graph_cache.key(_Exportable(two), 18) == graph_cache.key(_Exportable(five), 18)
+    assert combined_graph(two, 18)[1] == graph_cache.TRACED
+    reused, origin = combined_graph(five, 18)
+    assert origin == graph_cache.REUSED
+    monkeypatch.setenv(graph_cache.ENV, "0")
+    fresh = combined_graph(five, 18)[0]
+    assert reused.SerializeToString() == fresh.SerializeToString()  # shapes and all, as if traced for 5
+    x = np.random.default_rng(2).standard_normal((3, 3, 41, 77)).astype(np.float32)
+    logits, probabilities, _ = _outputs(reused, x)
+    assert logits.shape == probabilities.shape == (3, 5)
+    with torch.no_grad():
+        assert np.abs(logits - five(torch.from_numpy(x)).numpy()).max() < 1e-5
+
+
 def test_a_damaged_or_foreign_entry_is_traced_again_and_replaced(home, caplog):
     relu, hardtanh = _tiny(0), _tiny(0, torch.nn.Hardtanh)  # the same tensors, another computation
     combined_graph(relu, 18)
@@ -98,7 +114,9 @@ def test_an_entry_missing_a_tensor_of_the_model_is_not_used(home):
     with pytest.raises(KeyError, match="has no tensor"):
         graph_cache.filled(unoptimized, {k: v for k, v in state.items() if not k.endswith("classifier.weight")})
     with pytest.raises(ValueError, match="in the model"):
-        graph_cache.filled(unoptimized, {**state, "model.classifier.weight": torch.zeros(3, 4)})
+        graph_cache.filled(unoptimized, {**state, "model.stages.stem.0.weight": torch.zeros(4, 3, 5, 5)})
+    with pytest.raises(ValueError, match="in the model"):  # another number of classes, yes; other features, no
+        graph_cache.filled(unoptimized, {**state, "model.classifier.weight": torch.zeros(2, 5)})
 
 
 def test_turned_off_nothing_is_written(home, monkeypatch):

@@ -186,7 +186,7 @@ def _wait_until_answering(info: ServerInfo, proc: subprocess.Popen, timeout_s: f
         if status == 200:
             pending.pop(0)
         else:
-            time.sleep(1.0)
+            time.sleep(0.25)  # a worker that is still loading answers 503 at once: ask again soon
 
 
 def terminate(pid: int, timeout_s: float) -> None:
