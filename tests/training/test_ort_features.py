@@ -109,3 +109,43 @@ def test_other_weights_get_another_graph_and_a_gpu_model_stays_on_torch(records,
     monkeypatch.setattr(ort_features, "_device", lambda model: torch.device("cuda", 0))
     monkeypatch.setenv(ort_features.ENGINE_ENV, "onnxruntime")
     assert ort_features.extractor(model, "m", None, 224) is None
+
+
+def _two_stages(seed: int) -> "torch.nn.Module":
+    from collections import OrderedDict
+
+    from zoo.backbones import ZooModel
+
+    torch.manual_seed(seed)
+    conv = lambda c_in, c_out: torch.nn.Sequential(  # noqa: E731
+        torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), torch.nn.BatchNorm2d(c_out), torch.nn.ReLU())
+    return ZooModel(OrderedDict(stage1=conv(3, 4), stage2=conv(4, 6)), feature_dim=6, num_classes=2,
+                    name="two").eval()
+
+
+def test_a_stage_graph_is_cut_from_the_whole_graph_of_the_same_weights(tmp_path, monkeypatch, caplog):
+    """The advisor makes the whole backbone's graph; `svm` on a stage of it then needs no trace of its own."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(ort_features.ENGINE_ENV, "onnxruntime")
+    monkeypatch.setattr(ort_features, "_LOADED", {})
+    whole = _two_stages(0)
+    made = ort_features.extractor(whole, "two", None, 64)
+    assert made is not None and made.report["made"] == "traced" and set(made.report["cuts"]) == {"stage1", "stage2"}
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the stage graph should have been cut from the whole one")
+
+    with monkeypatch.context() as m:
+        m.setattr(ort_features, "_export", no_export)
+        with caplog.at_level(logging.INFO, logger="zoo"):
+            cut = ort_features.extractor(whole.truncated("stage1"), "two", "stage1", 64)
+    assert cut is not None and cut.report["made"] == "cut from the whole backbone's graph"
+    assert cut.report["parity"]["ok"]  # checked as a traced graph is
+    assert "stage1 (cut from the whole backbone's graph): ONNX Runtime agrees" in caplog.text
+    x = torch.randn(3, 3, 45, 70)
+    with torch.no_grad():
+        want = whole.stages.stage1(x).mean((2, 3))
+    assert float((cut(x, ["stage1"])["stage1"] - want).abs().max()) < 1e-5
+    # other weights up to the stage: traced, never cut from a graph of different weights
+    other = _two_stages(1).truncated("stage1")
+    assert ort_features.extractor(other, "two", "stage1", 64).report["made"] == "traced"

@@ -3,6 +3,9 @@
 On the CPU, ONNX Runtime runs the same forward pass in about half of torch eager's time. The frozen
 backbone, cut after the deepest layer a run needs, is exported once per (backbone, weights, deepest
 layer) with one pooled output per stage up to it, and kept in the cache folder beside the features.
+A graph cut at a stage is taken from the whole backbone's graph when one was made for the same
+weights up to that stage (the advisor makes it; `svm` on the stage it picked then needs no trace of
+its own): the same nodes, pruned by onnx.utils.Extractor, and checked like a traced one.
 When the graph is made, its outputs are checked against torch on two input sizes (parity) and both
 engines are timed on one batch; the faster one that agrees is used from then on, and the log says
 which and why. Torch remains the engine on a GPU, under several processes, and whenever ONNX Runtime
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.utils
 import torch
 from torch import nn
 
@@ -120,6 +125,36 @@ def graph_folder() -> Path:
     return default_cache_dir().parent / "graphs"
 
 
+def _cuts(model: ZooModel) -> dict[str, str]:
+    """What a whole-backbone graph's report records so that stage graphs can be cut from it: each stage's
+    weights fingerprint (the weights its pooled output depends on)."""
+    from zoo.training.feature_cache import weights_fingerprints
+
+    return {str(k): v for k, v in weights_fingerprints(model, model.stage_names).items()}
+
+
+def _cut_from_whole(folder: Path, model_name: str, model: ZooModel, deepest: Layer) -> bytes | None:
+    """The graph up to `deepest`, pruned from a whole-backbone graph made for the same weights up to it;
+    None when there is none (or it cannot be read)."""
+    from zoo.training.feature_cache import weights_fingerprint
+
+    if deepest is None:
+        return None
+    wanted = weights_fingerprint(model, deepest)
+    for report_path in sorted(folder.glob("*.json")):
+        try:
+            report = json.loads(report_path.read_text())
+            if (report.get("model") != model_name or report.get("deepest") is not None
+                    or report.get("torch") != torch.__version__ or report.get("cuts", {}).get(deepest) != wanted):
+                continue
+            whole = onnx.load(str(report_path.with_suffix(".onnx")))
+            outputs = [output_name(x) for x in pooled_names(model, deepest)]
+            return onnx.utils.Extractor(whole).extract_model(["image"], outputs).SerializeToString()
+        except Exception as e:  # noqa: BLE001 - an unreadable entry: trace instead
+            log.warning(f"could not cut a graph from {report_path.with_suffix('.onnx')} ({type(e).__name__}: {e})")
+    return None
+
+
 def _graph_key(model_name: str, model: ZooModel, deepest: Layer) -> str:
     from zoo.training.feature_cache import weights_fingerprint
 
@@ -181,6 +216,33 @@ def _device(model: nn.Module) -> torch.device:
 _LOADED: dict[str, Extractor | None] = {}  # per process: a graph is checked once, then reused by every view
 
 
+def _open_or_make(model: ZooModel, model_name: str, deepest: Layer, input_size: int, stem: Path) -> Extractor:
+    """The graph at `stem`.onnx with its report, made (cut or traced, then checked) when it is not there."""
+    path, report_path = stem.with_suffix(".onnx"), stem.with_suffix(".json")
+    layers = pooled_names(model, deepest)
+    if path.is_file() and report_path.is_file():
+        return Extractor(_session(path), layers, json.loads(report_path.read_text()))
+    tick = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = _without_hooks(model)
+    graph = _cut_from_whole(path.parent, model_name, clean, deepest)
+    made = "cut from the whole backbone's graph" if graph is not None else "traced"
+    atomic_write_bytes(path, graph if graph is not None else _export(clean, layers))
+    session = _session(path)
+    report = {**_check(clean, session, layers, input_size), "model": model_name, "deepest": deepest, "made": made,
+              "export_seconds": round(time.perf_counter() - tick, 1), "torch": torch.__version__}
+    if deepest is None:
+        report["cuts"] = _cuts(clean)
+    atomic_write_json(report_path, report)
+    p, ms = report["parity"], report["ms_per_batch_of_8"]
+    log.info(f"feature graph for {model_name} up to {deepest or 'the bottleneck'} ({made}): ONNX Runtime "
+             f"{'agrees' if p['ok'] else 'DISAGREES'} with torch (max relative error "
+             f"{p['max_relative_error']:.1e}, tolerance {p['tolerance']:.0e}, sizes {p['sizes']}); "
+             f"{ms[ORT]:.0f} ms against torch's {ms[TORCH]:.0f} ms per batch of 8: "
+             f"features run on {report['engine']}")
+    return Extractor(session, layers, report)
+
+
 def extractor(model: ZooModel, model_name: str, deepest: Layer, input_size: int) -> Extractor | None:
     """The ONNX Runtime extractor for this backbone cut at `deepest`, or None when torch is to run.
 
@@ -193,31 +255,8 @@ def extractor(model: ZooModel, model_name: str, deepest: Layer, input_size: int)
     key = _graph_key(model_name, model, deepest)
     if key in _LOADED:
         return _LOADED[key]
-    folder = graph_folder()
-    path, report_path = folder / f"{key}.onnx", folder / f"{key}.json"
-    layers = pooled_names(model, deepest)
-    ext: Extractor | None = None
     try:
-        if path.is_file() and report_path.is_file():
-            report = json.loads(report_path.read_text())
-            ext = Extractor(_session(path), layers, report)
-        else:
-            tick = time.perf_counter()
-            folder.mkdir(parents=True, exist_ok=True)
-            clean = _without_hooks(model)
-            graph = _export(clean, layers)
-            atomic_write_bytes(path, graph)
-            session = _session(path)
-            report = {**_check(clean, session, layers, input_size), "model": model_name, "deepest": deepest,
-                      "export_seconds": round(time.perf_counter() - tick, 1)}
-            atomic_write_json(report_path, report)
-            ext = Extractor(session, layers, report)
-            p, ms = report["parity"], report["ms_per_batch_of_8"]
-            log.info(f"feature graph for {model_name} up to {deepest or 'the bottleneck'}: ONNX Runtime "
-                     f"{'agrees' if p['ok'] else 'DISAGREES'} with torch (max relative error "
-                     f"{p['max_relative_error']:.1e}, tolerance {p['tolerance']:.0e}, sizes {p['sizes']}); "
-                     f"{ms[ORT]:.0f} ms against torch's {ms[TORCH]:.0f} ms per batch of 8: "
-                     f"features run on {report['engine']}")
+        ext = _open_or_make(model, model_name, deepest, input_size, graph_folder() / key)
     except Exception as e:  # noqa: BLE001 - any export or runtime failure: torch extracts instead
         log.warning(f"feature graph for {model_name}: ONNX Runtime unavailable ({type(e).__name__}: {e}); "
                     "features run on torch")
