@@ -146,6 +146,15 @@ def test_a_stage_graph_is_cut_from_the_whole_graph_of_the_same_weights(tmp_path,
     with torch.no_grad():
         want = whole.stages.stage1(x).mean((2, 3))
     assert float((cut(x, ["stage1"])["stage1"] - want).abs().max()) < 1e-5
+    # a damaged graph is made again (and cut again), not worked around on every run
+    graph = next(r for r in (tmp_path / "cache" / "graphs").glob("*.json")
+                 if json.loads(r.read_text())["deepest"] == "stage1").with_suffix(".onnx")
+    graph.write_bytes(graph.read_bytes()[:200])
+    monkeypatch.setattr(ort_features, "_LOADED", {})
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        again = ort_features.extractor(whole.truncated("stage1"), "two", "stage1", 64)
+    assert "cannot be read" in caplog.text and again.report["made"] == "cut from the whole backbone's graph"
+    assert float((again(x, ["stage1"])["stage1"] - want).abs().max()) < 1e-5
     # other weights up to the stage: traced, never cut from a graph of different weights
     other = _two_stages(1).truncated("stage1")
     assert ort_features.extractor(other, "two", "stage1", 64).report["made"] == "traced"

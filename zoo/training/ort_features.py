@@ -221,7 +221,10 @@ def _open_or_make(model: ZooModel, model_name: str, deepest: Layer, input_size: 
     path, report_path = stem.with_suffix(".onnx"), stem.with_suffix(".json")
     layers = pooled_names(model, deepest)
     if path.is_file() and report_path.is_file():
-        return Extractor(_session(path), layers, json.loads(report_path.read_text()))
+        try:
+            return Extractor(_session(path), layers, json.loads(report_path.read_text()))
+        except Exception as e:  # noqa: BLE001 - a damaged entry is made again, not worked around on every run
+            log.warning(f"the feature graph {path} cannot be read ({type(e).__name__}: {e}): making it again")
     tick = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = _without_hooks(model)
