@@ -20,9 +20,24 @@ import tempfile
 import time
 from pathlib import Path
 
-# name: (sample set, image limit); the small sets of benchmarks/strategies.py
-DATASETS = {"textures": ("textures", None), "digits500": ("digits", 500), "photos": ("photos", 500),
-            "faces": ("faces", None), "silhouettes": ("silhouettes", 500), "emoji": ("emoji", 500)}
+# name: (sample set, image limit, shorter side to shrink every image to, or None); the small sets of
+# benchmarks/strategies.py, and shrunk copies of three of them: tiny images of other kinds than the two
+# 28-px sets (handwritten digits, silhouettes), natural ones among them.
+DATASETS = {"textures": ("textures", None, None), "digits500": ("digits", 500, None), "photos": ("photos", 500, None),
+            "faces": ("faces", None, None), "silhouettes": ("silhouettes", 500, None), "emoji": ("emoji", 500, None),
+            "textures28": ("textures", None, 28), "photos28": ("photos", 500, 28), "emoji24": ("emoji", 500, 24)}
+
+
+def _shrink(data: Path, side: int) -> None:
+    """Every image of the sample resized (Lanczos) so that its shorter side is `side` px."""
+    from PIL import Image
+
+    for path in sorted(data.rglob("*.png")):
+        with Image.open(path) as img:
+            w, h = img.size
+            scale = side / min(w, h)
+            small = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+        small.save(path)
 EPOCHS = {"full": 8, "partial": 8}  # as benchmarks/strategies.py gives the image-level strategies
 
 
@@ -55,9 +70,11 @@ def main() -> None:
             for strategy in args.strategies:
                 results.append({"dataset": name, "strategy": strategy, "sizes": {s: {"runs": []} for s in args.sizes}})
             for seed in args.seeds:
-                sample, limit = DATASETS[name]
+                sample, limit, shrink = DATASETS[name]
                 data = work / f"{name}-{seed}"
                 write_sample(sample, data, seed=seed, limit=limit)
+                if shrink:
+                    _shrink(data, shrink)
                 for row in results[-len(args.strategies):]:
                     strategy = row["strategy"]
                     row["auto"], row["median_side"] = _auto_size(data, strategy == "full")

@@ -12,7 +12,7 @@ import pytest
 from zoo.backbones import get_spec
 from zoo.errors import UsageError, ZooError
 from zoo.training.finetune import finetune
-from zoo.training.image_size import FINETUNE_FLOOR, auto_size, choose_preprocess, parse_image_size
+from zoo.training.image_size import FINETUNE_FLOOR, TINY_SIDE, auto_size, choose_preprocess, parse_image_size
 
 NATIVE = get_spec("efficientnet_lite0").preprocess_config()
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +29,11 @@ def test_parse_accepts_auto_and_pixels_and_refuses_the_rest_in_one_sentence():
 
 
 @pytest.mark.parametrize("sides,native,expected", [
-    ([28] * 9, 224, FINETUNE_FLOOR),      # digits: not blown up to 224, but not below the floor either
+    ([72] * 9, 224, FINETUNE_FLOOR),      # emoji: not blown up to 224, but not below the floor either
     ([150, 150, 151], 224, FINETUNE_FLOOR),
+    ([TINY_SIDE] * 3, 224, FINETUNE_FLOOR),
+    ([28] * 9, 224, 224),                 # tiny images (digits) fine-tune at the native size
+    ([TINY_SIDE - 1] * 3, 224, 224),
     ([200, 210, 205], 260, 224),          # rounded up to a multiple of 32 (a backbone made at 260 px)
     ([300, 500, 224], 224, 224),          # large images keep the native size
     ([20, 20, 600, 600, 600], 224, 224),  # the median decides, not the smallest image
@@ -79,11 +82,11 @@ def test_a_run_at_another_size_trains_exports_and_predicts_at_it(tiny_textures, 
 def test_auto_fine_tunes_small_images_below_the_native_size(tmp_path):
     from zoo.data.samples import write_sample
 
-    write_sample("digits", tmp_path / "digits", seed=0, limit=40)  # 28-px images
+    write_sample("textures", tmp_path / "textures", seed=0, limit=40)  # crops of 48-160 px
     # partial keeps early stages frozen, so it stays native like head; only full leaves the native size
     for strategy, size in (("full", FINETUNE_FLOOR), ("partial", NATIVE.input_size), ("head", NATIVE.input_size)):
         out = tmp_path / strategy
-        finetune(tmp_path / "digits", strategy=strategy, epochs=1, augment=False, out=out)
+        finetune(tmp_path / "textures", strategy=strategy, epochs=1, augment=False, out=out)
         config = json.loads((out / "config.json").read_text())
         assert config["image_size"]["requested"] == "auto" and config["preprocess"]["input_size"] == size, strategy
-    assert "28 px" in json.loads((tmp_path / "full" / "config.json").read_text())["image_size"]["reason"]
+    assert "median shorter side" in json.loads((tmp_path / "full" / "config.json").read_text())["image_size"]["reason"]

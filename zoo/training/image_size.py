@@ -8,8 +8,13 @@ at 192 px lost 1.3 and 2.5 points on faces over two seeds (and tied on photos). 
 learns (full), training time grows with the pixels of every epoch, and small images are not blown up
 all the way: `auto` takes the median shorter side of the training images, rounded up to a multiple of
 32 (the backbones reduce by 32, so the last feature map stays whole), and at least FINETUNE_FLOOR.
-`full` at 192 px against 224: 28-px digits 91 vs 88-89% (and 83-84% at 128, 88% at 160); photos
-97.5 vs 95.5% and faces 94.4 vs 93.8% (means over two seeds), at 0.7x the time per run.
+`full` at 192 px against 224, mean val accuracy over seeds (benchmarks/image_size.py): photos (73 px)
++2.0 points, faces (92 px) +0.6, emoji (72 px) 0.0, at about 0.7x the time per run.
+Tiny images are the exception: below TINY_SIDE, `full` trains at the native size. At 24-28 px, 192
+against 224 px over three seeds each lost 4.4 points on photo crops shrunk to 28 px, 3.3 on 28-px
+silhouettes and 1.0 on emoji shrunk to 24 px, and gained 0.7 on 28-px digits and 0.7 on textures
+shrunk to 28 px: -1.5 points on average (standard error 0.9 over the 15 paired runs), where the sets
+of 72 to 92 px gained 0.9. The threshold sits between the two groups measured.
 Global average pooling makes any size work; preprocess.json carries the choice to export, serving
 and the edge.
 """
@@ -25,6 +30,7 @@ from zoo.preprocess import PreprocessConfig
 
 SIZE_STEP = 32  # the backbones' total stride
 FINETUNE_FLOOR = 192  # the smallest size `auto` picks for a backbone that learns (see the module docstring)
+TINY_SIDE = 48  # a median shorter side below it fine-tunes at the native size (see the module docstring)
 MIN_SIZE, MAX_SIZE = 32, 1024  # what an explicit --image-size may ask for
 
 
@@ -52,6 +58,9 @@ def auto_size(shorter_sides: Sequence[int], native: int, every_layer_learns: boo
     median = statistics.median(shorter_sides)
     if median >= native:
         return native, f"the median shorter side is {median:g} px, at least the backbone's native {native} px"
+    if median < TINY_SIDE:
+        return native, (f"the median shorter side is {median:g} px: images under {TINY_SIDE} px fine-tune at the "
+                        f"backbone's native {native} px (at {FINETUNE_FLOOR} px they lost accuracy)")
     size = min(native, max(FINETUNE_FLOOR, SIZE_STEP * math.ceil(median / SIZE_STEP)))
     return size, (f"the median shorter side is {median:g} px: {size} px for fine-tuning (a multiple of {SIZE_STEP}, "
                   f"at least {FINETUNE_FLOOR}) instead of blowing the images up to the backbone's native {native} px")
