@@ -1,8 +1,12 @@
 """--device and --precision: resolved once, checked against this machine, one sentence when it lacks them."""
+from collections import OrderedDict
+
 import pytest
 import torch
+from torch import nn
 
 from zoo import hardware
+from zoo.backbones.model import ZooModel
 from zoo.cli import app
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute, cpu_has_native_bf16, resolve_device, resolve_precision
@@ -76,6 +80,20 @@ def test_fp32_compute_changes_no_value():
 def test_bf16_autocast_on_the_cpu_runs_matmuls_in_bf16():
     with Compute(torch.device("cpu"), "bf16").autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_under_autocast_the_stages_run_in_bf16_and_pooling_and_the_classifier_in_fp32():
+    model = ZooModel(OrderedDict(stage1=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())), feature_dim=4, num_classes=2)
+    seen: dict[str, torch.dtype] = {}
+    for name, module in (("stage", model.stages["stage1"]), ("logits", model.classifier)):
+        module.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out.dtype))
+    x = torch.randn(2, 3, 16, 16)
+    with Compute(torch.device("cpu"), "bf16").autocast():
+        logits, features = model(x), model.forward_features(x)
+    assert seen == {"stage": torch.bfloat16, "logits": torch.float32}
+    assert logits.dtype == features.dtype == torch.float32
+    # Outside autocast the graph export traces is the plain one: no cast was added to it
+    assert "aten::to" not in str(torch.jit.trace(model.eval(), x).inlined_graph)
 
 
 @no_cuda

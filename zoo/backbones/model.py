@@ -52,9 +52,21 @@ class ZooModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The bottleneck vector: globally pooled last-stage activations (any H, W >= 32)."""
-        x = self.forward_stages(x)
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return self.pre_logits(x)
+        return self._tail(self.forward_stages(x), head=False)
+
+    def _tail(self, x: torch.Tensor, head: bool) -> torch.Tensor:
+        """Pooling, pre-logits and, with `head`, the classifier, on the last feature map.
+
+        Under autocast they run in fp32 (the usual mixed-precision practice for logits and the loss):
+        beside the stages they cost nothing, and bf16 training lost less for it. `full` on digits500,
+        held-out test accuracy on 2,000 digits over seeds 0-3 against the fp32 loop: -0.78 points with
+        bf16 logits, -0.46 with these in fp32 (benchmarks/results/finetune_seeds_digits500_full_test2000*).
+        """
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._tail(x.float(), head)
+        x = self.pre_logits(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.forward_head(x) if head else x
 
     def forward_pooled(self, x: torch.Tensor, stage: str) -> torch.Tensor:
         """Globally pooled activations of an earlier stage (used by the `svm` strategy)."""
@@ -67,7 +79,7 @@ class ZooModel(nn.Module):
         return self.classifier(self.head_drop(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self._tail(self.forward_stages(x), head=True)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Drop the old classifier and add a fresh one sized to the user's classes."""
