@@ -22,6 +22,7 @@ scored on the same test images, so their difference is paired and a point is not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -75,16 +76,15 @@ def one_run(data: Path, out: Path, strategy: str, seed: int, config: str) -> dic
 
     options = dict(strategy=strategy, epochs=EPOCHS["small"][strategy], seed=seed, out=out, cache_dir=out.parent / "c")
     tick = time.perf_counter()
-    if config == "before":  # channels-last is not a flag, so it is patched off, as in benchmarks/training_speed.py
-        with mock.patch.object(Compute, "channels_last", property(lambda self: False)):
-            metrics = finetune(data, **CONFIGS[config], **options)
-    else:
+    # channels-last is not a flag, so "before" patches it off, as benchmarks/training_speed.py does
+    contiguous = mock.patch.object(Compute, "channels_last", property(lambda self: False))
+    with contiguous if config == "before" else contextlib.nullcontext():
         metrics = finetune(data, **CONFIGS[config], **options)
-    config = json.loads((out / "config.json").read_text())
+    recorded = json.loads((out / "config.json").read_text())
     test = metrics.get("test") or {}
     return {"accuracy": metrics["accuracy"], "test_accuracy": test.get("accuracy"),
             "seconds": time.perf_counter() - tick,
-            "size": config["preprocess"]["input_size"], "precision": config["compute"]["precision"]}
+            "size": recorded["preprocess"]["input_size"], "precision": recorded["compute"]["precision"]}
 
 
 def main() -> None:
