@@ -13,6 +13,7 @@
   of handwritten digits (the size the issue measured at about 250 s).
 
     python benchmarks/training_speed.py [--images 400] [--svm-images 3000] [--parts extraction loop full svm]
+        [--full-datasets textures digits500] [--rounds 1]
 """
 from __future__ import annotations
 
@@ -185,33 +186,65 @@ def cpu_loop(data: Path, steps: int, batch: int, epoch_images: int) -> list[tupl
     return rows
 
 
-def full_runs(datasets: dict[str, Path], work: Path, epochs: int) -> list[dict]:
-    """`full` through zoo.finetune: the new defaults (--image-size auto) against the plain loop at 224 px."""
+def _one_full(data: Path, out: Path, epochs: int, size: str, cache: Path) -> float:
+    """Seconds of one `full` run: the new defaults (size "auto") or the plain loop (224 px, fp32, contiguous)."""
     from unittest import mock
 
     from zoo.hardware import Compute
     from zoo.training.finetune import finetune
 
+    tick = time.perf_counter()
+    if size == "auto":
+        finetune(data, strategy="full", epochs=epochs, out=out, cache_dir=cache)
+    else:  # the loop before: 224 px, fp32, contiguous tensors (channels-last is not a flag, so patched), a
+        # random new classifier
+        with mock.patch.object(Compute, "channels_last", property(lambda self: False)):
+            finetune(data, strategy="full", epochs=epochs, image_size=size, precision="fp32", warm_head=False,
+                     out=out, cache_dir=cache)
+    return time.perf_counter() - tick
+
+
+PLAIN, NEW = ("plain loop, 224 px", "224"), ("new defaults", "auto")
+
+
+def full_runs(datasets: dict[str, Path], work: Path, epochs: int, rounds: int = 1) -> list[dict]:
+    """`full` through zoo.finetune: the new defaults (--image-size auto) against the plain loop at 224 px.
+
+    With several rounds the order alternates (plain, new, new, plain, ...), so that a drift in this
+    machine's speed falls on both; every round trains the same model from the same seed."""
     rows = []
     for name, data in datasets.items():
-        for label, size in (("plain loop, 224 px", "224"), ("new defaults", "auto")):
-            tick = time.perf_counter()
-            if size == "auto":
-                m = finetune(data, strategy="full", epochs=epochs, out=work / f"full-{name}-{size}",
-                             cache_dir=work / "full-cache")
-            else:  # the loop before: 224 px, fp32, contiguous tensors (channels-last is not a flag, so patched), a
-                # random new classifier
-                with mock.patch.object(Compute, "channels_last", property(lambda self: False)):
-                    m = finetune(data, strategy="full", epochs=epochs, image_size=size, precision="fp32",
-                                 warm_head=False, out=work / f"full-{name}-{size}", cache_dir=work / "full-cache")
-            seconds = time.perf_counter() - tick
-            config = json.loads((work / f"full-{name}-{size}" / "config.json").read_text())
-            images = sum(config["data"]["train_counts"].values()) * epochs
-            rows.append({"dataset": name, "run": label, "size": config["preprocess"]["input_size"],
-                         "precision": config["compute"]["precision"],
-                         "channels_last": config["compute"]["channels_last"], "warm_head": config["warm_head"],
-                         "accuracy": m["accuracy"], "seconds": seconds, "images_per_s": images / seconds})
+        for r in range(rounds):
+            for label, size in (PLAIN, NEW) if r % 2 == 0 else (NEW, PLAIN):
+                out = work / f"full-{name}-{size}-{r}"
+                seconds = _one_full(data, out, epochs, size, work / "full-cache")
+                config = json.loads((out / "config.json").read_text())
+                metrics = json.loads((out / "metrics.json").read_text())
+                images = sum(config["data"]["train_counts"].values()) * epochs
+                rows.append({"dataset": name, "round": r, "run": label, "size": config["preprocess"]["input_size"],
+                             "precision": config["compute"]["precision"],
+                             "channels_last": config["compute"]["channels_last"], "warm_head": config["warm_head"],
+                             "accuracy": metrics["accuracy"], "seconds": seconds, "images_per_s": images / seconds})
     return rows
+
+
+def print_full(runs: list[dict], epochs: int) -> None:
+    print(f"\nfull, {epochs} epochs through zoo.finetune (wall time includes decoding, BatchNorm recalibration "
+          "and validation):")
+    for r in runs:
+        before = next(b for b in runs if b["dataset"] == r["dataset"] and b["round"] == r["round"]
+                      and b["run"] == PLAIN[0])
+        print(f"  {r['dataset']:<10} round {r['round']} {r['run']:<19} {r['size']:>3} px {r['precision']} "
+              f"channels_last {r['channels_last']:<5} warm head {r['warm_head']:<5}  val {100 * r['accuracy']:5.1f}%  "
+              f"{r['seconds']:6.0f} s  {r['images_per_s']:6.1f} images/s  "
+              f"{r['images_per_s'] / before['images_per_s']:5.2f}x  "
+              f"({100 * (r['accuracy'] - before['accuracy']):+.1f} points)", flush=True)
+    for name in dict.fromkeys(r["dataset"] for r in runs):
+        seconds = {label: sum(r["seconds"] for r in runs if r["dataset"] == name and r["run"] == label)
+                   for label, _ in (PLAIN, NEW)}
+        rounds = len({r["round"] for r in runs if r["dataset"] == name})
+        print(f"  {name:<10} all {rounds} round(s): new defaults {seconds[PLAIN[0]] / seconds[NEW[0]]:.2f}x the plain "
+              f"loop ({seconds[NEW[0]]:.0f} s against {seconds[PLAIN[0]]:.0f} s)", flush=True)
 
 
 def main() -> None:
@@ -220,6 +253,9 @@ def main() -> None:
     ap.add_argument("--svm-images", type=int, default=3000)
     ap.add_argument("--loop-steps", type=int, default=4, help="batches of 32 per variant and round (CPU loop)")
     ap.add_argument("--full-epochs", type=int, default=8, help="epochs of the full runs (benchmarks/strategies.py's)")
+    ap.add_argument("--full-datasets", nargs="+", default=["textures", "digits500"],
+                    choices=["textures", "digits500"])
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the full runs, in alternating order")
     ap.add_argument("--parts", nargs="+", default=["extraction", "loop", "full", "svm"],
                     choices=["extraction", "loop", "full", "svm"])
     args = ap.parse_args()
@@ -243,16 +279,8 @@ def main() -> None:
                 print(f"  {name:<22} {rate:6.1f} images/s  {rate / rows[0][1]:5.2f}x plain eager  {note}", flush=True)
         if "full" in args.parts:
             write_sample("digits", work / "digits500", limit=500)
-            runs = full_runs({"textures": work / "textures", "digits500": work / "digits500"}, work, args.full_epochs)
-            print(f"\nfull, {args.full_epochs} epochs through zoo.finetune (wall time includes decoding and "
-                  "validation):")
-            for r in runs:
-                before = next(b for b in runs if b["dataset"] == r["dataset"])
-                print(f"  {r['dataset']:<10} {r['run']:<19} {r['size']:>3} px {r['precision']} channels_last "
-                      f"{r['channels_last']:<5} warm head {r['warm_head']:<5}  val {100 * r['accuracy']:5.1f}%  "
-                      f"{r['seconds']:6.0f} s  {r['images_per_s']:6.1f} images/s  "
-                      f"{r['images_per_s'] / before['images_per_s']:5.2f}x  "
-                      f"({100 * (r['accuracy'] - before['accuracy']):+.1f} points)", flush=True)
+            datasets = {name: work / name for name in args.full_datasets}
+            print_full(full_runs(datasets, work, args.full_epochs, args.rounds), args.full_epochs)
         if "svm" in args.parts:
             write_sample("digits", work / "digits")
             seconds, shape = svm_fit_seconds(work / "digits", args.svm_images, work)
