@@ -79,14 +79,12 @@ def test_a_run_at_another_size_trains_exports_and_predicts_at_it(tiny_textures, 
         finetune(tiny_textures, strategy="head", epochs=3, augment=False, image_size="128", out=out, resume=True)
 
 
-def test_auto_fine_tunes_small_images_below_the_native_size(tmp_path):
-    from zoo.data.samples import write_sample
-
-    write_sample("textures", tmp_path / "textures", seed=0, limit=40)  # crops of 48-160 px
+def test_auto_fine_tunes_small_images_below_the_native_size(tiny_textures, tmp_path):
+    # crops of 55-153 px, median shorter side 74 px: between TINY_SIDE and FINETUNE_FLOOR
     # partial keeps early stages frozen, so it stays native like head; only full leaves the native size
     for strategy, size in (("full", FINETUNE_FLOOR), ("partial", NATIVE.input_size), ("head", NATIVE.input_size)):
         out = tmp_path / strategy
-        finetune(tmp_path / "textures", strategy=strategy, epochs=1, augment=False, out=out)
+        finetune(tiny_textures, strategy=strategy, epochs=1, augment=False, out=out)
         config = json.loads((out / "config.json").read_text())
         assert config["image_size"]["requested"] == "auto" and config["preprocess"]["input_size"] == size, strategy
     assert "median shorter side" in json.loads((tmp_path / "full" / "config.json").read_text())["image_size"]["reason"]
