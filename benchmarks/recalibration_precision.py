@@ -1,14 +1,15 @@
-"""Whether BatchNorm recalibration could run in bf16: the same trained weights, their statistics recomputed
-in fp32 (what zoo does) and under bf16 autocast with channels-last batches, each scored in fp32.
+"""Whether BatchNorm recalibration could be cheaper: the same trained weights, their statistics recomputed
+in fp32 (what zoo does), under bf16 autocast with channels-last batches, and in fp32 over fewer images.
 
 Recalibration (zoo/training/batchnorm.py) is a forward pass over up to 512 training images before every
-validation; in a `full` digits500 run it takes about a fifth of the wall time, and under bf16 autocast
-it would run about twice as fast. This trains `full` on digits500 with the defaults, then recomputes
-the statistics both ways on the run's own calibration views and scores 2,000 held-out digits (images
-the sample left out) in fp32, as export serves them. It prints the seconds of each recalibration, the
-largest differences between the two sets of statistics, and both test accuracies.
+validation; in a `full` digits500 run it takes about a fifth of the wall time. This trains `full` on
+digits500 with the defaults, then recomputes the statistics on the run's own calibration views: in
+fp32; under bf16 autocast, with and without BatchNorm fed fp32; and in fp32 over only the first N
+views. Each is scored on 2,000 held-out digits (images the sample left out) in fp32, as export serves
+them. It prints the seconds of each pass, how far its statistics are from the fp32 pass over all
+views, the test accuracy, and how many predictions agree with those of the fp32 statistics.
 
-    python benchmarks/recalibration_precision.py [--seed 0] [--epochs 4] [--test 2000]
+    python benchmarks/recalibration_precision.py [--seed 0] [--epochs 4] [--test 2000] [--subsets 200 100]
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--subsets", type=int, nargs="*", default=[200, 100],
+                    help="also fp32 statistics over only the first N calibration images (a cheaper pass)")
     args = ap.parse_args()
     from zoo.data.folder import load_image_folder
     from zoo.data.samples import write_sample
@@ -89,14 +92,16 @@ def main() -> None:
         data = load_image_folder(work / "data", seed=args.seed)
         train, test = scan_images(data.train, cfg)[0], scan_images(data.test, cfg)[0]
         calibration = calibration_records(train, item_seed(args.seed, "batchnorm"))
-        views = ImageViews(calibration, cfg, [item_seed(args.seed, "batchnorm", i) for i in range(len(calibration))])
+        seeds = [item_seed(args.seed, "batchnorm", i) for i in range(len(calibration))]
         labels = torch.tensor([r.label for r in test])
-        modes = ("fp32", "bf16", "bf16, BatchNorm fp32")
+        modes = ("fp32", "bf16", "bf16, BatchNorm fp32", *(f"fp32, {n} images" for n in args.subsets))
         seconds: dict[str, list[float]] = {m: [] for m in modes}
         stats, predicted = {}, {}
         for _ in range(2):  # alternating, each keeps its best time
             for mode in modes:
-                s, stats[mode] = recalibrate(model, views, mode)
+                first = int(mode.split()[1]) if mode.endswith(" images") else len(calibration)
+                subset = ImageViews(calibration[:first], cfg, seeds[:first])
+                s, stats[mode] = recalibrate(model, subset, "fp32" if mode.endswith(" images") else mode)
                 seconds[mode].append(s)
                 predicted[mode] = predictions(model, ImageViews(test, cfg))
         print(f"full on digits500, seed {args.seed}, {args.epochs} epochs; finetune's held-out test accuracy "
