@@ -13,7 +13,7 @@ The pass runs in fp32 whatever the training precision, because the statistics ar
 network that validation, export and serving run: recomputed under bf16 autocast for the same weights
 (a digits500 `full` run), they moved by up to 0.18 standard deviations and the fp32 model then scored
 60.1% instead of 74.5% on 2,000 held-out digits, with BatchNorm itself in fp32 as well (59.9%); bf16
-would have been 1.6x faster (benchmarks/recalibration_precision.py).
+would have been 1.6 to 1.8x faster in two runs (benchmarks/recalibration_precision.py).
 
 Written here rather than with torch.optim.swa_utils.update_bn, which resets every BatchNorm layer
 of the model: the frozen stages' statistics must stay bit-identical to the pretrained ones.
