@@ -33,9 +33,17 @@ def digits_tiny(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def textures_small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adv") / "textures200"
+    write_sample("textures", out, limit=200)
+    return out
+
+
 @pytest.mark.slow
-def test_similarity_orders_textures_above_digits_and_size_sets_the_quadrant(textures_dir, digits_small):
-    textures = advise(textures_dir, views=1)
+def test_similarity_orders_textures_above_digits_and_size_sets_the_quadrant(textures_small, digits_small):
+    # 200 images of each, as many as the digits: what tells the sets apart is the kind of image, not the count
+    textures = advise(textures_small, views=1)
     # 160 training digits are "large" under a threshold of 100: no pilots, so the prior decides
     digits_large = advise(digits_small, size_threshold=100, budget_minutes=0)
     digits_sub = advise(digits_small, views=1)

@@ -1,4 +1,5 @@
 """--device and --precision: resolved once, checked against this machine, one sentence when it lacks them."""
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -120,6 +121,7 @@ def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):
     compute = read_json(out / "config.json")["compute"]
     assert compute["device"] == "cpu" and compute["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert compute["channels_last"] == "true"
+    assert compute["cpu_allocator"] == ("heap" if sys.platform.startswith("linux") else "system")
 
 
 def test_gpu_layout_follows_the_measured_costs_of_new_shapes():

@@ -33,6 +33,7 @@ from zoo.advisor.pilot import ASSUMED_FORWARD_RATE, PilotSetup, pilot_budget, ru
 from zoo.advisor.pixels import mean_textured_fraction
 from zoo.advisor.similarity import SIMILARITY_THRESHOLD, similarity_score
 from zoo.backbones import BackboneSpec, ZooModel, create_model, get_spec
+from zoo.cpu_memory import heap_reuse
 from zoo.data.folder import ImageFolderData, load_image_folder
 from zoo.errors import ZooError
 from zoo.hardware import CPU_FP32, Compute
@@ -290,8 +291,9 @@ def advise(data_dir: Path | str | ImageFolderData, model: str = "efficientnet_li
     net = create_model(model, num_classes=None, pretrained=True)  # with the source classifier, for its confidence
     net.to(s.compute.device)
     f.seconds["setup"] = time.perf_counter() - tick
-    _score_cheap_candidates(f, net, s)
-    _prior(f, s)
-    _run_pilots(f, s)
-    _decide(f)
+    with heap_reuse(s.compute.device.type):  # CPU passes reuse freed tensors (zoo.cpu_memory)
+        _score_cheap_candidates(f, net, s)
+        _prior(f, s)
+        _run_pilots(f, s)
+        _decide(f)
     return build_advice(f, s, time.perf_counter() - tick)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from zoo.atomic import atomic_write_bytes, atomic_write_json, remove_leftovers, writing
+from zoo.cpu_memory import heap_reuse
 from zoo.log import get_logger
 from zoo.run_dir import CONFIG, LABELS, METRICS, WEIGHTS, mark_complete, read_json, save_weights
 from zoo.training import distributed
@@ -48,6 +49,11 @@ def finetune(data_dir: Path | str, options: FinetuneOptions | None = None, **ove
     if run.state == "complete":
         log.info(f"{run.out} is already complete; its metrics are in {run.out / METRICS}.")
         return distributed.from_main(lambda: read_json(run.out / METRICS))
+    with heap_reuse(run.compute.device.type):  # CPU passes reuse freed tensors (zoo.cpu_memory)
+        return _train(run, started)
+
+
+def _train(run: Resolved, started: float) -> dict[str, Any]:
     data = load_data(run)
     plan = make_plan(run, data)
     recipe = make_recipe(run, data, plan)

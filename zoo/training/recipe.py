@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from zoo.backbones.registry import create_model
+from zoo.cpu_memory import mode_for
 from zoo.data.folder import ImageFolderData, load_image_folder
 from zoo.errors import UsageError, ZooError
 from zoo.log import get_logger
@@ -169,7 +170,7 @@ def run_config(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) ->
         },
         "backbone": {"family": spec.family, "feature_dim": spec.feature_dim, "stages": list(spec.stages)},
         "versions": {"torch": torch.__version__},
-        "compute": run.compute.describe(),
+        "compute": {**run.compute.describe(), "cpu_allocator": mode_for(run.compute.device.type)},
         "requested_strategy": run.requested_strategy,
         "advice": run.advice,
     }
