@@ -6,9 +6,10 @@
   features.onnx (the ceiling: no data loading beyond preprocessing, no caching), and torch eager;
 - the CPU training step of `full` at 224 px: the plain eager loop against one thread, channels_last,
   bf16 autocast, both, and torch.compile (with its compile time against one epoch's saving);
-- `full` through zoo.finetune on textures and digits500: the new defaults (--image-size auto,
-  channels-last, bf16 autocast on a CPU with bf16 instructions) against the plain loop (224 px, fp32,
-  contiguous), images/s and val accuracy;
+- `full` through zoo.finetune on textures and digits500, each run in a fresh process: the new defaults
+  (--image-size auto, channels-last, bf16 autocast on a CPU with bf16 instructions, freed tensors reused
+  from the heap: zoo.cpu_memory) against the plain loop (224 px, fp32, contiguous, glibc's allocator
+  defaults), images/s and val accuracy;
 - svm's fit, the cross-validated C search plus the final fit, on 3,000 x 1,280 bottleneck features
   of handwritten digits (the size the issue measured at about 250 s).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
 import time
@@ -187,7 +189,8 @@ def cpu_loop(data: Path, steps: int, batch: int, epoch_images: int) -> list[tupl
 
 
 def _one_full(data: Path, out: Path, epochs: int, size: str, cache: Path) -> float:
-    """Seconds of one `full` run: the new defaults (size "auto") or the plain loop (224 px, fp32, contiguous)."""
+    """Seconds of one `full` run: the new defaults (size "auto") or the plain loop (224 px, fp32, contiguous,
+    glibc's allocator defaults). full_runs runs each in a fresh process."""
     from unittest import mock
 
     from zoo.hardware import Compute
@@ -197,7 +200,8 @@ def _one_full(data: Path, out: Path, epochs: int, size: str, cache: Path) -> flo
     if size == "auto":
         finetune(data, strategy="full", epochs=epochs, out=out, cache_dir=cache)
     else:  # the loop before: 224 px, fp32, contiguous tensors (channels-last is not a flag, so patched), a
-        # random new classifier
+        # random new classifier, and glibc's own malloc settings (zoo.cpu_memory)
+        os.environ["ZOO_CPU_ALLOCATOR"] = "system"
         with mock.patch.object(Compute, "channels_last", property(lambda self: False)):
             finetune(data, strategy="full", epochs=epochs, image_size=size, precision="fp32", warm_head=False,
                      out=out, cache_dir=cache)
@@ -217,13 +221,17 @@ def full_runs(datasets: dict[str, Path], work: Path, epochs: int, rounds: int = 
         for r in range(rounds):
             for label, size in (PLAIN, NEW) if r % 2 == 0 else (NEW, PLAIN):
                 out = work / f"full-{name}-{size}-{r}"
-                seconds = _one_full(data, out, epochs, size, work / "full-cache")
+                # A fresh process per run: glibc's allocator settings are process-wide, and each run starts
+                # as a new `zoo finetune` does.
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    seconds = pool.apply(_one_full, (data, out, epochs, size, work / "full-cache"))
                 config = json.loads((out / "config.json").read_text())
                 metrics = json.loads((out / "metrics.json").read_text())
                 images = sum(config["data"]["train_counts"].values()) * epochs
                 rows.append({"dataset": name, "round": r, "run": label, "size": config["preprocess"]["input_size"],
                              "precision": config["compute"]["precision"],
                              "channels_last": config["compute"]["channels_last"], "warm_head": config["warm_head"],
+                             "cpu_allocator": config["compute"].get("cpu_allocator", "system"),
                              "accuracy": metrics["accuracy"], "seconds": seconds, "images_per_s": images / seconds})
     return rows
 
@@ -235,7 +243,8 @@ def print_full(runs: list[dict], epochs: int) -> None:
         before = next(b for b in runs if b["dataset"] == r["dataset"] and b["round"] == r["round"]
                       and b["run"] == PLAIN[0])
         print(f"  {r['dataset']:<10} round {r['round']} {r['run']:<19} {r['size']:>3} px {r['precision']} "
-              f"channels_last {r['channels_last']:<5} warm head {r['warm_head']:<5}  val {100 * r['accuracy']:5.1f}%  "
+              f"channels_last {r['channels_last']:<5} malloc {r['cpu_allocator']:<6} warm head {r['warm_head']:<5}  "
+              f"val {100 * r['accuracy']:5.1f}%  "
               f"{r['seconds']:6.0f} s  {r['images_per_s']:6.1f} images/s  "
               f"{r['images_per_s'] / before['images_per_s']:5.2f}x  "
               f"({100 * (r['accuracy'] - before['accuracy']):+.1f} points)", flush=True)
