@@ -2,11 +2,12 @@
 
 glibc serves every block above its mmap threshold (32 MiB at most) with a fresh mmap and unmaps it on
 free, so a CPU pass that allocates the same 25 to 50 MB activations for every batch faults each of
-their pages in again: a plain fp32 training step of efficientnet_lite0 (batch 32, 224 px) took 1 to 1.3
-million page faults on this 2-core machine. With mmap off (M_MMAP_MAX 0) and up to 1 GiB of free heap
-kept instead of trimmed (M_TRIM_THRESHOLD), freed blocks are reused: the fp32 forward pass of
-BatchNorm recalibration ran 2.2x faster, the plain fp32 step 1.5x and the bf16 channels-last step
-1.1x, in alternating fresh processes (benchmarks/cpu_allocator.py, which also prints the peak memory).
+their pages in again: about a million page faults for a plain fp32 training step of
+efficientnet_lite0 (batch 32, 224 px) on this 2-core machine. With mmap off (M_MMAP_MAX 0) and up to
+1 GiB of free heap kept instead of trimmed (M_TRIM_THRESHOLD), freed blocks are reused: in
+alternating fresh processes the fp32 forward pass of BatchNorm recalibration ran 2.55x faster, the
+plain fp32 step 1.53x and the bf16 channels-last step 1.09x, for 8 to 29% more peak memory
+(benchmarks/cpu_allocator.py); a whole `full` run of the defaults, 1.10x.
 
 Written with mallopt through ctypes because jemalloc and tcmalloc, which PyTorch's CPU tuning guides
 recommend, only take effect when preloaded before Python starts (LD_PRELOAD): a pip-installed tool
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import sys
@@ -29,6 +31,7 @@ KEEP_FREE_BYTES = 1 << 30  # free heap kept for the next batch rather than hande
 _active = 0  # nesting depth: `auto` runs the advisor inside finetune
 
 
+@functools.cache  # platform.libc_ver reads the Python executable: once per process
 def _libc() -> ctypes.CDLL | None:
     """glibc, where this process runs on it; None on macOS, Windows and musl."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
