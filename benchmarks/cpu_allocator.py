@@ -19,48 +19,42 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+
+import torch
 
 PASSES = ("recalibration forward (fp32)", "plain step (fp32, contiguous)", "new step (bf16, channels-last)")
 
 
 def measure(kind: str, batches: int) -> dict:
-    """In this process: one pass kind under heap_reuse (or ZOO_CPU_ALLOCATOR=system, set by the caller)."""
+    """In this process: one pass kind under heap_reuse (or ZOO_CPU_ALLOCATOR=system, set by the caller).
+    The training steps are training_speed.py's (its model, optimizer and step body)."""
     import resource
-    import time
 
-    import torch
+    from training_speed import _full_model, _steps
 
-    from zoo.backbones import create_model
     from zoo.cpu_memory import heap_reuse
 
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", num_classes=10, pretrained=True)
-    channels_last = not kind.startswith("plain")
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model, optimizer = _full_model()
+    layout = torch.contiguous_format if kind.startswith("plain") else torch.channels_last
     model.to(memory_format=layout)
-    x, y = torch.randn(32, 3, 224, 224).contiguous(memory_format=layout), torch.randint(0, 10, (32,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = [(torch.randn(32, 3, 224, 224), torch.randint(0, 3, (32,)))]
 
-    def one() -> None:
-        if kind.startswith("recalibration"):
-            model.train()
-            with torch.no_grad():
-                model(x)
-            return
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind.startswith("new")):
-            loss = torch.nn.functional.cross_entropy(model.train()(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def one() -> float:
+        if not kind.startswith("recalibration"):
+            return _steps(model, optimizer, batch, layout, bf16=kind.startswith("new"))
+        tick = time.perf_counter()
+        with torch.no_grad():  # train mode: BatchNorm normalises with batch statistics, as recalibration does
+            model(batch[0][0].contiguous(memory_format=layout))
+        return time.perf_counter() - tick
 
     with heap_reuse("cpu") as mode:
         one()  # warm-up: oneDNN's kernels and the allocator's first blocks
         seconds, faults = [], []
         for _ in range(batches):
-            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-            one()
-            seconds.append(time.perf_counter() - t0)
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            seconds.append(one())
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "seconds": statistics.median(seconds), "faults": statistics.median(faults),
             "peak_mb": peak_mb}

@@ -67,12 +67,12 @@ def heap_reuse(device_type: str = "cpu") -> Iterator[str]:
     On a GPU, and wherever glibc is not the C library, nothing changes.
     """
     global _active
-    mode()  # a bad ZOO_CPU_ALLOCATOR fails on any device
+    chosen = mode_for(device_type)  # a bad ZOO_CPU_ALLOCATOR fails on any device
     if _active:
         yield "heap"
         return
     libc = _libc()
-    if mode_for(device_type) == "system" or libc is None:
+    if chosen == "system" or libc is None:
         yield "system"
         return
     libc.mallopt(M_MMAP_MAX, 0)
