@@ -7,8 +7,9 @@ from PIL import Image
 
 from zoo.backbones import create_model, get_spec
 from zoo.data.folder import Sample
+from zoo.training import datasets
 from zoo.training.batchnorm import CALIBRATION_IMAGES, calibration_records, recalibrate, trainable_batchnorms
-from zoo.training.datasets import ImageViews, scan_images
+from zoo.training.datasets import ImageViews, KeptViews, scan_images
 from zoo.training.strategies import apply_freeze, frozen_state, get_strategy, is_frozen
 
 SPEC = get_spec("efficientnet_lite0")
@@ -71,3 +72,25 @@ def test_calibration_images_are_a_fixed_seeded_sample():
     assert a == b and len(a) == CALIBRATION_IMAGES and a == sorted(a)
     assert calibration_records(records, 2) != a
     assert calibration_records(records[:10], 1) == records[:10]
+
+
+def test_calibration_crops_are_made_once_and_kept_within_the_memory_budget(tmp_path, monkeypatch):
+    pre = SPEC.preprocess_config()
+    records, _ = scan_images(_images(tmp_path, 6), pre)
+    seeds = list(range(100, 106))
+    made = []
+    real_augment = datasets.augment
+    monkeypatch.setattr(datasets, "augment", lambda img, cfg, seed: made.append(seed) or real_augment(img, cfg, seed))
+    plain, kept = ImageViews(records, pre, seeds), KeptViews(records, pre, seeds)
+    first = [kept[i] for i in range(6)]
+    assert kept.keeps and len(made) == 6
+    for _ in range(2):  # every later epoch reads the kept crops, equal to freshly made ones
+        for i in range(6):
+            (x, y), (fresh_x, fresh_y) = kept[i], plain[i]
+            assert torch.equal(x, fresh_x) and y == fresh_y
+    assert len(made) == 6 + 12  # the plain views made theirs again, the kept ones did not
+    assert all(kept[i][0] is first[i][0] for i in range(6))
+    small = KeptViews(records, pre, seeds, budget_bytes=3 * 4 * 224 * 224 * 5)  # room for five crops: keeps none
+    made.clear()
+    _ = [small[i] for i in range(6)] + [small[i] for i in range(6)]
+    assert not small.keeps and len(made) == 12

@@ -23,7 +23,7 @@ from zoo.training import distributed
 from zoo.training.augment import item_seed
 from zoo.training.batchnorm import calibration_records, recalibrate
 from zoo.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from zoo.training.datasets import ImageViews, epoch_order, shape_batches
+from zoo.training.datasets import ImageViews, KeptViews, epoch_order, shape_batches
 from zoo.training.feature_cache import bottleneck_views, tensors_fingerprint
 from zoo.training.loop import predict_features, predict_images, train_features_epoch, train_images_epoch
 from zoo.training.metrics import classification_report
@@ -73,7 +73,7 @@ def epoch_inputs(run: Resolved, data: TrainingData, plan: Plan, recipe: Recipe) 
     seeds = [item_seed(o.seed, "batchnorm", i) for i in range(len(calibration))] if recipe.augment else None
     inputs = EpochInputs(torch.tensor([r.label for r in data.train]), torch.tensor([r.label for r in data.val]),
                          train_feats, val_feats, ImageViews(data.val, data.preprocess),
-                         ImageViews(calibration, data.preprocess, seeds))
+                         KeptViews(calibration, data.preprocess, seeds))
     return inputs, cache_report
 
 
