@@ -10,17 +10,27 @@ strategy and its time as a multiple of the picked strategy's; and the similarity
 
     python benchmarks/strategies.py [--datasets textures digits500 ...] [--strategies head svm] [--out DIR]
         [--seeds 0 1 2] [--warm-head] [--before benchmarks/results/strategies-before-issue13.json]
+        [--before-tree /tmp/before]
 
 With several --seeds, each seed draws its own split of the sample (write_sample's seed) and trains with
 that seed; after the per-seed tables a last table gives each dataset's mean over seeds, and auto's gap
 to the best strategy by those means: on 80 to 100 val images one image is a point or more, so a
 single split cannot tell a one-image difference from a better choice.
+
+With --before-tree (a checkout of an older commit: `git worktree add /tmp/before d3f89ea`), every
+dataset is run twice side by side, by the older code (its own zoo package and its own strategies.py)
+and by this one, each in a fresh process, in alternating order; the table against it follows each
+dataset. Times taken on different days are not comparable on a shared machine (this 2-core CPU has
+run the same code 2x slower on some afternoons), so "faster than before" is measured this way.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,6 +113,52 @@ def run(dataset: str, work: Path, model: str, seed: int, strategies: tuple[str, 
             "auto_time_ratio": auto["seconds"] / rows[advice["strategy"]]["seconds"]}
 
 
+def run_in_tree(tree: Path, dataset: str, work: Path, model: str, seed: int, **options) -> dict:
+    """`run` of the code checked out in `tree`, in a fresh process with that tree's zoo package first on the
+    path (this script runs there with --in-tree and loads the tree's own strategies.py)."""
+    spec = {"tree": str(tree), "dataset": dataset, "work": str(work), "model": model, "seed": seed,
+            "options": options, "out": str(work / f"{dataset}-result.json")}
+    subprocess.run([sys.executable, __file__, "--in-tree", json.dumps(spec)], check=True, cwd=tree,
+                   env={**os.environ, "PYTHONPATH": str(tree)})
+    return json.loads(Path(spec["out"]).read_text())
+
+
+def _in_tree(spec: dict) -> None:
+    """The child of run_in_tree: options the tree's run() does not take (an older one) are left out."""
+    import importlib.util
+    import inspect
+
+    loader = importlib.util.spec_from_file_location("tree_strategies", Path(spec["tree"]) / "benchmarks/strategies.py")
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    options = {k: v for k, v in spec["options"].items() if k in inspect.signature(module.run).parameters}
+    row = module.run(spec["dataset"], Path(spec["work"]), spec["model"], spec["seed"], **options)
+    Path(spec["out"]).write_text(json.dumps(row))
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    """Every dataset by the older tree and by this one, alternating which runs first."""
+    here, found = Path(__file__).resolve().parents[1], {"before": [], "now": []}
+    for seed in args.seeds:
+        for i, d in enumerate(args.datasets):
+            order = [("before", args.before_tree), ("now", here)]
+            for side, tree in order if i % 2 == 0 else order[::-1]:
+                with tempfile.TemporaryDirectory(prefix=f"zoo-strategies-{side}-") as tmp:
+                    row = run_in_tree(tree, d, Path(tmp), args.model, seed,
+                                      strategies=tuple(args.strategies), warm_head=args.warm_head)
+                found[side].append({**row, "seed": seed, "tree": str(tree)})
+                print(f"[{d} seed {seed}] {side} ({tree}) done", flush=True)
+            if args.out:
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "strategies_side_by_side.json").write_text(json.dumps(found, indent=2) + "\n")
+            print(f"\nnow, seed {seed}:")
+            print_table([r for r in found["now"] if r["seed"] == seed])
+            print(f"\nbefore ({args.before_tree}) -> now, seed {seed}, measured side by side:")
+            print_against([r for r in found["now"] if r["seed"] == seed],
+                          [r for r in found["before"] if r["seed"] == seed])
+
+
 def print_table(results: list[dict]) -> None:
     print()
     print("| data (train images) | similarity | full | partial | head | svm | auto: pick | auto | gap | time vs pick |")
@@ -172,7 +228,16 @@ def main() -> None:
                     "(zoo finetune --warm-head); auto runs as zoo finetune --strategy auto does")
     ap.add_argument("--before", type=Path, default=None, help="an earlier run's JSON: print times and accuracies "
                     "against it")
+    ap.add_argument("--before-tree", type=Path, default=None, help="a checkout of an older commit: run it and "
+                    "this code side by side on every dataset, each in a fresh process")
+    ap.add_argument("--in-tree", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.in_tree:
+        _in_tree(json.loads(args.in_tree))
+        return
+    if args.before_tree:
+        side_by_side(args)
+        return
     results: list[dict] = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:

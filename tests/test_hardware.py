@@ -15,6 +15,32 @@ from zoo.hardware import CPU_FP32, Compute, cpu_has_native_bf16, resolve_device,
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers of a machine without CUDA")
 
 
+def test_a_cpu_training_pass_runs_depthwise_convolutions_in_fp32_and_every_other_layer_as_before():
+    from zoo.backbones import create_model
+
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=False).train()
+    depthwise = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1}
+    assert len(depthwise) == 16
+    seen: dict[str, torch.dtype] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda m, i, out, n=n: seen.__setitem__(n, out.dtype))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, bf16 = torch.randn(2, 3, 64, 64), Compute(torch.device("cpu"), "bf16")
+    with bf16.training_pass(model), bf16.autocast():
+        model(x).sum().backward()  # the backward runs through the casts
+    assert {n for n, t in seen.items() if t == torch.float32} == depthwise
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    seen.clear()
+    with bf16.autocast():  # after the pass, and in forward-only passes: the convolutions as autocast runs them
+        model(x)
+    assert set(seen.values()) == {torch.bfloat16}
+    assert all("forward" not in vars(m) for m in model.modules())  # nothing stays on the instances
+    assert state.keys() == model.state_dict().keys()
+    with CPU_FP32.training_pass(model):  # fp32: nothing to do
+        assert all("forward" not in vars(m) for m in model.modules())
+
+
 @no_cuda
 def test_auto_takes_the_cpu_without_a_gpu(monkeypatch):
     monkeypatch.setattr("zoo.hardware._mps_available", lambda: False)

@@ -57,29 +57,28 @@ def train_images_epoch(plan: Plan, dataset: ImageViews, batches: list[list[int]]
         class_weights = weight.tolist() if weight is not None else None
         net, shares = parallel.ddp, parallel.shares(batches, [r.label for r in dataset.records], class_weights)
     data = loader(dataset, batches if shares is None else [s.indices for s in shares], workers, compute.pin_memory)
-    for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches))):
-        if deadline is not None and seen and time.monotonic() > deadline:
-            break
-        set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
-        x, y = compute.batch(x), y.to(compute.device, non_blocking=compute.pin_memory)
-        if shares is None or parallel is None:
+    with compute.training_pass(plan.model):  # on a CPU under autocast: depthwise convolutions in fp32
+        for b, (x, y) in enumerate(progress_bar(data, f"epoch {epoch + 1}/{epochs}", total=len(batches))):
+            if deadline is not None and seen and time.monotonic() > deadline:
+                break
+            set_lr(optimizer, base_lrs, (epoch + b / len(batches)) / epochs)
+            x, y = compute.batch(x), y.to(compute.device, non_blocking=compute.pin_memory)
+            share = shares[b] if shares is not None and parallel is not None else None
+            if share is not None and parallel is not None:
+                parallel.begin(share)
             with compute.autocast():
                 logits = net(x)
                 loss = loss_fn(logits, y)
-            _step(optimizer, loss, scaler)
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        else:
-            share = shares[b]
-            parallel.begin(share)
-            with compute.autocast():
-                logits = net(x)
-                loss = loss_fn(logits, y)
-            _step(optimizer, loss * parallel.loss_scale(share), scaler)
-            total_loss += loss.item() * share.fraction * share.size  # this rank's part of the batch's loss sum
-            correct += int((logits.argmax(1) == y).sum()) if share.images else 0
-            seen += share.images
+            if share is None or parallel is None:
+                _step(optimizer, loss, scaler)
+                total_loss += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+            else:
+                _step(optimizer, loss * parallel.loss_scale(share), scaler)
+                total_loss += loss.item() * share.fraction * share.size  # this rank's part of the batch's loss sum
+                correct += int((logits.argmax(1) == y).sum()) if share.images else 0
+                seen += share.images
     if parallel is not None:
         total_loss, correct, seen = parallel.sum_over_ranks(total_loss, correct, seen)
         parallel.sync_buffers()
