@@ -146,7 +146,7 @@ def test_a_cpu_run_records_its_device_and_precision(tiny_textures, tmp_path):
     finetune(tiny_textures, strategy="head", epochs=2, out=out, cache_dir=tmp_path / "cache", device="cpu")
     compute = read_json(out / "config.json")["compute"]
     assert compute["device"] == "cpu" and compute["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
-    assert compute["channels_last"] == "true"
+    assert compute["channels_last"] == "true" and compute["depthwise_training"] == "fp32"
     assert compute["cpu_allocator"] == ("heap" if sys.platform.startswith("linux") else "system")
 
 

@@ -247,7 +247,9 @@ class Compute:
     def describe(self) -> dict[str, str]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         return {"device": str(self.device), "name": name, "precision": self.precision,
-                "channels_last": str(self.channels_last).lower()}
+                "channels_last": str(self.channels_last).lower(),
+                # what training_pass leaves depthwise convolutions in
+                "depthwise_training": "fp32" if self.device.type == "cpu" else self.precision}
 
 
 CPU_FP32 = Compute(torch.device("cpu"), "fp32")
