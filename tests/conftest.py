@@ -25,6 +25,20 @@ def feature_cache_dir(tmp_path_factory) -> Path:
         os.environ["ZOO_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def serve_home(tmp_path_factory) -> Path:
+    """Servers' state folders (ZOO_SERVE_HOME) per test session, never the user's ~/.zoo/serve: under
+    pytest-xdist each worker has its own, so two workers never read each other's servers."""
+    path = tmp_path_factory.mktemp("serve-home")
+    old = os.environ.get("ZOO_SERVE_HOME")
+    os.environ["ZOO_SERVE_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ZOO_SERVE_HOME", None)
+    else:
+        os.environ["ZOO_SERVE_HOME"] = old
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
