@@ -132,7 +132,10 @@ def _in_tree(spec: dict) -> None:
     assert loader is not None and loader.loader is not None
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
-    options = {k: v for k, v in spec["options"].items() if k in inspect.signature(module.run).parameters}
+    taken = inspect.signature(module.run).parameters
+    options = {k: v for k, v in spec["options"].items() if k in taken}
+    if dropped := sorted(set(spec["options"]) - set(options)):  # e.g. --strategies: the older tree runs them all
+        print(f"[{spec['dataset']}] {spec['tree']} does not take {', '.join(dropped)}: run without", flush=True)
     row = module.run(spec["dataset"], Path(spec["work"]), spec["model"], spec["seed"], **options)
     Path(spec["out"]).write_text(json.dumps(row))
 
