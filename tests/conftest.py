@@ -16,27 +16,18 @@ def feature_cache_dir(tmp_path_factory) -> Path:
 
     Never the real ~/.cache: the suite starts empty on every machine, as in CI, and leaves the user's alone."""
     path = tmp_path_factory.mktemp("zoo-cache")
-    old = os.environ.get("ZOO_CACHE_DIR")
-    os.environ["ZOO_CACHE_DIR"] = str(path)
-    yield path / "features"
-    if old is None:
-        os.environ.pop("ZOO_CACHE_DIR", None)
-    else:
-        os.environ["ZOO_CACHE_DIR"] = old
+    with pytest.MonkeyPatch.context() as env:  # session-scoped: the monkeypatch fixture is per test
+        env.setenv("ZOO_CACHE_DIR", str(path))
+        yield path / "features"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def serve_home(tmp_path_factory) -> Path:
-    """Servers' state folders (ZOO_SERVE_HOME) per test session, never the user's ~/.zoo/serve: under
-    pytest-xdist each worker has its own, so two workers never read each other's servers."""
+    """Servers' state folders (ZOO_SERVE_HOME) in the test session's own folder, never the user's ~/.zoo/serve."""
     path = tmp_path_factory.mktemp("serve-home")
-    old = os.environ.get("ZOO_SERVE_HOME")
-    os.environ["ZOO_SERVE_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("ZOO_SERVE_HOME", None)
-    else:
-        os.environ["ZOO_SERVE_HOME"] = old
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ZOO_SERVE_HOME", str(path))
+        yield path
 
 
 @pytest.fixture
