@@ -134,7 +134,13 @@ def _in_tree(spec: dict) -> None:
     loader.loader.exec_module(module)
     taken = inspect.signature(module.run).parameters
     options = {k: v for k, v in spec["options"].items() if k in taken}
-    if dropped := sorted(set(spec["options"]) - set(options)):  # e.g. --strategies: the older tree runs them all
+    narrowed = ""
+    if "strategies" in spec["options"] and "strategies" not in taken and hasattr(module, "STRATEGIES"):
+        # An older run() loops over its module's STRATEGIES: narrowing that tuple makes the same choice in the
+        # benchmark alone (the tree's zoo package is untouched). Its auto row needs the pick among them.
+        module.STRATEGIES = tuple(spec["options"]["strategies"])
+        narrowed = "strategies"
+    if dropped := sorted(set(spec["options"]) - set(options) - {narrowed}):  # e.g. warm_head, which it lacks
         print(f"[{spec['dataset']}] {spec['tree']} does not take {', '.join(dropped)}: run without", flush=True)
     row = module.run(spec["dataset"], Path(spec["work"]), spec["model"], spec["seed"], **options)
     Path(spec["out"]).write_text(json.dumps(row))
