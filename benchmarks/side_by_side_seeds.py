@@ -1,0 +1,78 @@
+"""Paired accuracy differences over seeds, from the JSON files of `strategies.py --before-tree` runs.
+
+One side-by-side run is one seed, and on val sets of 80 to 100 images one image is a point or more: a
+single seed cannot tell a change of code from the luck of a split. This joins every run of a dataset and
+seed that both trees made (several files, e.g. seed 0 of all sets and more seeds of a few), and prints per
+dataset and strategy the difference now minus before at each seed, their mean and its standard error,
+and the time ratio now/before of each seed.
+
+    python benchmarks/side_by_side_seeds.py benchmarks/results/strategies_side_by_side*.json
+        [--datasets photos emoji] [--out FILE.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = ("full", "partial", "head", "svm", "auto")
+
+
+def paired(files: list[Path]) -> dict[tuple[str, str], dict[int, tuple[dict, dict]]]:
+    """(dataset, strategy) -> seed -> (before row, now row), for every cell both sides ran."""
+    sides: dict[str, dict[tuple[str, int], dict]] = {"before": {}, "now": {}}
+    for path in files:
+        found = json.loads(path.read_text())
+        for side in sides:
+            for run in found.get(side, []):
+                cells = {**run["rows"], "auto": run["auto"]}
+                sides[side].setdefault((run["dataset"], run["seed"]), {}).update(cells)
+    out: dict[tuple[str, str], dict[int, tuple[dict, dict]]] = {}
+    for (dataset, seed), before in sides["before"].items():
+        now = sides["now"].get((dataset, seed), {})
+        for strategy in COLUMNS:
+            if strategy in before and strategy in now:
+                out.setdefault((dataset, strategy), {})[seed] = (before[strategy], now[strategy])
+    return out
+
+
+def summary(pairs: dict[tuple[str, str], dict[int, tuple[dict, dict]]], datasets: list[str] | None) -> list[dict]:
+    rows = []
+    for (dataset, strategy), seeds in sorted(pairs.items(), key=lambda kv: (kv[0][0], COLUMNS.index(kv[0][1]))):
+        if datasets and dataset not in datasets:
+            continue
+        order = sorted(seeds)
+        diffs = [100 * (seeds[s][1]["accuracy"] - seeds[s][0]["accuracy"]) for s in order]
+        ratios = [seeds[s][1]["seconds"] / seeds[s][0]["seconds"] for s in order]
+        rows.append({
+            "dataset": dataset, "strategy": strategy, "seeds": order,
+            "before": [100 * seeds[s][0]["accuracy"] for s in order],
+            "now": [100 * seeds[s][1]["accuracy"] for s in order],
+            "difference_points": diffs, "mean_difference_points": statistics.fmean(diffs),
+            "standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+            "time_ratio": ratios})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    rows = summary(paired(args.files), args.datasets)
+    print("| data | strategy | seeds | before | now | now - before (points) | mean (SE) | time now/before |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        se = f" ({r['standard_error']:.1f})" if r["standard_error"] is not None else ""
+        print(f"| {r['dataset']} | {r['strategy']} | {' '.join(map(str, r['seeds']))} | "
+              f"{' / '.join(f'{a:.1f}' for a in r['before'])} | {' / '.join(f'{a:.1f}' for a in r['now'])} | "
+              f"{' / '.join(f'{d:+.1f}' for d in r['difference_points'])} | {r['mean_difference_points']:+.1f}{se} | "
+              f"{' / '.join(f'{t:.2f}x' for t in r['time_ratio'])} |")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
