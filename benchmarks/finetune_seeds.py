@@ -23,48 +23,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
-import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from unittest import mock
 
+from held_out import HELD_OUT, write_test
 from strategies import DATASETS, EPOCHS
-
-# Sets whose images are distinct pictures: an image the sample left out was never seen in training.
-# The crop sets (textures, photos) are left out: a crop outside the sample may overlap a training crop.
-HELD_OUT = {"digits500", "silhouettes", "emoji"}
-
-
-def write_test(dataset: str, data: Path, seed: int, count: int) -> int:
-    """Write up to `count` images of the source that are not in the sample as data/test/<class>, as
-    evenly over the classes as they allow; return how many."""
-    from zoo.data.samples import SAMPLES
-
-    name, limit, _ = DATASETS[dataset]
-    seen = {hashlib.sha256(img.tobytes()).digest()
-            for _, _, img in SAMPLES[name].build(seed, limit)[0]}
-    items, classes = SAMPLES[name].build(seed, None)
-    rest: dict[str, list] = {c: [] for c in classes}
-    for _, cls, img in items:
-        if hashlib.sha256(img.tobytes()).digest() not in seen:
-            rest[cls].append(img)
-    rng = random.Random(seed)
-    for images in rest.values():
-        rng.shuffle(images)
-    written = 0
-    for cls, images in rest.items():
-        folder = data / "test" / cls
-        folder.mkdir(parents=True)
-        for i, img in enumerate(images[: count // len(classes)]):
-            img.save(folder / f"{cls}_{i:05d}.png")
-            written += 1
-    return written
-
 
 CONFIGS = {"before": dict(image_size="224", precision="fp32", warm_head=False), "now": {},
            "now-fp32": dict(precision="fp32")}
@@ -110,8 +78,8 @@ def main() -> None:
                 data = work / f"{dataset}-{seed}"
                 write_sample(name, data, seed=seed, limit=limit)
                 if args.test:
-                    print(f"[{dataset} seed {seed}] {write_test(dataset, data, seed, args.test)} held-out test images",
-                          flush=True)
+                    written = write_test(name, limit, data, seed, args.test)
+                    print(f"[{dataset} seed {seed}] {written} held-out test images", flush=True)
                 for strategy in args.strategies:
                     for label in args.configs:
                         out = work / f"{dataset}-{seed}-{strategy}-{label}" / "run"

@@ -4,7 +4,8 @@ One side-by-side run is one seed, and on val sets of 80 to 100 images one image 
 single seed cannot tell a change of code from the luck of a split. This joins every run of a dataset and
 seed that both trees made (several files, e.g. seed 0 of all sets and more seeds of a few), and prints per
 dataset and strategy the difference now minus before at each seed, their mean and its standard error,
-and the time ratio now/before of each seed.
+the same on held-out images where the runs were scored on them (strategies.py --test), and the time
+ratio now/before of each seed.
 
     python benchmarks/side_by_side_seeds.py benchmarks/results/strategies_side_by_side*.json
         [--datasets photos emoji] [--out FILE.json]
@@ -51,8 +52,18 @@ def summary(pairs: dict[tuple[str, str], dict[int, tuple[dict, dict]]], datasets
             "now": [100 * seeds[s][1]["accuracy"] for s in order],
             "difference_points": diffs, "mean_difference_points": statistics.fmean(diffs),
             "standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
-            "time_ratio": ratios})
+            "time_ratio": ratios, **_held_out([seeds[s] for s in order])})
     return rows
+
+
+def _held_out(pairs: list[tuple[dict, dict]]) -> dict:
+    """Where every seed's runs were also scored on held-out images (strategies.py --test): the paired
+    differences there, and their mean and standard error."""
+    if not pairs or not all("test_accuracy" in b and "test_accuracy" in n for b, n in pairs):
+        return {}
+    diffs = [100 * (n["test_accuracy"] - b["test_accuracy"]) for b, n in pairs]
+    return {"test_difference_points": diffs, "mean_test_difference_points": statistics.fmean(diffs),
+            "test_standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None}
 
 
 def main() -> None:
@@ -62,14 +73,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = summary(paired(args.files), args.datasets)
-    print("| data | strategy | seeds | before | now | now - before (points) | mean (SE) | time now/before |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| data | strategy | seeds | before | now | now - before (points) | mean (SE) | held-out: now - before "
+          "(points), mean (SE) | time now/before |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         se = f" ({r['standard_error']:.1f})" if r["standard_error"] is not None else ""
+        held = "-"
+        if "test_difference_points" in r:
+            held = " / ".join(f"{d:+.1f}" for d in r["test_difference_points"]) + \
+                f", {r['mean_test_difference_points']:+.1f}" + \
+                (f" ({r['test_standard_error']:.1f})" if r["test_standard_error"] is not None else "")
         print(f"| {r['dataset']} | {r['strategy']} | {' '.join(map(str, r['seeds']))} | "
               f"{' / '.join(f'{a:.1f}' for a in r['before'])} | {' / '.join(f'{a:.1f}' for a in r['now'])} | "
               f"{' / '.join(f'{d:+.1f}' for d in r['difference_points'])} | {r['mean_difference_points']:+.1f}{se} | "
-              f"{' / '.join(f'{t:.2f}x' for t in r['time_ratio'])} |")
+              f"{held} | {' / '.join(f'{t:.2f}x' for t in r['time_ratio'])} |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
 

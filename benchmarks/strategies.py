@@ -10,7 +10,7 @@ strategy and its time as a multiple of the picked strategy's; and the similarity
 
     python benchmarks/strategies.py [--datasets textures digits500 ...] [--strategies head svm] [--out DIR]
         [--seeds 0 1 2] [--warm-head] [--before benchmarks/results/strategies-before-issue13.json]
-        [--before-tree /tmp/before]
+        [--before-tree /tmp/before] [--test 1000]
 
 With several --seeds, each seed draws its own split of the sample (write_sample's seed) and trains with
 that seed; after the per-seed tables a last table gives each dataset's mean over seeds, and auto's gap
@@ -22,6 +22,10 @@ dataset is run twice side by side, by the older code (its own zoo package and it
 and by this one, each in a fresh process, in alternating order; the table against it follows each
 dataset. Times taken on different days are not comparable on a shared machine (this 2-core CPU has
 run the same code 2x slower on some afternoons), so "faster than before" is measured this way.
+
+--test N (digits500, silhouettes, emoji) also scores every finished run, the older tree's too, with this
+tree's `zoo evaluate` on up to N images the sample left out, the same for both sides of a seed
+(benchmarks/held_out.py): a paired yardstick of hundreds of images where val has under a hundred.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from held_out import HELD_OUT
 
 STRATEGIES = ("full", "partial", "head", "svm")
 # name: (sample set, image limit, character)
@@ -156,6 +162,7 @@ def side_by_side(args: argparse.Namespace) -> None:
                 with tempfile.TemporaryDirectory(prefix=f"zoo-strategies-{side}-") as tmp:
                     row = run_in_tree(tree, d, Path(tmp), args.model, seed,
                                       strategies=tuple(args.strategies), warm_head=args.warm_head)
+                    score_held_out(args.test, Path(tmp), d, seed, row)
                 found[side].append({**row, "seed": seed, "tree": str(tree)})
                 print(f"[{d} seed {seed}] {side} ({tree}) done", flush=True)
             if args.out:
@@ -166,6 +173,20 @@ def side_by_side(args: argparse.Namespace) -> None:
             print(f"\nbefore ({args.before_tree}) -> now, seed {seed}, measured side by side:")
             print_against([r for r in found["now"] if r["seed"] == seed],
                           [r for r in found["before"] if r["seed"] == seed])
+
+
+def score_held_out(count: int, work: Path, dataset: str, seed: int, row: dict) -> None:
+    """With --test: every finished run of the row (the older tree's too) scored by this tree on up to `count`
+    images its sample left out (benchmarks/held_out.py), the same images for both sides of a seed."""
+    if not count:
+        return
+    from held_out import score_runs, write_test
+
+    name, limit, _ = DATASETS[dataset]
+    write_test(name, limit, work / dataset, seed, count)
+    row["test_images"] = score_runs(work, dataset, {**row["rows"], "auto": row["auto"]})
+    print(f"[{dataset} seed {seed}] on {row['test_images']} held-out images: " + ", ".join(
+        f"{k} {100 * v['test_accuracy']:.2f}%" for k, v in {**row["rows"], "auto": row["auto"]}.items()), flush=True)
 
 
 def print_table(results: list[dict]) -> None:
@@ -239,8 +260,12 @@ def main() -> None:
                     "against it")
     ap.add_argument("--before-tree", type=Path, default=None, help="a checkout of an older commit: run it and "
                     "this code side by side on every dataset, each in a fresh process")
+    ap.add_argument("--test", type=int, default=0, help="also score every run on up to N images its sample "
+                    "left out (sets of distinct images: " + ", ".join(sorted(HELD_OUT)) + ")")
     ap.add_argument("--in-tree", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.test and not set(args.datasets) <= HELD_OUT:
+        ap.error(f"--test needs sets of distinct images: {', '.join(sorted(HELD_OUT))}")
     if args.in_tree:
         _in_tree(json.loads(args.in_tree))
         return
@@ -252,6 +277,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="zoo-strategies-") as tmp:
             for d in args.datasets:
                 row = run(d, Path(tmp), args.model, seed, tuple(args.strategies), args.warm_head)
+                score_held_out(args.test, Path(tmp), d, seed, row)
                 results.append({**row, "seed": seed})
                 if args.out:  # after every dataset: a long run that is stopped keeps what it measured
                     args.out.mkdir(parents=True, exist_ok=True)
