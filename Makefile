@@ -23,8 +23,9 @@ demo: setup
 	$(ZOO) models check
 	$(ZOO) demo --out demo-out
 
+# The 60 slowest steps are listed: the suite is held to 10 minutes on a 2-core machine, and CI logs say where it goes.
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=60
 
 # ruff (style, import order, the torch-import ban) and mypy (types) on the library.
 lint: setup
