@@ -184,9 +184,10 @@ def score_held_out(count: int, work: Path, dataset: str, seed: int, row: dict) -
 
     name, limit, _ = DATASETS[dataset]
     write_test(name, limit, work / dataset, seed, count)
-    row["test_images"] = score_runs(work, dataset, {**row["rows"], "auto": row["auto"]})
-    print(f"[{dataset} seed {seed}] on {row['test_images']} held-out images: " + ", ".join(
-        f"{k} {100 * v['test_accuracy']:.2f}%" for k, v in {**row["rows"], "auto": row["auto"]}.items()), flush=True)
+    runs = {**row["rows"], "auto": row["auto"]}  # the same dicts: score_runs adds test_accuracy to the row's cells
+    row["test_images"] = score_runs(work, dataset, runs)
+    print(f"[{dataset} seed {seed}] on {row['test_images']} held-out images: "
+          + ", ".join(f"{k} {100 * v['test_accuracy']:.2f}%" for k, v in runs.items()), flush=True)
 
 
 def print_table(results: list[dict]) -> None:
