@@ -51,7 +51,7 @@ def summary(pairs: dict[tuple[str, str], dict[int, tuple[dict, dict]]], datasets
             "before": [100 * seeds[s][0]["accuracy"] for s in order],
             "now": [100 * seeds[s][1]["accuracy"] for s in order],
             "difference_points": diffs, "mean_difference_points": statistics.fmean(diffs),
-            "standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+            "standard_error": _standard_error(diffs),
             "time_ratio": ratios, **_held_out([seeds[s] for s in order])})
     return rows
 
@@ -63,7 +63,11 @@ def _held_out(pairs: list[tuple[dict, dict]]) -> dict:
         return {}
     diffs = [100 * (n["test_accuracy"] - b["test_accuracy"]) for b, n in pairs]
     return {"test_difference_points": diffs, "mean_test_difference_points": statistics.fmean(diffs),
-            "test_standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None}
+            "test_standard_error": _standard_error(diffs)}
+
+
+def _standard_error(values: list[float]) -> float | None:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
 
 
 def main() -> None:
