@@ -158,3 +158,22 @@ def test_a_stage_graph_is_cut_from_the_whole_graph_of_the_same_weights(tmp_path,
     # other weights up to the stage: traced, never cut from a graph of different weights
     other = _two_stages(1).truncated("stage1")
     assert ort_features.extractor(other, "two", "stage1", 64).report["made"] == "traced"
+
+
+def test_a_run_that_wants_fewer_outputs_runs_a_graph_pruned_to_them(tmp_path, monkeypatch):
+    """ONNX Runtime computes every output of a graph whatever a run asks for: head and svm want one."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(ort_features.ENGINE_ENV, "onnxruntime")
+    monkeypatch.setattr(ort_features, "_LOADED", {})
+    model = _two_stages(0)
+    ext = ort_features.extractor(model, "two", None, 64)
+    assert ext is not None and len(ext.layers) > 1
+    x = torch.randn(2, 3, 40, 56)
+    every = ext(x, ext.layers)
+    assert ext._pruned == {}  # all outputs: the checked graph itself
+    alone = ext(x, [None])
+    (session,) = ext._pruned.values()
+    assert [o.name for o in session.get_outputs()] == [ort_features.output_name(None)]
+    assert torch.equal(alone[None], every[None])
+    ext(x, [None])
+    assert len(ext._pruned) == 1  # made once per set of outputs
