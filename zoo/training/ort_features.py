@@ -238,16 +238,16 @@ def _open_or_make(model: ZooModel, model_name: str, deepest: Layer, input_size: 
     layers = pooled_names(model, deepest)
     if path.is_file() and report_path.is_file():
         try:
-            graph = path.read_bytes()
-            return Extractor(_session(graph), layers, json.loads(report_path.read_text()), graph)
+            stored = path.read_bytes()
+            return Extractor(_session(stored), layers, json.loads(report_path.read_text()), stored)
         except Exception as e:  # noqa: BLE001 - a damaged entry is made again, not worked around on every run
             log.warning(f"the feature graph {path} cannot be read ({type(e).__name__}: {e}): making it again")
     tick = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = _without_hooks(model)
-    graph = _cut_from_whole(path.parent, model_name, clean, deepest)
-    made = "cut from the whole backbone's graph" if graph is not None else "traced"
-    graph = graph if graph is not None else _export(clean, layers)
+    cut = _cut_from_whole(path.parent, model_name, clean, deepest)
+    made = "cut from the whole backbone's graph" if cut is not None else "traced"
+    graph = cut if cut is not None else _export(clean, layers)
     atomic_write_bytes(path, graph)
     session = _session(graph)
     report = {**_check(clean, session, layers, input_size), "model": model_name, "deepest": deepest, "made": made,
