@@ -122,7 +122,7 @@ class Extractor:
     def _session_for(self, names: tuple[str, ...]) -> Any:
         """A session that computes only `names`: ONNX Runtime runs every node of a graph whatever outputs
         a run asks for, and the pooled outputs of the early stages average the largest activation maps
-        (pruned to the bottleneck, lite0 extracted the textures sample 6-7% faster, median of 12-14 interleaved rounds).
+        (pruned to the bottleneck, lite0 extracted the textures sample 5% faster: benchmarks/extraction_outputs.py).
         The pruned graph holds a subset of the checked graph's nodes, unchanged, so its parity holds."""
         if self.graph is None or set(names) == {output_name(x) for x in self.layers}:
             return self.session
