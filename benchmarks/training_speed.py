@@ -92,6 +92,8 @@ def extraction(data: Path, limit: int, work: Path, rounds: int = 6) -> dict[str,
             tick = time.perf_counter()
             way(round_)
             seconds[name].append(time.perf_counter() - tick)
+    for name, s in seconds.items():
+        print(f"  {name} rounds, images/s: " + " ".join(f"{len(records) / x:.1f}" for x in s), flush=True)
     return {name: (len(records) / min(s), len(records) / statistics.median(s)) for name, s in seconds.items()}
 
 
