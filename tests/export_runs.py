@@ -5,6 +5,8 @@ and metrics.json gets the PyTorch val accuracy measured with zoo.preprocess, as 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +18,18 @@ from zoo.preprocess import preprocess
 from zoo.run_dir import CONFIG, LABELS, WEIGHTS, mark_complete, save_weights
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """PyTorch on one thread: several times faster on a shared 2-core machine, where its second thread
+    waits on a core that ONNX Runtime's threads (or another process) hold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def _features(model, samples, cfg) -> torch.Tensor:
     return torch.cat([model.forward_features(torch.from_numpy(preprocess(s.path, cfg))[None]) for s in samples])
@@ -25,12 +39,8 @@ def make_run(out: Path, data_dir: Path, model_name: str = "efficientnet_lite0", 
              pretrained: bool = True, train: bool = True, steps: int = 100, record_data: bool = True) -> Path:
     data = load_image_folder(data_dir)
     k = len(data.classes)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread is several times faster on a shared 2-core machine
-    try:
+    with one_thread():
         return _make_run(out, data, data_dir, model_name, layer, pretrained, train, steps, record_data, k)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _make_run(out, data, data_dir, model_name, layer, pretrained, train, steps, record_data, k) -> Path:

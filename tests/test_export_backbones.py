@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_runs import make_run, precision_floor
+from export_runs import make_run, one_thread, precision_floor
 
 from zoo.backbones import get_spec, list_specs
 from zoo.errors import ZooError
@@ -40,6 +40,14 @@ def _sweep() -> list[str]:
 
 
 SWEEP = _sweep()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_on_one_thread():
+    """The PyTorch side of every parity check on one thread, as make_run trains: each check alternates
+    PyTorch and ONNX Runtime, whose threads contend for the same 2 cores; what is checked is unchanged."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
