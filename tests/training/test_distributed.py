@@ -55,6 +55,11 @@ def _zoo(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
+def _start_zoo(*args) -> subprocess.Popen:
+    """Started before the single-process run: that run uses one core and the ranks' start-up the other."""
+    return subprocess.Popen([ZOO, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _single_process(data: Path, out: Path, **options) -> dict:
     """In this process, with one thread like each rank (so the comparison isolates the distribution)."""
     threads = torch.get_num_threads()
@@ -179,10 +184,11 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch):
 # ---------------------------------------------------------------- slow: real processes
 @pytest.mark.slow
 def test_two_processes_end_with_the_single_process_weights(digits60, tmp_path):
+    run = _start_zoo("finetune", digits60, "--out", tmp_path / "ddp", *EQUIVALENCE, "--nproc", "2")
     single = _single_process(digits60, tmp_path / "single", strategy="partial", freeze_until="head_conv",
                              augment=False, epochs=2, lr=0.01, precision="fp32")
-    run = _zoo("finetune", digits60, "--out", tmp_path / "ddp", *EQUIVALENCE, "--nproc", "2")
-    assert run.returncode == 0, run.stderr
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
 
     ranks = metrics["distributed"]
@@ -209,11 +215,12 @@ def test_distributed_feature_cache_equals_the_single_process_cache(digits60, tmp
     # key: the single process is held to torch too, so the keys compare what this test is about.
     monkeypatch.setenv("ZOO_FEATURE_ENGINE", "torch")
     options = ["--strategy", "head", "--views", "1", "--epochs", "1"]  # one augmented view + the val images
+    run = _start_zoo("finetune", digits60, "--out", tmp_path / "ddp", *FAST, *options, "--cache-dir",
+                     tmp_path / "two", "--nproc", "2")
     _single_process(digits60, tmp_path / "single", model="mobilenet_v3_small", pretrained=False, strategy="head",
                     views=1, epochs=1, cache_dir=tmp_path / "one")
-    run = _zoo("finetune", digits60, "--out", tmp_path / "ddp", *FAST, *options, "--cache-dir", tmp_path / "two",
-               "--nproc", "2")
-    assert run.returncode == 0, run.stderr
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
 
     one = {p.relative_to(tmp_path / "one"): p for p in (tmp_path / "one").rglob("*.safetensors")}
     two = {p.relative_to(tmp_path / "two"): p for p in (tmp_path / "two").rglob("*.safetensors")}

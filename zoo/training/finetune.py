@@ -25,7 +25,6 @@ from zoo.training.feature_cache import tensors_fingerprint
 from zoo.training.fit import FitResult, fit
 from zoo.training.metrics import classification_report
 from zoo.training.options import FinetuneOptions, Resolved, resolve
-from zoo.training.plots import plot_confusion, plot_curves
 from zoo.training.recipe import TrainingData, check_resumable, load_data, make_plan, make_recipe, run_config
 from zoo.training.report import model_card, write_history
 from zoo.training.selection import SELECTION
@@ -129,6 +128,9 @@ def write_results(out: Path, config: dict[str, Any], metrics: dict[str, Any], hi
                   classes: list[str], plan: Plan, tracker: Tracker | None = None) -> None:
     """The finished run's files, then run_complete.json: until it is written the run reads as unfinished, so a
     full disk or a kill part-way leaves a run that `--resume` finishes and that export refuses."""
+    # matplotlib, imported here: ~0.7 s that ranks other than 0, and runs that stop early, never need
+    from zoo.training.plots import plot_confusion, plot_curves
+
     atomic_write_json(out / METRICS, metrics)
     write_history(out / "history.csv", history)
     title = (f"{config['model']} · {config['strategy']} · val accuracy {100 * metrics['accuracy']:.1f}% "

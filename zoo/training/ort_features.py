@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnx.utils
 import torch
 from torch import nn
 
@@ -127,6 +125,8 @@ class Extractor:
         if self.graph is None or set(names) == {output_name(x) for x in self.layers}:
             return self.session
         if names not in self._pruned:
+            import onnx.utils  # imported where needed: onnx costs every process ~1 s at start
+
             whole = onnx.load_from_string(self.graph)
             self._pruned[names] = _session(onnx.utils.Extractor(whole).extract_model(["image"], list(names))
                                            .SerializeToString())
@@ -152,6 +152,8 @@ def _cuts(model: ZooModel) -> dict[str, str]:
 def _cut_from_whole(folder: Path, model_name: str, model: ZooModel, deepest: Layer) -> bytes | None:
     """The graph up to `deepest`, pruned from a whole-backbone graph made for the same weights up to it;
     None when there is none (or it cannot be read)."""
+    import onnx.utils
+
     from zoo.training.feature_cache import weights_fingerprint
 
     if deepest is None:
