@@ -15,6 +15,7 @@ up to a full step: there the same comparison measured 8e-6 (lr 0.001) and 1e-4 (
 weights of one such unit.) Features are extracted in the very batches one process uses: the
 caches are compared at 1e-6 and are in practice bit-identical.
 """
+import contextlib
 import json
 import os
 import signal
@@ -57,7 +58,19 @@ def _zoo(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 
 def _start_zoo(*args) -> subprocess.Popen:
     """Started before the single-process run: that run uses one core and the ranks' start-up the other."""
-    return subprocess.Popen([ZOO, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([ZOO, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: _ended can stop the ranks too
+
+
+@contextlib.contextmanager
+def _ended(run: subprocess.Popen):
+    """The started run is killed (with its ranks) if the test fails before it ends."""
+    try:
+        yield
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
 
 
 def _single_process(data: Path, out: Path, **options) -> dict:
@@ -185,9 +198,10 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch):
 @pytest.mark.slow
 def test_two_processes_end_with_the_single_process_weights(digits60, tmp_path):
     run = _start_zoo("finetune", digits60, "--out", tmp_path / "ddp", *EQUIVALENCE, "--nproc", "2")
-    single = _single_process(digits60, tmp_path / "single", strategy="partial", freeze_until="head_conv",
-                             augment=False, epochs=2, lr=0.01, precision="fp32")
-    _, stderr = run.communicate(timeout=300)
+    with _ended(run):
+        single = _single_process(digits60, tmp_path / "single", strategy="partial", freeze_until="head_conv",
+                                 augment=False, epochs=2, lr=0.01, precision="fp32")
+        _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
 
@@ -217,9 +231,10 @@ def test_distributed_feature_cache_equals_the_single_process_cache(digits60, tmp
     options = ["--strategy", "head", "--views", "1", "--epochs", "1"]  # one augmented view + the val images
     run = _start_zoo("finetune", digits60, "--out", tmp_path / "ddp", *FAST, *options, "--cache-dir",
                      tmp_path / "two", "--nproc", "2")
-    _single_process(digits60, tmp_path / "single", model="mobilenet_v3_small", pretrained=False, strategy="head",
-                    views=1, epochs=1, cache_dir=tmp_path / "one")
-    _, stderr = run.communicate(timeout=300)
+    with _ended(run):
+        _single_process(digits60, tmp_path / "single", model="mobilenet_v3_small", pretrained=False, strategy="head",
+                        views=1, epochs=1, cache_dir=tmp_path / "one")
+        _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
 
     one = {p.relative_to(tmp_path / "one"): p for p in (tmp_path / "one").rglob("*.safetensors")}
