@@ -125,12 +125,17 @@ class Extractor:
         if self.graph is None or set(names) == {output_name(x) for x in self.layers}:
             return self.session
         if names not in self._pruned:
-            import onnx.utils  # imported where needed: onnx costs every process ~1 s at start
+            import onnx
 
-            whole = onnx.load_from_string(self.graph)
-            self._pruned[names] = _session(onnx.utils.Extractor(whole).extract_model(["image"], list(names))
-                                           .SerializeToString())
+            self._pruned[names] = _session(_pruned(onnx.load_from_string(self.graph), list(names)))
         return self._pruned[names]
+
+
+def _pruned(whole: Any, outputs: list[str]) -> bytes:
+    """The graph `whole` (an onnx.ModelProto) with only the nodes that `outputs` need, serialized."""
+    import onnx.utils  # imported where needed: onnx costs every process ~1 s at start
+
+    return onnx.utils.Extractor(whole).extract_model(["image"], outputs).SerializeToString()
 
 
 def graph_folder() -> Path:
@@ -152,7 +157,7 @@ def _cuts(model: ZooModel) -> dict[str, str]:
 def _cut_from_whole(folder: Path, model_name: str, model: ZooModel, deepest: Layer) -> bytes | None:
     """The graph up to `deepest`, pruned from a whole-backbone graph made for the same weights up to it;
     None when there is none (or it cannot be read)."""
-    import onnx.utils
+    import onnx
 
     from zoo.training.feature_cache import weights_fingerprint
 
@@ -166,8 +171,7 @@ def _cut_from_whole(folder: Path, model_name: str, model: ZooModel, deepest: Lay
                     or report.get("torch") != torch.__version__ or report.get("cuts", {}).get(deepest) != wanted):
                 continue
             whole = onnx.load(str(report_path.with_suffix(".onnx")))
-            outputs = [output_name(x) for x in pooled_names(model, deepest)]
-            return onnx.utils.Extractor(whole).extract_model(["image"], outputs).SerializeToString()
+            return _pruned(whole, [output_name(x) for x in pooled_names(model, deepest)])
         except Exception as e:  # noqa: BLE001 - an unreadable entry: trace instead
             log.warning(f"could not cut a graph from {report_path.with_suffix('.onnx')} ({type(e).__name__}: {e})")
     return None
