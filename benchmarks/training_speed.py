@@ -85,7 +85,7 @@ def extraction(data: Path, limit: int, work: Path, rounds: int = 6) -> dict[str,
     ways = list({"zoo extractor": zoo_extractor, "torch eager": torch_eager, "raw ONNX Runtime": raw_ort}.items())
     seconds: dict[str, list[float]] = {name: [] for name, _ in ways}
     # Interleaved rounds, each starting with the next way, so that load changes fall on all three. On
-    # this 2-core VM one run's rounds of raw ONNX Runtime (whose workers spin) ranged from 42 to 92 images/s,
+    # this 2-core VM, rounds of raw ONNX Runtime (whose workers spin) ranged from 42 to 92 images/s over 5 runs,
     # so the best round alone favours the way that varies most: the median is printed beside it.
     for round_ in range(rounds):
         for name, way in ways[round_ % len(ways):] + ways[:round_ % len(ways)]:
