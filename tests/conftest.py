@@ -12,7 +12,8 @@ os.environ.pop("ZOO_WEIGHTS_DIR", None)
 
 @pytest.fixture(scope="session", autouse=True)
 def feature_cache_dir(tmp_path_factory) -> Path:
-    """Shared by every test, like a user's ~/.cache: runs on the same images reuse features and graphs.
+    """Shared by every test of a pytest worker (make test runs two), like a user's ~/.cache: runs on the same
+    images reuse features and graphs.
 
     Never the real ~/.cache: the suite starts empty on every machine, as in CI, and leaves the user's alone."""
     path = tmp_path_factory.mktemp("zoo-cache")

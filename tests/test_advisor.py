@@ -161,8 +161,11 @@ def test_the_pick_never_looks_at_the_validation_split(tiny_textures, tmp_path):
     assert "not used" in original.evidence["validation_split"]
 
 
-def test_pilots_keep_to_the_budget(tiny_textures, tmp_path):
+def test_pilots_keep_to_the_budget(tiny_textures, tmp_path, monkeypatch):
     # A size threshold below the data makes it "large": partial and full pilots share the budget.
+    # A fresh cache, as on a user's first `auto`: the evidence pass then includes exporting the feature
+    # graph, which once made pilots sized from its rate buy too few images and skip.
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "fresh-cache"))
     budget_minutes = 0.2
     advice = advise(tiny_textures, size_threshold=5, views=1, budget_minutes=budget_minutes,
                     cache_dir=tmp_path / "cache")
@@ -171,6 +174,39 @@ def test_pilots_keep_to_the_budget(tiny_textures, tmp_path):
     spent = advice.evidence["seconds"]["pilots"]
     assert spent <= 1.2 * 60 * budget_minutes, advice.evidence
     assert advice.strategy in ("partial", "full") and advice.size == "large"
+
+
+def test_a_pilot_times_a_training_step_without_moving_a_weight(tiny_textures):
+    """Pilots are sized from a PyTorch training step timed here, not from the evidence pass (ONNX Runtime, about
+    three times as fast on a CPU); the timing steps leave the weights, gradients and frozen statistics as they were."""
+    import torch
+
+    from zoo.advisor.pilot import PILOT_EPOCHS, PROBE_IMAGES, PilotSetup, _affordable, seconds_per_training_image
+    from zoo.backbones import create_model, get_spec
+    from zoo.data.folder import load_image_folder
+    from zoo.training.datasets import scan_images
+    from zoo.training.strategies import apply_freeze, get_strategy
+
+    spec = get_spec("efficientnet_lite0")
+    cfg = spec.preprocess_config()
+    records, _ = scan_images(load_image_folder(tiny_textures).train, cfg)
+    plan = get_strategy("partial").plan(create_model(spec.name, num_classes=3, pretrained=True), spec, None)
+    apply_freeze(plan)
+    before = {k: v.clone() for k, v in plan.model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    frozen_bn = [k for k in before if k.startswith(tuple(plan.frozen)) and "running_" in k]
+    setup = PilotSetup(spec.name, spec, 3, cfg, seed=0, augment=True, batch_size=8, workers=0)
+    per_image = seconds_per_training_image(plan, records, setup)
+    assert 0 < per_image < 60 and len(records) > PROBE_IMAGES
+    after = plan.model.state_dict()
+    assert frozen_bn and all(torch.equal(before[k], after[k]) for k in frozen_bn)
+    assert all(torch.equal(before[n], p) for n, p in plan.model.named_parameters())
+    assert all(p.grad is None for p in plan.model.parameters())
+    # the subset: as many images as PILOT_EPOCHS epochs can see after scoring, drawn the same way every time
+    assert len(records) == 15
+    chosen, scoring = _affordable(records, 3, 6.0 + PILOT_EPOCHS * 5, 1.0, seed=0)
+    assert scoring == (3 + 15) / 3 and len(chosen) == 5  # a forward pass: a third of a training step
+    assert chosen == _affordable(records, 3, 6.0 + PILOT_EPOCHS * 5, 1.0, seed=0)[0]
+    assert _affordable(records, 3, 1e6, 1.0, seed=0)[0] == records
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Short fine-tuning pilots for `auto`: a strategy trained on part of the training split, scored on the rest.
 
 A pilot tells whether training the backbone beats the cheap linear candidates on this data. It fits a
-hard time budget: the number of images it trains on is sized from the throughput the evidence pass
-measured, and the epoch loop stops at a deadline whatever happened. Only training images are used
+hard time budget: the number of images it trains on is sized from a training step timed on this machine
+before it starts, and the epoch loop stops at a deadline whatever happened. Only training images are used
 (an inner split, stratified, seeded); the validation split is never read.
 """
 from __future__ import annotations
@@ -22,14 +22,15 @@ from zoo.log import get_logger
 from zoo.preprocess import PreprocessConfig
 from zoo.training.augment import item_seed
 from zoo.training.batchnorm import recalibrate
-from zoo.training.datasets import ImageRecord, ImageViews, epoch_order, shape_batches
+from zoo.training.datasets import ImageRecord, ImageViews, epoch_order, loader, shape_batches
 from zoo.training.loop import predict_images, train_images_epoch
-from zoo.training.strategies import BACKBONE_LR_FACTOR, apply_freeze, get_strategy, param_groups
+from zoo.training.strategies import BACKBONE_LR_FACTOR, Plan, apply_freeze, get_strategy, param_groups, train_mode
 
 log = get_logger(__name__)
 PILOT_EPOCHS = 3  # enough for the pretrained layers to move; the cosine schedule spans these
 HELD_OUT = 0.2  # share of each class's training images the pilot is scored on
 TRAIN_COST = 3.0  # a training step costs about three forward passes (forward, backward, update)
+PROBE_IMAGES = 8  # images in the timed training step that sizes a pilot
 CALIBRATION = 128  # images the trainable BatchNorm statistics are recomputed on before scoring
 DEFAULT_BUDGET_MINUTES = 5.0  # for pilots on large data, when --budget is not given
 # On small data the default budget is what keeps auto within SMALL_PILOT_SHARE more than the cheap
@@ -38,7 +39,8 @@ DEFAULT_BUDGET_MINUTES = 5.0  # for pilots on large data, when --budget is not g
 # cross-validation). A pilot with five minutes cost 1.6x on the emoji set and lost there, and one with
 # half the pass and nothing subtracted 1.52x (benchmarks/strategies.py). --budget gives pilots more.
 SMALL_PILOT_SHARE = 0.5
-# Forward images/s assumed when the evidence came from the cache and no pass was timed (lite0 on a small CPU).
+# Forward images/s assumed when the evidence came from the cache and no pass was timed (lite0 on a small CPU):
+# what the small-data budget is a share of (recommend.py). Pilots time their own training step instead.
 ASSUMED_FORWARD_RATE = 30.0
 
 
@@ -67,7 +69,6 @@ class PilotSetup:
     augment: bool
     batch_size: int
     workers: int
-    forward_images_per_s: float  # measured by the evidence pass
     compute: Compute = CPU_FP32  # the run's device and precision
 
 
@@ -84,16 +85,52 @@ def inner_split(records: list[ImageRecord], seed: int) -> tuple[list[ImageRecord
     return train, held
 
 
-def _affordable(train: list[ImageRecord], held: int, budget_s: float, setup: PilotSetup,
-                seed: int) -> list[ImageRecord]:
-    """As many training images as PILOT_EPOCHS epochs can see within the budget (after scoring time)."""
-    scoring_s = (held + min(CALIBRATION, len(train))) / setup.forward_images_per_s
-    per_image_s = TRAIN_COST / setup.forward_images_per_s
-    n = int((budget_s - scoring_s) / (per_image_s * PILOT_EPOCHS))
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a timer reads what the step took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def seconds_per_training_image(plan: Plan, train: list[ImageRecord], setup: PilotSetup) -> float:
+    """What one training image costs here: PROBE_IMAGES images decoded, forward and backward, timed on the
+    second of two steps (the first sets up kernels and memory); gradients are dropped, no weight moves.
+
+    Measured, not derived from the evidence pass. That pass ran ONNX Runtime on other views, and the first
+    time a backbone is used its time includes exporting the feature graph: sized from it, a first `auto` on
+    large data skipped its pilots (20 texture crops, size threshold 5, a 12 s budget, a fresh cache: no pilot
+    before, both in 9.6 s now). Nor does it tell partial from full, whose backward pass runs through every
+    layer (1,000 digits, a 1-minute budget: 258 training images for each before; 292 and 208 now).
+    """
+    seeds = [item_seed(setup.seed, "pilot-probe", i) for i in range(PROBE_IMAGES)] if setup.augment else None
+    views = ImageViews(train[:PROBE_IMAGES], setup.preprocess, seeds)
+    batch = shape_batches(range(len(views)), views.shapes(), PROBE_IMAGES)[0]
+    train_mode(plan)
+    seconds = 0.0
+    with setup.compute.training_pass(plan.model):
+        for _ in range(2):
+            tick = time.perf_counter()
+            x, y = next(iter(loader(views, [batch], 0)))
+            with setup.compute.autocast():
+                loss = nn.functional.cross_entropy(plan.model(setup.compute.batch(x)), y.to(setup.compute.device))
+            loss.backward()
+            _synchronize(setup.compute.device)
+            seconds = time.perf_counter() - tick
+    plan.model.zero_grad(set_to_none=True)
+    return seconds / len(batch)
+
+
+def _affordable(train: list[ImageRecord], held: int, seconds_left: float, per_image_s: float,
+                seed: int) -> tuple[list[ImageRecord], float]:
+    """As many training images as PILOT_EPOCHS epochs can see in seconds_left after scoring, and the
+    seconds scoring will take (a forward pass costs about 1/TRAIN_COST of a training step)."""
+    scoring_s = (held + min(CALIBRATION, len(train))) * per_image_s / TRAIN_COST
+    n = int((seconds_left - scoring_s) / (per_image_s * PILOT_EPOCHS))
     if n >= len(train):
-        return train
+        return train, scoring_s
     rng = random.Random(item_seed(seed, "pilot-subset"))
-    return sorted(rng.sample(train, max(0, n)), key=lambda r: str(r.path))
+    return sorted(rng.sample(train, max(0, n)), key=lambda r: str(r.path)), scoring_s
 
 
 def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, setup: PilotSetup) -> Candidate | None:
@@ -101,20 +138,24 @@ def run_pilot(strategy_name: str, records: list[ImageRecord], budget_s: float, s
     tick = time.perf_counter()
     deadline = time.monotonic() + budget_s
     train, held = inner_split(records, setup.seed)
-    train = _affordable(train, len(held), budget_s, setup, setup.seed)
     if len(train) < 2 * setup.classes or not held:
-        log.info(f"pilot {strategy_name}: a budget of {budget_s:.0f} s buys too few images; skipped")
+        log.info(f"pilot {strategy_name}: too few training images to split; skipped")
         return None
     strategy = get_strategy(strategy_name)
     torch.manual_seed(setup.seed)
     plan = strategy.plan(create_model(setup.model, num_classes=setup.classes, pretrained=True), setup.spec, None)
     apply_freeze(plan)
     setup.compute.prepare(plan.model)
+    per_image_s = seconds_per_training_image(plan, train, setup)
+    train, scoring_s = _affordable(train, len(held), deadline - time.monotonic(), per_image_s, setup.seed)
+    if len(train) < 2 * setup.classes:
+        log.info(f"pilot {strategy_name}: a budget of {budget_s:.0f} s buys too few images "
+                 f"({per_image_s:.2f} s per training image); skipped")
+        return None
     scaler = setup.compute.grad_scaler()
     optimizer = torch.optim.AdamW(param_groups(plan.model, strategy.default_lr,
                                                strategy.default_lr * BACKBONE_LR_FACTOR), weight_decay=1e-4)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scoring_s = (len(held) + min(CALIBRATION, len(train))) / setup.forward_images_per_s
     labels = [r.label for r in train]
     epochs = 0
     for epoch in range(PILOT_EPOCHS):

@@ -241,16 +241,13 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
         f.pilot_reason = f"none: a budget of 0 ({given})"
         return
     f.budget_s = budget
-    seen = len(f.features.labels) * f.features.views
-    rate = seen / f.features.seconds if f.features.from_cache == 0 and f.features.seconds > 0 \
-        else ASSUMED_FORWARD_RATE
     names = ["partial"] if f.size == "small" else ["partial", "full"]
     for name in names:
         # Each pilot at the size its strategy would train at (--image-size auto: smaller only for `full`).
         cfg, _ = choose_preprocess(f.spec.preprocess_config(), s.image_size, [min(r.stored) for r in f.records],
                                    get_strategy(name).every_layer_learns)
         setup = PilotSetup(f.model, f.spec, len(f.data.classes), cfg, s.seed, f.augment, s.batch_size, s.workers,
-                           rate, s.compute)
+                           s.compute)
         if (pilot := run_pilot(name, at_size(f.records, cfg), budget / len(names), setup)) is not None:
             f.pilots.append(pilot)
     f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
