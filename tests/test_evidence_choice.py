@@ -1,6 +1,7 @@
 """auto's pick among measured candidates: a gap the held-out images cannot tell from noise is a tie, which
 the quadrant rule breaks; a clear gap overrules the rule."""
 import numpy as np
+import pytest
 import torch
 
 from zoo.advisor.evidence import Candidate, choose, gap_margin
@@ -58,6 +59,20 @@ def test_cross_validation_reports_each_images_held_out_correctness():
     right = cv.best_correct
     assert right.shape == (60,) and set(np.unique(right)) <= {0.0, 1.0}  # each image scored in its first view
     assert abs(right.mean() - cv.accuracy) < 1e-9  # equal folds of whole images: the same mean
+
+
+
+def test_the_smaller_c_wins_a_tie_whatever_the_last_bits_of_the_means():
+    """Fold accuracies that add up to the same images in another order: their means differ in the last bit
+    (0.9324999999999999 against 0.9325000000000001), and the smaller C must still win the tie."""
+    from zoo.training.linear_probe import CrossValidation
+
+    folds = [0.9375, 0.925, 0.93125, 0.9375, 0.93125]
+    tie = CrossValidation({0.1: [0.9] * 5, 1.0: folds[::-1], 10.0: folds}, {})
+    assert tie.mean[10.0] > tie.mean[1.0]  # the bits this test is about
+    assert tie.best_c == 1.0 and tie.accuracy == pytest.approx(0.9325)
+    clear = CrossValidation({0.1: [0.9] * 5, 1.0: folds, 10.0: [f + 0.0125 for f in folds]}, {})
+    assert clear.best_c == 10.0  # one image in a fold of 80 is a real difference
 
 
 def test_held_out_images_are_scored_in_the_inference_view_the_first():
