@@ -174,6 +174,11 @@ def test_pilots_keep_to_the_budget(tiny_textures, tmp_path, monkeypatch):
     spent = advice.evidence["seconds"]["pilots"]
     assert spent <= 1.2 * 60 * budget_minutes, advice.evidence
     assert advice.strategy in ("partial", "full") and advice.size == "large"
+    # A budget too small for any pilot says so, and the quadrant rule decides.
+    starved = advise(tiny_textures, size_threshold=5, views=1, budget_minutes=0.01, cache_dir=tmp_path / "cache")
+    assert starved.reasons["pilots"].startswith("none: a budget of 1 s (--budget) buys too few"), starved.reasons
+    assert not [c for c in starved.candidates if c["how"].startswith("pilot")]
+    assert starved.strategy == starved.prior_strategy
 
 
 def test_a_pilot_times_a_training_step_without_moving_a_weight(tiny_textures):

@@ -250,6 +250,11 @@ def _run_pilots(f: Findings, s: AdviseSettings) -> None:
                            s.compute)
         if (pilot := run_pilot(name, at_size(f.records, cfg), budget / len(names), setup)) is not None:
             f.pilots.append(pilot)
+    if not f.pilots:
+        hint = "" if "pass --budget" in given else "; pass --budget to give pilots more"
+        f.pilot_reason = (f"none: a budget of {budget:.0f} s ({given}) buys too few training images for a "
+                          f"{' or '.join(names)} pilot{hint}")
+        return
     f.pilot_reason = (f"{', '.join(names)} within a budget of {budget:.0f} s ({given}), on part of the training split"
                       + ("" if f.size == "small" else "; each trains on a subset for a few epochs, so the full run "
                          "should score above its pilot (an extrapolation, not a measurement)"))
