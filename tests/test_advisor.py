@@ -182,8 +182,9 @@ def test_pilots_keep_to_the_budget(tiny_textures, tmp_path, monkeypatch):
 
 
 def test_a_pilot_times_a_training_step_without_moving_a_weight(tiny_textures):
-    """Pilots are sized from a PyTorch training step timed here, not from the evidence pass (ONNX Runtime, about
-    three times as fast on a CPU); the timing steps leave the weights, gradients and frozen statistics as they were."""
+    """Pilots are sized from a PyTorch training step timed here, not from the evidence pass (ONNX Runtime, and
+    the first time a graph export); the timing steps leave the weights, gradients, frozen statistics and the random
+    state as they were."""
     import torch
 
     from zoo.advisor.pilot import PILOT_EPOCHS, PROBE_IMAGES, PilotSetup, _affordable, seconds_per_training_image
@@ -200,7 +201,9 @@ def test_a_pilot_times_a_training_step_without_moving_a_weight(tiny_textures):
     before = {k: v.clone() for k, v in plan.model.state_dict().items() if not k.endswith("num_batches_tracked")}
     frozen_bn = [k for k in before if k.startswith(tuple(plan.frozen)) and "running_" in k]
     setup = PilotSetup(spec.name, spec, 3, cfg, seed=0, augment=True, batch_size=8, workers=0)
+    rng = torch.get_rng_state()
     per_image = seconds_per_training_image(plan, records, setup)
+    assert torch.equal(torch.get_rng_state(), rng)  # the classifier's dropout drew, and the state is put back
     assert 0 < per_image < 60 and len(records) > PROBE_IMAGES
     after = plan.model.state_dict()
     assert frozen_bn and all(torch.equal(before[k], after[k]) for k in frozen_bn)

@@ -110,7 +110,10 @@ def seconds_per_training_image(plan: Plan, train: list[ImageRecord], setup: Pilo
     batch = shape_batches(range(len(views)), views.shapes(), PROBE_IMAGES)[0]
     train_mode(plan)
     seconds = 0.0
-    with setup.compute.training_pass(plan.model):
+    # The random state is put back afterwards (dropout draws from it), and recalibrate() resets the BatchNorm
+    # statistics these steps move: a pilot trains and scores as it would without the timing.
+    cuda = [setup.compute.device] if setup.compute.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), setup.compute.training_pass(plan.model):
         for _ in range(2):
             tick = time.perf_counter()
             x, y = next(iter(loader(views, [batch], 0)))
