@@ -35,6 +35,7 @@ class LinearProbe:
             layer.weight.copy_(torch.from_numpy(self.weight).float())
             layer.bias.copy_(torch.from_numpy(self.bias).float())
 
+
 TIE = 1e-9  # mean fold accuracies closer than this are equal (a single image moves them by 1e-4 or more)
 
 
