@@ -61,7 +61,6 @@ def test_cross_validation_reports_each_images_held_out_correctness():
     assert abs(right.mean() - cv.accuracy) < 1e-9  # equal folds of whole images: the same mean
 
 
-
 def test_the_smaller_c_wins_a_tie_whatever_the_last_bits_of_the_means():
     """Fold accuracies that add up to the same images in another order: their means differ in the last bit
     (0.9324999999999999 against 0.9325000000000001), and the smaller C must still win the tie."""
