@@ -17,9 +17,23 @@ def feature_cache_dir(tmp_path_factory) -> Path:
 
     Never the real ~/.cache: the suite starts empty on every machine, as in CI, and leaves the user's alone."""
     path = tmp_path_factory.mktemp("zoo-cache")
+    _share_graphs_between_workers(path, tmp_path_factory)
     with pytest.MonkeyPatch.context() as env:  # session-scoped: the monkeypatch fixture is per test
         env.setenv("ZOO_CACHE_DIR", str(path))
         yield path / "features"
+
+
+def _share_graphs_between_workers(path: Path, tmp_path_factory) -> None:
+    """Under pytest-xdist, the traced graphs (ONNX Runtime feature graphs, export graphs) live in one folder
+    shared by the workers, as one user's runs share ~/.cache/zoo: a backbone is traced once per suite, not
+    once per worker (a lite0 trace is 15-25 s here). Entries are written atomically, so a worker never
+    reads another's half-written graph; the features stay per worker."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    shared = tmp_path_factory.getbasetemp().parent / "zoo-cache-shared"  # the parent of every worker's basetemp
+    for name in ("graphs", "export-graphs"):
+        (shared / name).mkdir(parents=True, exist_ok=True)
+        (path / name).symlink_to(shared / name, target_is_directory=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,6 +1,7 @@
 """Shared by the serving tests: a real lite0 run directory, its export, and images in many formats.
 
-Built once per test session (module-level cache) because exporting lite0 takes a while.
+Built once per test session (module-level cache, and one for both pytest-xdist workers) because exporting
+lite0 takes a while.
 """
 from __future__ import annotations
 
@@ -54,21 +55,33 @@ def exported(tmp_path_factory) -> Exported:
     """The session's lite0 run, exported to ONNX by zoo.export.onnx_export and to a torch program.
 
     The export is given a small textures sample (the run's three classes) as its images, so it holds
-    the OOD summary (ood.npz) computed from them."""
+    the OOD summary (ood.npz) computed from them. Under pytest-xdist the workers share one, made by
+    whichever asks first while the other waits on a file lock: no test writes into it."""
     if "lite0" not in _cache:
-        from zoo.data.samples import write_sample
-        from zoo.export.archive import export_torch_program
-        from zoo.export.onnx_export import export_run
+        import os
 
-        root = tmp_path_factory.mktemp("serve-run")
-        run_dir = write_run(root / "run")
-        data_dir = root / "textures"
-        write_sample("textures", data_dir, seed=0, limit=60)
-        export_dir = root / "export"
-        export_run(run_dir, export_dir, data_dir=data_dir)
-        export_torch_program(run_dir, export_dir)
-        _cache["lite0"] = Exported(run_dir, export_dir, data_dir)
+        from filelock import FileLock
+
+        shared = os.environ.get("PYTEST_XDIST_WORKER")
+        root = tmp_path_factory.getbasetemp().parent / "serve-run" if shared else tmp_path_factory.mktemp("serve-run")
+        root.mkdir(exist_ok=True)
+        with FileLock(str(root) + ".lock"):
+            if not (root / "done").exists():
+                _export_lite0(root)
+                (root / "done").touch()
+        _cache["lite0"] = Exported(root / "run", root / "export", root / "textures")
     return _cache["lite0"]
+
+
+def _export_lite0(root: Path) -> None:
+    from zoo.data.samples import write_sample
+    from zoo.export.archive import export_torch_program
+    from zoo.export.onnx_export import export_run
+
+    run_dir = write_run(root / "run")
+    write_sample("textures", root / "textures", seed=0, limit=60)
+    export_run(run_dir, root / "export", data_dir=root / "textures")
+    export_torch_program(run_dir, root / "export")
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
