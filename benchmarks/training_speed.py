@@ -104,7 +104,7 @@ def svm_fit_seconds(data: Path, n: int, work: Path) -> tuple[float, tuple[int, i
 
     records, cfg = _records(data, n)
     model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
-    found, _ = cached_layer_features(model, records, cfg, model_name="efficientnet_lite0", layers=[None], view=None,
+    found, _, _ = cached_layer_features(model, records, cfg, model_name="efficientnet_lite0", layers=[None], view=None,
                                      seed=0, cache=FeatureCache(work / "svm-cache"), batch_size=32, workers=0,
                                      description="svm features")
     features, labels = found[None], torch.tensor([r.label for r in records])

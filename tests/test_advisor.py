@@ -236,3 +236,23 @@ def test_similarity_puts_photographs_above_symbols_on_six_packaged_sets(tmp_path
     assert min(scores[n] for n in natural) > max(scores[s] for s in symbolic), scores
     assert all(scores[n] >= SIMILARITY_THRESHOLD for n in natural), scores
     assert all(scores[s] < SIMILARITY_THRESHOLD for s in symbolic), scores
+
+
+def test_the_evidence_costs_the_same_from_a_cold_and_a_warm_cache(tiny_textures, tmp_path, monkeypatch):
+    """The small-data pilot budget is a share of this cost, so a later `auto` on the same images gets the
+    budget the first got (it used to assume 30 images/s for cached features: 8 s cold, 19 s warm on emoji)."""
+    from zoo.advisor.evidence import probe_features
+    from zoo.backbones import create_model, get_spec
+    from zoo.data.folder import load_image_folder
+    from zoo.training.datasets import scan_images
+
+    monkeypatch.setenv(*next(iter(TORCH_FEATURES.items())))
+    cfg = get_spec("efficientnet_lite0").preprocess_config()
+    records, _ = scan_images(load_image_folder(tiny_textures).train, cfg)
+    model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    runs = [probe_features(model, "efficientnet_lite0", records, cfg, ["stage3", None], views=2, seed=0,
+                           cache_dir=tmp_path, use_cache=True, batch_size=8, workers=0) for _ in range(2)]
+    cold, warm = runs
+    assert (cold.from_cache, warm.from_cache) == (0, 4)
+    assert cold.compute_seconds is not None and cold.compute_seconds > 0
+    assert warm.compute_seconds == cold.compute_seconds  # read back from the entries, not re-timed

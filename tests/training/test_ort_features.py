@@ -5,6 +5,8 @@ import logging
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from zoo.backbones import create_model, get_spec
 from zoo.data.folder import load_image_folder
@@ -70,9 +72,9 @@ def _features(model, records, cache, engine, monkeypatch):
 def test_ort_features_match_torch_and_their_cache_entries_never_mix(records, made, cache_home, tmp_path, monkeypatch):
     model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
     cache = FeatureCache(tmp_path / "features")
-    by_torch, hits = _features(model, records, cache, "torch", monkeypatch)
+    by_torch, hits, _ = _features(model, records, cache, "torch", monkeypatch)
     assert hits == 0
-    by_ort, hits = _features(model, records, cache, "onnxruntime", monkeypatch)
+    by_ort, hits, _ = _features(model, records, cache, "onnxruntime", monkeypatch)
     assert hits == 0, "ONNX Runtime must not be handed torch's entries"
     assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 2 * len(LAYERS)
     for layer in LAYERS:
@@ -97,8 +99,29 @@ def test_a_graph_is_made_once_and_reused_from_disk(records, cache_home, tmp_path
         raise AssertionError("the cached graph should have been used")
 
     monkeypatch.setattr(ort_features, "_export", no_export)
-    _, hits = _features(model, records, FeatureCache(tmp_path / "b"), "onnxruntime", monkeypatch)
+    _, hits, _ = _features(model, records, FeatureCache(tmp_path / "b"), "onnxruntime", monkeypatch)
     assert hits == 0 and len(list((cache_home / "graphs").glob("*.onnx"))) == 1
+
+
+def test_a_pass_records_its_cost_and_a_read_back_reports_the_same(records, made, tmp_path, monkeypatch):
+    """auto's small-data pilot budget is a share of this cost: it must not change with the cache's state,
+    nor include the one-off making of the feature graph (made once per backbone, in `made`)."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(made[0]))
+    model = create_model("efficientnet_lite0", num_classes=None, pretrained=True).eval()
+    cache = FeatureCache(tmp_path / "cost")
+    _, hits, computed = _features(model, records, cache, "onnxruntime", monkeypatch)
+    assert hits == 0 and computed is not None and computed > 0
+    ((made_seconds,),) = [[json.loads(p.read_text())["export_seconds"]] for p in (made[0] / "graphs").glob("*.json")]
+    assert computed < made_seconds  # 8 images through the graph, not the graph's export
+    _, hits, read_back = _features(model, records, cache, "onnxruntime", monkeypatch)
+    assert hits == len(LAYERS) and read_back == computed
+    # An entry that does not say (written before entries did) makes the cost unknown, not zero.
+    for entry in (tmp_path / "cost").rglob("*.safetensors"):
+        with safe_open(str(entry), framework="pt") as f:
+            meta, features = f.metadata(), f.get_tensor("features")
+        del meta["pass_seconds"]
+        save_file({"features": features}, str(entry), metadata=meta)
+    assert _features(model, records, cache, "onnxruntime", monkeypatch)[1:] == (len(LAYERS), None)
 
 
 def test_other_weights_get_another_graph_and_a_gpu_model_stays_on_torch(records, cache_home, monkeypatch):

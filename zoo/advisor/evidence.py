@@ -83,6 +83,9 @@ class ProbeFeatures:
     views: int
     from_cache: int  # layer-view entries read back instead of computed
     seconds: float
+    # What the passes cost to compute, timed or as their cache entries record: the same on a first and a
+    # later run over the same images. None when an entry read back does not say.
+    compute_seconds: float | None = None
 
 
 def probe_features(model: ZooModel, model_name: str, records: list[ImageRecord], cfg: PreprocessConfig,
@@ -94,16 +97,18 @@ def probe_features(model: ZooModel, model_name: str, records: list[ImageRecord],
     per_view = training_views(views)
     features: dict[Layer, list[torch.Tensor]] = {layer: [] for layer in layers}
     hits = 0
+    compute: float | None = 0.0
     for i, v in enumerate(per_view):
         what = "evidence: train features" + (f", view {i + 1}/{len(per_view)}" if len(per_view) > 1 else "")
-        found, hit = cached_layer_features(model, records, cfg, model_name=model_name, layers=layers, view=v,
-                                           seed=seed, cache=cache, batch_size=batch_size, workers=workers,
-                                           description=what)
+        found, hit, cost = cached_layer_features(model, records, cfg, model_name=model_name, layers=layers, view=v,
+                                                 seed=seed, cache=cache, batch_size=batch_size, workers=workers,
+                                                 description=what)
         hits += hit
+        compute = None if compute is None or cost is None else compute + cost
         for layer, f in found.items():
             features[layer].append(f)
     return ProbeFeatures(features, torch.tensor([r.label for r in records]), len(per_view), hits,
-                         time.perf_counter() - tick)
+                         time.perf_counter() - tick, compute)
 
 
 def stratified_subset(labels: list[int], n: int, seed: int) -> list[int]:

@@ -39,8 +39,9 @@ DEFAULT_BUDGET_MINUTES = 5.0  # for pilots on large data, when --budget is not g
 # cross-validation). A pilot with five minutes cost 1.6x on the emoji set and lost there, and one with
 # half the pass and nothing subtracted 1.52x (benchmarks/strategies.py). --budget gives pilots more.
 SMALL_PILOT_SHARE = 0.5
-# Forward images/s assumed when the evidence came from the cache and no pass was timed (lite0 on a small CPU):
-# what the small-data budget is a share of (recommend.py). Pilots time their own training step instead.
+# Forward images/s assumed for evidence read from cache entries that do not record what their pass cost
+# (written before entries did; lite0 on a small CPU): what the small-data budget is then a share of
+# (recommend.py). Pilots time their own training step.
 ASSUMED_FORWARD_RATE = 30.0
 
 
@@ -54,7 +55,7 @@ def pilot_budget(size: str, evidence_seconds: float, budget_minutes: float | Non
         return 60.0 * DEFAULT_BUDGET_MINUTES, "the default for large data"
     share = SMALL_PILOT_SHARE * evidence_seconds - overhead_seconds
     return max(0.0, min(60.0 * DEFAULT_BUDGET_MINUTES, share)), (
-        f"the default on small data: {100 * SMALL_PILOT_SHARE:.0f}% of what the evidence pass cost "
+        f"the default on small data: {100 * SMALL_PILOT_SHARE:.0f}% of what the evidence pass costs "
         f"({evidence_seconds:.0f} s), less the {overhead_seconds:.0f} s auto spent beside it, so that auto stays "
         f"within {1 + SMALL_PILOT_SHARE:g}x of the cheap strategy; pass --budget to give pilots more")
 

@@ -37,6 +37,9 @@ from zoo.training.strategies import Plan
 log = get_logger(__name__)
 
 T = TypeVar("T")
+# An entry's record of the seconds its pass over the images took (decode and forward, not the one-off
+# making of a feature graph): what auto's small-data pilot budget is a share of, from the cache or not.
+PASS_SECONDS = "pass_seconds"
 FEATURE_VERSION = 3  # bump when the way features (or their keys) are computed changes
 
 
@@ -126,6 +129,14 @@ class FeatureCache:
             return None
         return features if features.shape[0] == rows else None
 
+    def pass_seconds(self, key: str) -> float | None:
+        """What computing the entry's pass cost when it was made (PASS_SECONDS), None when it does not say."""
+        try:
+            with safe_open(str(self.path(key)), framework="pt") as f:
+                return float((f.metadata() or {})[PASS_SECONDS])
+        except (FileNotFoundError, SafetensorError, KeyError, OSError, ValueError):
+            return None
+
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
         metadata = {k: str(v) for k, v in meta.items()}
         metadata["sha256"] = tensors_fingerprint({"features": features})  # verified by every load
@@ -208,8 +219,10 @@ def extract_features(model: ZooModel, dataset: ImageViews, layers: Sequence[Laye
 def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *,
                           model_name: str, layers: Sequence[Layer], view: int | None, seed: int,
                           cache: FeatureCache | None, batch_size: int, workers: int,
-                          description: str) -> tuple[dict[Layer, torch.Tensor], int]:
-    """Features of one view of `records` at every layer, and how many layers came from the cache.
+                          description: str) -> tuple[dict[Layer, torch.Tensor], int, float | None]:
+    """Features of one view of `records` at every layer, how many layers came from the cache, and the
+    seconds a pass computing them costs: timed when it ran, else as the cache entries record (None when
+    an entry does not say). Read back, the deepest layer's pass is the cost of all.
 
     The layers the cache lacks are computed together, in one pass of the backbone.
     """
@@ -230,33 +243,42 @@ def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: 
 
     # Entries that one engine made for every layer asked are used as they are, whichever engine it was
     # (auto's evidence pass made them); otherwise the engine is chosen, and only its entries are read.
+    def recorded(keys: dict[Layer, str], layers_read: Sequence[Layer]) -> float | None:
+        costs = [cache.pass_seconds(keys[layer]) for layer in layers_read] if cache else []
+        return None if not costs or None in costs else max(c for c in costs if c is not None)
+
     for engine in forced_engines():
-        found = load(keys_for(engine))
+        keys = keys_for(engine)
+        found = load(keys)
         if len(found) == len(layers):
-            return {layer: found[layer] for layer in layers}, len(layers)
+            return {layer: found[layer] for layer in layers}, len(layers), recorded(keys, layers)
     deepest = None if None in layers else max((x for x in layers if x is not None), key=model.stage_names.index)
     ort = extractor(model, model_name, deepest if deepest is None else model.stage_names[-1], cfg.input_size)
     engine = ORT if ort is not None else TORCH
     keys = keys_for(engine)
     found = load(keys)
     missing = [layer for layer in layers if layer not in found]
+    seconds = recorded(keys, list(found)) if found else 0.0
     if missing:
         seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
+        tick = time.perf_counter()
         computed = extract_features(model, ImageViews(records, cfg, seeds), missing, batch_size, workers, description,
                                     ort)
+        took = time.perf_counter() - tick
         if cache is not None and distributed.world().is_main:
             for layer, features in computed.items():
                 cache.save(keys[layer], features, {"model": model_name, "layer": layer, "view": name,
-                                                   "images": len(records), "engine": engine})
+                                                   "images": len(records), "engine": engine, PASS_SECONDS: took})
         found.update(computed)
-    return {layer: found[layer] for layer in layers}, len(layers) - len(missing)
+        seconds = None if seconds is None else max(seconds, took)
+    return {layer: found[layer] for layer in layers}, len(layers) - len(missing), seconds
 
 
 def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: PreprocessConfig, *, model_name: str,
                     layer: Layer, view: int | None, seed: int, cache: FeatureCache | None, batch_size: int,
                     workers: int, description: str) -> tuple[torch.Tensor, bool]:
     """(features, True when read from the cache) for one view of `records` at one layer."""
-    features, hits = cached_layer_features(model, records, cfg, model_name=model_name, layers=[layer], view=view,
+    features, hits, _ = cached_layer_features(model, records, cfg, model_name=model_name, layers=[layer], view=view,
                                            seed=seed, cache=cache, batch_size=batch_size, workers=workers,
                                            description=description)
     return features[layer], hits == 1
