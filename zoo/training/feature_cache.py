@@ -241,12 +241,12 @@ def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: 
         loaded = distributed.from_main(lambda: {layer: cache.load(keys[layer], len(records)) for layer in layers})
         return {layer: f for layer, f in loaded.items() if f is not None}  # rank 0's cache speaks for the run
 
-    # Entries that one engine made for every layer asked are used as they are, whichever engine it was
-    # (auto's evidence pass made them); otherwise the engine is chosen, and only its entries are read.
     def recorded(keys: dict[Layer, str], layers_read: Sequence[Layer]) -> float | None:
         costs = [cache.pass_seconds(keys[layer]) for layer in layers_read] if cache else []
         return None if not costs or None in costs else max(c for c in costs if c is not None)
 
+    # Entries that one engine made for every layer asked are used as they are, whichever engine it was
+    # (auto's evidence pass made them); otherwise the engine is chosen, and only its entries are read.
     for engine in forced_engines():
         keys = keys_for(engine)
         found = load(keys)
