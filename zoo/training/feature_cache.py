@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -113,29 +113,22 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def load(self, key: str, rows: int) -> torch.Tensor | None:
+    def load(self, key: str, rows: int) -> Entry | None:
         """The entry, or None (recompute) when it is absent, unreadable, or its data fails its checksum."""
         path = self.path(key)
         try:
             with safe_open(str(path), framework="pt") as f:
-                recorded = (f.metadata() or {}).get("sha256")
+                meta = f.metadata() or {}
                 features = f.get_tensor("features")
         except (FileNotFoundError, SafetensorError, KeyError, OSError):
             return None  # absent or damaged: recompute
+        recorded = meta.get("sha256")
         if recorded is None:
             return None  # written before entries carried a checksum: recomputed quietly, and stored with one
         if recorded != tensors_fingerprint({"features": features}):  # an intact header over damaged data
             log.warning(f"feature cache entry {path.name} failed its checksum; recomputing it")
             return None
-        return features if features.shape[0] == rows else None
-
-    def pass_seconds(self, key: str) -> float | None:
-        """What computing the entry's pass cost when it was made (PASS_SECONDS), None when it does not say."""
-        try:
-            with safe_open(str(self.path(key)), framework="pt") as f:
-                return float((f.metadata() or {})[PASS_SECONDS])
-        except (FileNotFoundError, SafetensorError, KeyError, OSError, ValueError):
-            return None
+        return Entry(features, _seconds(meta.get(PASS_SECONDS))) if features.shape[0] == rows else None
 
     def save(self, key: str, features: torch.Tensor, meta: dict[str, Any]) -> None:
         metadata = {k: str(v) for k, v in meta.items()}
@@ -148,6 +141,18 @@ class FeatureCache:
 
 
 Layer = str | None  # a stage name, or None for the bottleneck
+
+
+class Entry(NamedTuple):
+    features: torch.Tensor
+    pass_seconds: float | None  # what its pass cost when it was computed (PASS_SECONDS); None: it does not say
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
 
 
 def pooled_activations(model: ZooModel, x: torch.Tensor, layers: Sequence[Layer]) -> dict[Layer, torch.Tensor]:
@@ -235,30 +240,30 @@ def cached_layer_features(model: ZooModel, records: Sequence[ImageRecord], cfg: 
                                  preprocess=cfg, engine=engine) if cache else ""
                 for layer in layers}
 
-    def load(keys: dict[Layer, str]) -> dict[Layer, torch.Tensor]:
+    def load(keys: dict[Layer, str]) -> dict[Layer, Entry]:
         if cache is None:
             return {}
         loaded = distributed.from_main(lambda: {layer: cache.load(keys[layer], len(records)) for layer in layers})
-        return {layer: f for layer, f in loaded.items() if f is not None}  # rank 0's cache speaks for the run
+        return {layer: e for layer, e in loaded.items() if e is not None}  # rank 0's cache speaks for the run
 
-    def recorded(keys: dict[Layer, str], layers_read: Sequence[Layer]) -> float | None:
-        costs = [cache.pass_seconds(keys[layer]) for layer in layers_read] if cache else []
+    def recorded(entries: dict[Layer, Entry]) -> float | None:
+        costs = [e.pass_seconds for e in entries.values()]
         return None if not costs or None in costs else max(c for c in costs if c is not None)
 
     # Entries that one engine made for every layer asked are used as they are, whichever engine it was
     # (auto's evidence pass made them); otherwise the engine is chosen, and only its entries are read.
     for engine in forced_engines():
-        keys = keys_for(engine)
-        found = load(keys)
-        if len(found) == len(layers):
-            return {layer: found[layer] for layer in layers}, len(layers), recorded(keys, layers)
+        entries = load(keys_for(engine))
+        if len(entries) == len(layers):
+            return {layer: entries[layer].features for layer in layers}, len(layers), recorded(entries)
     deepest = None if None in layers else max((x for x in layers if x is not None), key=model.stage_names.index)
     ort = extractor(model, model_name, deepest if deepest is None else model.stage_names[-1], cfg.input_size)
     engine = ORT if ort is not None else TORCH
     keys = keys_for(engine)
-    found = load(keys)
+    entries = load(keys)
+    found = {layer: e.features for layer, e in entries.items()}
     missing = [layer for layer in layers if layer not in found]
-    seconds = recorded(keys, list(found)) if found else 0.0
+    seconds = recorded(entries) if entries else 0.0
     if missing:
         seeds = None if view is None else [item_seed(seed, "view", view, r.sha256) for r in records]
         tick = time.perf_counter()
@@ -278,9 +283,9 @@ def cached_features(model: ZooModel, records: Sequence[ImageRecord], cfg: Prepro
                     layer: Layer, view: int | None, seed: int, cache: FeatureCache | None, batch_size: int,
                     workers: int, description: str) -> tuple[torch.Tensor, bool]:
     """(features, True when read from the cache) for one view of `records` at one layer."""
-    features, hits, _ = cached_layer_features(model, records, cfg, model_name=model_name, layers=[layer], view=view,
-                                           seed=seed, cache=cache, batch_size=batch_size, workers=workers,
-                                           description=description)
+    features, hits, _ = cached_layer_features(model, records, cfg, model_name=model_name, layers=[layer],
+                                              view=view, seed=seed, cache=cache, batch_size=batch_size,
+                                              workers=workers, description=description)
     return features[layer], hits == 1
 
 
