@@ -101,7 +101,7 @@ def test_the_default_pilot_budget_on_small_data_is_half_the_evidence_pass_less_w
     from zoo.advisor.recommend import AdviseSettings, Findings, _pilot_budget
     from zoo.backbones import get_spec
 
-    features = ProbeFeatures({}, torch.zeros(100, dtype=torch.long), views=4, from_cache=0, seconds=40.0)
+    features = ProbeFeatures({}, torch.zeros(100, dtype=torch.long), views=4, from_cache=0, compute_seconds=40.0)
     spec = get_spec("efficientnet_lite0")
     small = Findings("efficientnet_lite0", spec, None, [50, 50], "small", True, spec.preprocess_config(),
                      features=features)

@@ -82,17 +82,16 @@ class ProbeFeatures:
     labels: torch.Tensor
     views: int
     from_cache: int  # layer-view entries read back instead of computed
-    seconds: float
     # What the passes cost to compute, timed or as their cache entries record: the same on a first and a
-    # later run over the same images. None when an entry read back does not say.
-    compute_seconds: float | None = None
+    # later run over the same images (the wall time is the advisor's "features" step). None when an entry
+    # read back does not say.
+    compute_seconds: float | None
 
 
 def probe_features(model: ZooModel, model_name: str, records: list[ImageRecord], cfg: PreprocessConfig,
                    layers: list[Layer], *, views: int | None, seed: int, cache_dir: Path | None, use_cache: bool,
                    batch_size: int, workers: int) -> ProbeFeatures:
     """Pooled activations at every layer for each training view the strategies will use, cached."""
-    tick = time.perf_counter()
     cache = FeatureCache(cache_dir or default_cache_dir()) if use_cache else None
     per_view = training_views(views)
     features: dict[Layer, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -107,8 +106,7 @@ def probe_features(model: ZooModel, model_name: str, records: list[ImageRecord],
         compute = None if compute is None or cost is None else compute + cost
         for layer, f in found.items():
             features[layer].append(f)
-    return ProbeFeatures(features, torch.tensor([r.label for r in records]), len(per_view), hits,
-                         time.perf_counter() - tick, compute)
+    return ProbeFeatures(features, torch.tensor([r.label for r in records]), len(per_view), hits, compute)
 
 
 def stratified_subset(labels: list[int], n: int, seed: int) -> list[int]:

@@ -223,8 +223,7 @@ def _pilot_budget(f: Findings, s: AdviseSettings) -> tuple[float, str]:
     # budget on a first and a later `auto`, and a first run's one-off feature-graph export is not part of it.
     spent = f.features.compute_seconds
     if spent is None:  # entries cached before they recorded their cost: estimated at an assumed CPU rate
-        seen = len(f.features.labels) * f.features.views
-        spent = f.features.seconds if f.features.from_cache == 0 else seen / ASSUMED_FORWARD_RATE
+        spent = len(f.features.labels) * f.features.views / ASSUMED_FORWARD_RATE
     # What auto measured beside the feature pass, which the strategy it then runs does not (that strategy
     # also builds the model and scans the images).
     overhead = sum(f.seconds.get(k, 0.0) for k in ("similarity", "candidates", "pixels"))
